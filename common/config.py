@@ -1,0 +1,157 @@
+"""Training configuration, its command line, and up-front validation."""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, fields, replace
+
+from .device import DEVICE_CHOICES, pick_device
+from .heads import LOSSES, MARGIN_DEFAULTS, check_margins
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; the scripts' flags map one to one onto it.
+
+    s, m1, m2, m3 left as None take the named loss's defaults (`MARGIN_DEFAULTS`).
+    """
+
+    dataset: str = "mnist"
+    loss: str = "arcface"
+    s: float | None = None
+    m1: float | None = None
+    m2: float | None = None
+    m3: float | None = None
+    triplet_margin: float = 0.2
+    latent_dim: int = 128
+    widths: tuple[int, ...] = (64, 256, 64)
+    convs_per_stage: int = 1
+    epochs: int = 4
+    batch_size: int = 100
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    threads: int = 0
+    data_root: str = "data"
+    download: bool = True
+    image_size: int = 32
+    max_train_samples: int | None = None
+    out: str = "results/train_mnist.csv"
+    checkpoint: str | None = None
+    resume: str | None = None
+    progress: bool = True
+
+    def margins(self) -> tuple[float, float, float, float]:
+        """(s, m1, m2, m3): the loss's defaults with explicit values overriding them."""
+        defaults = MARGIN_DEFAULTS.get(self.loss, (30.0, 1.0, 0.0, 0.0))
+        chosen = (self.s, self.m1, self.m2, self.m3)
+        return tuple(float(d if c is None else c) for c, d in zip(chosen, defaults))
+
+    def validate(self) -> None:
+        """Raise ValueError naming the offending flag; reads no data."""
+        if self.loss not in LOSSES:
+            raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        check_margins(*self.margins())
+        positive_ints = {"--latent-dim": (self.latent_dim, 2), "--epochs": (self.epochs, 1),
+                         "--batch-size": (self.batch_size, 1), "--convs-per-stage": (self.convs_per_stage, 1),
+                         "--image-size": (self.image_size, 2 ** len(self.widths)), "--threads": (self.threads, 0)}
+        for flag, (value, low) in positive_ints.items():
+            if value < low:
+                raise ValueError(f"{flag} must be >= {low}, got {value}")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ValueError(f"--max-train-samples must be >= 1, got {self.max_train_samples}")
+        if not self.widths or min(self.widths) < 1:
+            raise ValueError(f"--widths must be positive integers, got {self.widths}")
+        for flag, value in {"--lr": self.lr, "--triplet-margin": self.triplet_margin}.items():
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{flag} must be > 0, got {value}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.weight_decay:
+            raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"--warmup must be in [0, 1), got {self.warmup}")
+        if self.resume is not None and not os.path.isfile(self.resume):
+            raise ValueError(f"--resume: no checkpoint file at {self.resume}")
+        pick_device(self.device)  # raises for an unavailable device
+
+    def as_row(self) -> dict:
+        row = asdict(self)
+        row["s"], row["m1"], row["m2"], row["m3"] = self.margins()
+        row["widths"] = "-".join(map(str, self.widths))
+        return row
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line on stderr and exits with status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.replace(",", "-").split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers joined by '-' such as 64-256-64, got {text!r}")
+
+
+def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse.ArgumentParser:
+    d = defaults
+    p = OneLineErrorParser(prog=prog, description=description,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--loss", default=d.loss, help=f"training loss: {', '.join(LOSSES)}")
+    p.add_argument("--s", type=float, default=None, help="scale s of the margin logits (default: the loss's, 30)")
+    p.add_argument("--m1", type=float, default=None, help="SphereFace multiplicative angular margin, >= 1 (default: the loss's)")
+    p.add_argument("--m2", type=float, default=None, help="ArcFace additive angular margin in radians, [0, pi) (default: the loss's)")
+    p.add_argument("--m3", type=float, default=None, help="CosFace additive cosine margin, >= 0 (default: the loss's)")
+    p.add_argument("--triplet-margin", type=float, default=d.triplet_margin, help="margin of the batch-hard triplet loss")
+    p.add_argument("--latent-dim", type=int, default=d.latent_dim, help="embedding dimension")
+    p.add_argument("--widths", type=_positive_int_list, default=d.widths, help="conv widths per stage, e.g. 64-256-64")
+    p.add_argument("--convs-per-stage", type=int, default=d.convs_per_stage, help="3x3 convs per stage")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of SGD")
+    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD Nesterov momentum")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD weight decay")
+    p.add_argument("--warmup", type=float, default=d.warmup, help="fraction of steps of linear LR warm-up before linear decay to 0")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of initialisation, shuffling and augmentation")
+    p.add_argument("--device", default=d.device, choices=DEVICE_CHOICES, help="auto picks cuda, then mps, then cpu")
+    p.add_argument("--amp", action="store_true", default=d.amp,
+                   help="bfloat16 autocast for the backbone (fast on GPUs and AVX512-BF16/AMX CPUs, slow on others)")
+    p.add_argument("--threads", type=int, default=d.threads, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--data-root", default=d.data_root,
+                   help="dataset folder: torchvision's layout (downloaded on first use) or train/<class>/*, test/<class>/*")
+    p.add_argument("--no-download", dest="download", action="store_false", help="never download; fail if the data is missing")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="side length that image-folder images are resized to")
+    p.add_argument("--max-train-samples", type=int, default=d.max_train_samples, help="train on the first N images only")
+    p.add_argument("--out", default=d.out, help="results CSV; one row is appended per finished run")
+    p.add_argument("--checkpoint", default=d.checkpoint, help="save a checkpoint here at the end of every epoch")
+    p.add_argument("--resume", default=d.resume, help="resume from this checkpoint")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bars")
+    return p
+
+
+def parse_config(argv: list[str] | None, defaults: TrainConfig, prog: str, description: str) -> TrainConfig:
+    """Parse and validate the command line; a bad flag prints one line and exits with 2."""
+    parser = build_parser(prog, defaults, description)
+    args = vars(parser.parse_args(argv))
+    known = {f.name for f in fields(TrainConfig)}
+    config = replace(defaults, **{k: v for k, v in args.items() if k in known})
+    try:
+        config.validate()
+    except ValueError as exc:
+        parser.error(str(exc))
+    return config
+
+
+def fail(prog: str, message: str, code: int) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(code)
+

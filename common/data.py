@@ -1,0 +1,157 @@
+"""Datasets decoded once into uint8 tensors, and batched normalisation / augmentation on the device.
+
+Sources: torchvision's MNIST and CIFAR-10 (downloaded on first use into the data root), or
+an image folder `ROOT/train/<class>/*` and `ROOT/test/<class>/*` for a user's own data.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class DataNotFoundError(RuntimeError):
+    """The dataset is not under the data root and could not be downloaded."""
+
+
+@dataclass
+class ImageData:
+    train_x: torch.Tensor  # (N, C, H, W) uint8
+    train_y: torch.Tensor  # (N,) int64
+    test_x: torch.Tensor  # (M, C, H, W) uint8
+    test_y: torch.Tensor  # (M,) int64
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to(self, device: torch.device) -> "ImageData":
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        return ImageData(move(self.train_x), move(self.train_y), move(self.test_x), move(self.test_y), self.classes)
+
+    def first_train(self, n: int | None) -> "ImageData":
+        """The first n training images only (all when n is None); the test set is unchanged."""
+        if n is None:
+            return self
+        return ImageData(self.train_x[:n], self.train_y[:n], self.test_x, self.test_y, self.classes)
+
+
+def is_image_folder(root: str) -> bool:
+    return os.path.isdir(os.path.join(root, "train")) and os.path.isdir(os.path.join(root, "test"))
+
+
+def _torchvision_split(dataset_class, root: str, train: bool, download: bool, name: str, how: str):
+    try:
+        return dataset_class(root, train=train, download=False)
+    except RuntimeError:
+        if not download:
+            raise DataNotFoundError(f"{name} not found under {os.path.abspath(root)} and --no-download is set; {how}")
+    try:
+        return dataset_class(root, train=train, download=True)
+    except Exception as exc:  # no network, proxy, checksum: all mean the same to the user
+        raise DataNotFoundError(
+            f"{name} not found under {os.path.abspath(root)} and the download failed "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); {how}"
+        ) from None
+
+
+def load_mnist(root: str, download: bool = True) -> ImageData:
+    how = ("put the four MNIST IDX files (train-images-idx3-ubyte, ...) in ROOT/MNIST/raw, "
+           "or pass --data-root to a folder that has them")
+    from torchvision.datasets import MNIST
+
+    splits = [_torchvision_split(MNIST, root, train, download, "MNIST", how) for train in (True, False)]
+    tensors = [(s.data.unsqueeze(1).contiguous(), s.targets.long()) for s in splits]  # (N, 1, 28, 28)
+    return ImageData(*tensors[0], *tensors[1], [str(i) for i in range(10)])
+
+
+def load_cifar10(root: str, download: bool = True) -> ImageData:
+    how = ("put cifar-10-batches-py in ROOT, or unpack an image-folder copy "
+           "(ROOT/train/<class>/*, ROOT/test/<class>/*) and pass --data-root to it")
+    from torchvision.datasets import CIFAR10
+
+    splits = [_torchvision_split(CIFAR10, root, train, download, "CIFAR-10", how) for train in (True, False)]
+    tensors = [(torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(s.targets)) for s in splits]
+    return ImageData(*tensors[0], *tensors[1], list(splits[0].classes))
+
+
+def _list_images(split_dir: str, classes: list[str]) -> tuple[list[str], list[int]]:
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        class_dir = os.path.join(split_dir, name)
+        if not os.path.isdir(class_dir):
+            continue
+        for file in sorted(os.listdir(class_dir)):
+            if file.lower().endswith(IMAGE_EXTENSIONS):
+                paths.append(os.path.join(class_dir, file))
+                labels.append(label)
+    return paths, labels
+
+
+def _decode(paths: list[str], mode: str, size: int) -> torch.Tensor:
+    from PIL import Image
+
+    images = np.empty((len(paths), size, size, len(mode)), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        with Image.open(path) as image:
+            image = image.convert(mode)
+            if image.size != (size, size):
+                image = image.resize((size, size), Image.BILINEAR)
+            images[i] = np.asarray(image).reshape(size, size, len(mode))
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N, C, size, size)
+
+
+def load_image_folder(root: str, channels: int, size: int) -> ImageData:
+    """Decode ROOT/{train,test}/<class>/* once, as `channels` (1 or 3) x size x size uint8."""
+    train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
+    classes = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
+    if not classes:
+        raise DataNotFoundError(f"no class folders under {os.path.abspath(train_dir)}; expected train/<class>/<image>")
+    unknown = sorted(set(d for d in os.listdir(test_dir) if os.path.isdir(os.path.join(test_dir, d))) - set(classes))
+    if unknown:
+        raise DataNotFoundError(f"test classes {unknown} have no folder under {os.path.abspath(train_dir)}")
+    mode = "L" if channels == 1 else "RGB"
+    splits = []
+    for split_dir in (train_dir, test_dir):
+        paths, labels = _list_images(split_dir, classes)
+        if not paths:
+            raise DataNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {os.path.abspath(split_dir)}")
+        splits += [_decode(paths, mode, size), torch.tensor(labels, dtype=torch.long)]
+    return ImageData(*splits, classes)
+
+
+class Normalize:
+    """uint8 images (B, C, H, W) -> float32 (x / 255 - mean) / std, in channels-last memory."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
+        std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -torch.tensor(mean, device=device).view(1, -1, 1, 1) / std_t
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.contiguous(memory_format=torch.channels_last).float()
+        return torch.addcmul(self.shift, x, self.scale)
+
+
+def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random crop (zero padding, as torchvision's RandomCrop) and horizontal flip.
+
+    images: (B, C, H, W) of any dtype; returns the same shape. All on the images' device.
+    """
+    batch, _, height, width = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4)  # (B, C, H + 2p, W + 2p)
+    offsets = torch.randint(0, 2 * padding + 1, (2, batch), generator=generator, device=images.device)
+    rows = offsets[0].view(-1, 1) + torch.arange(height, device=images.device)  # (B, H)
+    cols = offsets[1].view(-1, 1) + torch.arange(width, device=images.device)  # (B, W)
+    flip = torch.rand(batch, generator=generator, device=images.device) < 0.5
+    cols = torch.where(flip.view(-1, 1), cols.flip(1), cols)
+    index = torch.arange(batch, device=images.device).view(-1, 1, 1)
+    cropped = padded.permute(0, 2, 3, 1)[index, rows.view(batch, -1, 1), cols.view(batch, 1, -1)]  # (B, H, W, C)
+    return cropped.permute(0, 3, 1, 2)

@@ -1,0 +1,178 @@
+"""Classification heads and their losses: combined angular margin (ArcNet), plain softmax, triplet.
+
+Every head maps embeddings (B, D) to logits (B, C) with `forward(embeddings, labels=None)`
+(argmax = predicted class) and gives its training loss with `loss(embeddings, labels)`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Margins (s, m1, m2, m3) that each named loss starts from; explicit flags override them.
+MARGIN_DEFAULTS = {
+    "arcface": (30.0, 1.0, 0.5, 0.0),
+    "cosface": (30.0, 1.0, 0.0, 0.35),
+    "sphereface": (30.0, 1.35, 0.0, 0.0),
+    "combined": (30.0, 1.0, 0.3, 0.2),
+}
+LOSSES = ("softmax", *MARGIN_DEFAULTS, "triplet")
+
+# cos(theta) is clamped to [-1 + CLAMP_EPS, 1 - CLAMP_EPS] before acos, so that
+# d(theta)/d(cos) = -1 / sin(theta) stays below 1 / sqrt(2 * CLAMP_EPS) ~ 224 in magnitude.
+CLAMP_EPS = 1e-5
+
+
+def margin_target(cos: torch.Tensor, m1: float, m2: float, m3: float, eps: float = CLAMP_EPS) -> torch.Tensor:
+    """Target-class cosine with the combined margin, psi(theta), elementwise on `cos`.
+
+    psi(theta) = (-1)**k * cos(m1*theta + m2) - 2*k - m3,  k = floor((m1*theta + m2) / pi)
+
+    For k = 0 (m1*theta + m2 <= pi) this is the combined margin cos(m1*theta + m2) - m3.
+    Beyond pi the SphereFace-style extension keeps psi continuous and strictly decreasing on
+    every branch, so the target logit is non-increasing over the whole of theta in [0, pi]
+    and no wrong prediction can earn a bonus. Safeguards:
+      * cos is clamped to [-1 + eps, 1 - eps] before acos with a straight-through clamp: the
+        value is clamped, the gradient passes as identity, so inputs at, or a hair outside,
+        +-1 (rounding of normalised dot products) give finite, bounded gradients;
+      * the result is capped at cos - m3 <= cos, so the margin is never a bonus, even
+        where the clamp moved theta (cos within eps of -1 with m2 < ~5e-3);
+      * (m1, m2) == (1, 0) skips the acos round trip: plain CosFace, exactly cos - m3.
+    Callers pass float32 (or float64) `cos`; ArcNet does so even under autocast.
+    """
+    if m1 == 1.0 and m2 == 0.0:
+        return cos - m3
+    clamped = cos + (cos.clamp(-1.0 + eps, 1.0 - eps) - cos).detach()
+    theta = torch.acos(clamped)  # radians in (0, pi)
+    phi = m1 * theta + m2
+    k = torch.floor(phi / math.pi).detach()  # branch index, piecewise constant
+    sign = 1.0 - 2.0 * torch.remainder(k, 2.0)  # (-1)**k
+    psi = sign * torch.cos(phi) - 2.0 * k - m3
+    return torch.minimum(psi, cos - m3)
+
+
+class ArcNet(nn.Module):
+    """Combined angular-margin head: logits s * cos(theta_j), target s * psi(theta_y).
+
+    `weight` (num_classes, in_features) holds the class centres. Embeddings and centres are
+    L2-normalised, so every logit lies in [-s, s]. With `labels` (training) the target entry
+    becomes s * psi(theta_y), psi from `margin_target`: m1 is SphereFace's multiplicative
+    angular margin, m2 ArcFace's additive angular margin, m3 CosFace's additive cosine
+    margin; any m1 >= 1, 0 <= m2 < pi, m3 >= 0, s > 0 is allowed, in any combination.
+    Without labels (inference) no margin is applied. The head always computes in float32,
+    with autocast disabled, so bf16/fp16 backbones get the same margin math.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, s: float = 30.0,
+                 m1: float = 1.0, m2: float = 0.5, m3: float = 0.0):
+        super().__init__()
+        check_margins(s, m1, m2, m3)
+        self.s, self.m1, self.m2, self.m3 = float(s), float(m1), float(m2), float(m3)
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
+        nn.init.xavier_uniform_(self.weight)
+
+    def cosines(self, embeddings: torch.Tensor) -> torch.Tensor:
+        dtype = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
+        with torch.autocast(embeddings.device.type, enabled=False):
+            x = F.normalize(embeddings.to(dtype), dim=1)  # (B, D) unit vectors
+            w = F.normalize(self.weight.to(dtype), dim=1)  # (C, D) unit class centres
+            return x @ w.t()  # (B, C) cosines
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        cos = self.cosines(embeddings)
+        if labels is None:
+            return self.s * cos
+        target = labels.view(-1, 1)
+        psi = margin_target(cos.gather(1, target), self.m1, self.m2, self.m3)  # (B, 1)
+        return self.s * cos.scatter(1, target, psi)
+
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self(embeddings, labels), labels)
+
+    def extra_repr(self) -> str:
+        return f"s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}"
+
+
+def check_margins(s: float, m1: float, m2: float, m3: float) -> None:
+    """Raise ValueError, naming the flag, for margins outside the supported ranges."""
+    if not s > 0:
+        raise ValueError(f"--s must be > 0, got {s}")
+    if not m1 >= 1:
+        raise ValueError(f"--m1 must be >= 1, got {m1}")
+    if not 0 <= m2 < math.pi:
+        raise ValueError(f"--m2 must be in [0, pi), got {m2}")
+    if not m3 >= 0:
+        raise ValueError(f"--m3 must be >= 0, got {m3}")
+
+
+class SoftmaxHead(nn.Module):
+    """The 'traditional softmax' baseline: a linear layer with bias and cross-entropy."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, num_classes)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.linear(embeddings)
+
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self(embeddings), labels)
+
+
+def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
+    """Batch-hard triplet loss (Hermans et al. 2017) on L2-normalised embeddings (B, D).
+
+    For each anchor: the farthest same-class sample and the nearest other-class sample in
+    the batch; loss = mean over anchors having both of relu(d_pos - d_neg + margin), with
+    Euclidean distances on the unit sphere (in [0, 2]). Squared distances are clamped
+    at 1e-12 before the square root so identical embeddings give finite gradients.
+    """
+    x = F.normalize(embeddings.float(), dim=1)  # (B, D)
+    dist = (2.0 - 2.0 * (x @ x.t())).clamp_min(1e-12).sqrt()  # (B, B)
+    same = labels.view(-1, 1) == labels.view(1, -1)  # (B, B)
+    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    positive = same & ~eye
+    hardest_pos = dist.masked_fill(~positive, float("-inf")).amax(dim=1)
+    hardest_neg = dist.masked_fill(same, float("inf")).amin(dim=1)
+    valid = positive.any(dim=1) & (~same).any(dim=1)
+    if not valid.any():
+        return embeddings.sum() * 0.0  # keeps the graph; no anchor has a triplet
+    return F.relu(hardest_pos[valid] - hardest_neg[valid] + margin).mean()
+
+
+class CentroidHead(nn.Module):
+    """Triplet-loss head: trains with batch-hard mining, classifies by the nearest class centre.
+
+    `centres` (num_classes, D) are the normalised mean training embeddings of each class,
+    set by `fit_centres`; logits are the cosines to them (nearest centre = largest cosine).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, margin: float = 0.2):
+        super().__init__()
+        self.margin = float(margin)
+        self.register_buffer("centres", torch.zeros(num_classes, in_features))
+
+    @torch.no_grad()
+    def fit_centres(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+        x = F.normalize(embeddings.float(), dim=1)
+        sums = torch.zeros_like(self.centres).index_add_(0, labels, x)
+        self.centres.copy_(F.normalize(sums, dim=1))  # classes never seen stay zero
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return F.normalize(embeddings.float(), dim=1) @ self.centres.t()
+
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return batch_hard_triplet_loss(embeddings, labels, self.margin)
+
+
+def build_head(loss: str, latent_dim: int, num_classes: int, s: float = 30.0, m1: float = 1.0,
+               m2: float = 0.5, m3: float = 0.0, triplet_margin: float = 0.2) -> nn.Module:
+    if loss == "softmax":
+        return SoftmaxHead(latent_dim, num_classes)
+    if loss == "triplet":
+        return CentroidHead(latent_dim, num_classes, triplet_margin)
+    if loss in MARGIN_DEFAULTS:
+        return ArcNet(latent_dim, num_classes, s, m1, m2, m3)
+    raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")

@@ -1,0 +1,183 @@
+"""Pieces every training script shares: optimiser and schedule, evaluation, divergence guard,
+checkpoints and the result files. The loops themselves live in the scripts."""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import TrainConfig
+from .data import ImageData
+from .device import autocast, device_name
+from .heads import CentroidHead
+from .metrics import classification_metrics, confusion_matrix
+from .results import append_row, environment_info, write_csv
+
+EVAL_BATCH = 1000
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(config: TrainConfig, modules: list[nn.Module], total_steps: int):
+    """SGD with Nesterov momentum; LR warms up linearly for `warmup` of the steps, then decays linearly to 0."""
+    params = [p for m in modules for p in m.parameters()]
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                                nesterov=config.momentum > 0, weight_decay=config.weight_decay)
+    warmup_steps = max(1, round(config.warmup * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def check_finite(losses: torch.Tensor, start: int, stop: int, epoch: int) -> None:
+    """Raise DivergedError naming the first non-finite loss among steps [start, stop) of `losses`.
+
+    The per-step losses stay on the device; checking a window at a time costs one sync per
+    window instead of one per step.
+    """
+    window = losses[start:stop]
+    if not bool(torch.isfinite(window).all()):
+        step = start + int((~torch.isfinite(window)).nonzero()[0, 0])
+        raise DivergedError(f"loss became {losses[step].item()} at epoch {epoch + 1}, step {step + 1}")
+
+
+@torch.no_grad()
+def embed(net: nn.Module, images: torch.Tensor, normalize, amp: bool) -> torch.Tensor:
+    """Embeddings (N, D) float32 of uint8 images (N, C, H, W), in eval mode, in batches."""
+    net.eval()
+    out = [net_forward(net, normalize(chunk), amp).float() for chunk in images.split(EVAL_BATCH)]
+    return torch.cat(out)
+
+
+def net_forward(net: nn.Module, images: torch.Tensor, amp: bool) -> torch.Tensor:
+    with autocast(images.device, amp):
+        return net(images)
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, head: nn.Module, data: ImageData, normalize, amp: bool) -> tuple[dict, torch.Tensor]:
+    """Test-set metrics and (C, C) confusion matrix. A triplet head's centres are refitted first."""
+    head.eval()
+    if isinstance(head, CentroidHead):
+        head.fit_centres(embed(net, data.train_x, normalize, amp), data.train_y)
+    predictions = head(embed(net, data.test_x, normalize, amp)).argmax(dim=1)
+    confusion = confusion_matrix(data.test_y, predictions, data.num_classes)
+    return classification_metrics(confusion), confusion
+
+
+def save_checkpoint(path: str, **state) -> None:
+    """torch.save to a temporary file, then rename, so a crash never leaves half a checkpoint."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+# Settings that must match for a checkpoint to be resumed under a config.
+RESUME_KEYS = ("dataset", "loss", "s", "m1", "m2", "m3", "triplet_margin", "latent_dim", "widths",
+               "convs_per_stage", "epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup",
+               "seed", "image_size", "max_train_samples")
+
+
+def load_checkpoint(path: str, config: TrainConfig) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    saved, wanted = state["config"], config.as_row()
+    mismatched = [k for k in RESUME_KEYS if str(saved.get(k)) != str(wanted.get(k))]
+    if mismatched:
+        details = ", ".join(f"{k}: {saved.get(k)} vs {wanted.get(k)}" for k in mismatched)
+        raise ValueError(f"--resume {path} was trained with other settings ({details})")
+    return state
+
+
+def run_id(config: TrainConfig) -> str:
+    return f"{config.dataset}-{config.loss}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+def write_results(config: TrainConfig, metrics: dict, confusion: torch.Tensor, history: list[dict],
+                  train_seconds: float, device: torch.device, classes: list[str]) -> dict:
+    """Append the run's row to config.out; history.csv and confusion.csv go to a folder beside it."""
+    rid = run_id(config)
+    row = {**config.as_row(), "test_acc": metrics["accuracy"], "test_precision": metrics["precision"],
+           "test_recall": metrics["recall"], "test_f1": metrics["f1"],
+           "per_class_recall": ";".join(f"{r:.4f}" for r in metrics["per_class_recall"]),
+           "train_seconds": round(train_seconds, 2), "seconds_per_epoch": round(train_seconds / config.epochs, 2),
+           "device": device.type, "device_name": device_name(device), **environment_info(), "run_id": rid,
+           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    for key in ("out", "checkpoint", "resume", "progress"):
+        row.pop(key)
+    run_dir = os.path.join(os.path.splitext(config.out)[0], rid)
+    write_csv(os.path.join(run_dir, "history.csv"), history)
+    write_csv(os.path.join(run_dir, "confusion.csv"),
+              [{"true": name, **{p: int(n) for p, n in zip(classes, counts)}} for name, counts in zip(classes, confusion.tolist())])
+    append_row(config.out, row)
+    return row
+
+
+def format_epoch(epoch: int, epochs: int, loss: float, metrics: dict, seconds: float) -> str:
+    return (f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  test acc {metrics['accuracy']:.4f}  "
+            f"macro F1 {metrics['f1']:.4f}  {seconds:.1f}s")
+
+
+def steps_per_epoch(num_train: int, batch_size: int) -> int:
+    return math.ceil(num_train / batch_size)
+
+
+
+def load_resume_state(config: TrainConfig, net: nn.Module, head: nn.Module, optimizer, scheduler,
+                      generator: torch.Generator) -> tuple[int, list[dict], float]:
+    """Restore a --resume checkpoint into the given objects; returns (next epoch, history, seconds so far)."""
+    if config.resume is None:
+        return 0, [], 0.0
+    state = load_checkpoint(config.resume, config)
+    net.load_state_dict(state["net"])
+    head.load_state_dict(state["head"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    print(f"resumed from {config.resume} after epoch {state['epoch']}")
+    return state["epoch"], state["history"], state["train_seconds"]
+
+
+def warn_if_slow_amp(config: TrainConfig, device: torch.device) -> None:
+    from .device import cpu_has_fast_bf16
+
+    if config.amp and device.type == "cpu" and not cpu_has_fast_bf16():
+        print("warning: --amp on a CPU without AVX512-BF16/AMX: bfloat16 is emulated and much slower than float32")
+
+
+def cli_main(run, defaults: TrainConfig, prog: str, description: str, argv: list[str] | None = None) -> dict:
+    """Parse flags, call run(config), and turn the expected failures into one-line errors."""
+    import sys
+
+    from .config import fail, parse_config
+    from .data import DataNotFoundError
+
+    config = parse_config(argv, defaults, prog, description)
+    try:
+        return run(config)
+    except (DataNotFoundError, ValueError) as exc:
+        fail(prog, str(exc), 2)
+    except DivergedError as exc:
+        kept = f"; the last good checkpoint is {config.checkpoint}" if config.checkpoint else ""
+        fail(prog, f"{exc}: stopped, no result row written{kept}", 1)
+    except KeyboardInterrupt:
+        hint = f"; continue with --resume {config.checkpoint}" if config.checkpoint else ""
+        print(f"\n{prog}: interrupted{hint}", file=sys.stderr)
+        sys.exit(130)
