@@ -11,11 +11,9 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import (MNIST_MEAN, MNIST_STD, Network, Normalize, TrainConfig, build_head, is_image_folder,
-                    load_image_folder, load_mnist, pick_device)
-from common.training import (check_finite, cli_main, evaluate, format_epoch, load_resume_state, make_optimizer,
-                             net_forward, save_checkpoint, seed_everything, steps_per_epoch, warn_if_slow_amp,
-                             write_results)
+from common import MNIST_MEAN, MNIST_STD, TrainConfig, is_image_folder, load_image_folder, load_mnist
+from common.training import (check_finite, cli_main, evaluate, net_forward, prepare_run, record_epoch,
+                             save_training_state, write_results)
 
 DEFAULTS = TrainConfig(dataset="mnist", widths=(64, 256, 64), convs_per_stage=1, epochs=5, lr=0.05,
                        image_size=28, out="results/train_mnist.csv")
@@ -30,26 +28,13 @@ def load_data(config: TrainConfig):
 
 def run(config: TrainConfig) -> dict:
     """Train one model as `config` says and return its results row (also appended to config.out)."""
-    config.validate()
-    device = pick_device(config.device)
-    warn_if_slow_amp(config, device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    seed_everything(config.seed)
-    data = load_data(config).first_train(config.max_train_samples).to(device)
-    normalize = Normalize(MNIST_MEAN, MNIST_STD, device)
-
-    s, m1, m2, m3 = config.margins()
-    net = Network(1, config.latent_dim, config.widths, config.convs_per_stage)
-    net = net.to(device, memory_format=torch.channels_last)
-    head = build_head(config.loss, config.latent_dim, data.num_classes, s, m1, m2, m3, config.triplet_margin).to(device)
-    steps = steps_per_epoch(len(data.train_y), config.batch_size)
-    optimizer, scheduler = make_optimizer(config, [net, head], steps * config.epochs)
-    generator = torch.Generator(device).manual_seed(config.seed)
-    first_epoch, history, train_seconds = load_resume_state(config, net, head, optimizer, scheduler, generator)
+    setup = prepare_run(config, load_data, 1, MNIST_MEAN, MNIST_STD)
+    device, data, normalize, net, head = setup.device, setup.data, setup.normalize, setup.net, setup.head
+    optimizer, scheduler, generator, steps = setup.optimizer, setup.scheduler, setup.generator, setup.steps
+    history, train_seconds = setup.history, setup.train_seconds
     metrics = None
 
-    for epoch in range(first_epoch, config.epochs):
+    for epoch in range(setup.first_epoch, config.epochs):
         started = time.perf_counter()
         net.train()
         head.train()
@@ -73,15 +58,9 @@ def run(config: TrainConfig) -> dict:
         train_seconds += time.perf_counter() - started
 
         metrics, confusion = evaluate(net, head, data, normalize, config.amp)
-        mean_loss = losses.mean().item()
-        history.append({"epoch": epoch + 1, "train_loss": mean_loss, "test_acc": metrics["accuracy"],
-                        "test_f1": metrics["f1"], "lr": scheduler.get_last_lr()[0], "train_seconds": train_seconds})
-        print(format_epoch(epoch, config.epochs, mean_loss, metrics, time.perf_counter() - started), flush=True)
-        if config.checkpoint:
-            save_checkpoint(config.checkpoint, net=net.state_dict(), head=head.state_dict(),
-                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                            generator=generator.get_state(), epoch=epoch + 1, history=history,
-                            train_seconds=train_seconds, config=config.as_row())
+        record_epoch(history, epoch, config.epochs, losses, metrics, scheduler, train_seconds,
+                     time.perf_counter() - started)
+        save_training_state(config, net, head, optimizer, scheduler, generator, epoch + 1, history, train_seconds)
 
     if metrics is None:  # resumed from a checkpoint of the last epoch: nothing was trained
         metrics, confusion = evaluate(net, head, data, normalize, config.amp)

@@ -7,15 +7,18 @@ import os
 import random
 import time
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
 
 from .config import TrainConfig
-from .data import ImageData
-from .device import autocast, device_name
-from .heads import CentroidHead
+from .data import ImageData, Normalize
+from .device import autocast, device_name, pick_device
+from .heads import CentroidHead, build_head
 from .metrics import classification_metrics, confusion_matrix
+from .network import Network
 from .results import append_row, environment_info, write_csv
 
 EVAL_BATCH = 1000
@@ -181,3 +184,61 @@ def cli_main(run, defaults: TrainConfig, prog: str, description: str, argv: list
         hint = f"; continue with --resume {config.checkpoint}" if config.checkpoint else ""
         print(f"\n{prog}: interrupted{hint}", file=sys.stderr)
         sys.exit(130)
+
+
+def record_epoch(history: list[dict], epoch: int, epochs: int, losses: torch.Tensor, metrics: dict,
+                 scheduler, train_seconds: float, epoch_seconds: float) -> None:
+    """Append the epoch's summary to `history` and print its one-line report."""
+    mean_loss = losses.mean().item()
+    history.append({"epoch": epoch + 1, "train_loss": mean_loss, "test_acc": metrics["accuracy"],
+                    "test_f1": metrics["f1"], "lr": scheduler.get_last_lr()[0], "train_seconds": train_seconds})
+    print(format_epoch(epoch, epochs, mean_loss, metrics, epoch_seconds), flush=True)
+
+
+def save_training_state(config: TrainConfig, net: nn.Module, head: nn.Module, optimizer, scheduler,
+                        generator: torch.Generator, epochs_done: int, history: list[dict], train_seconds: float) -> None:
+    """Everything --resume needs to continue bit-for-bit, saved to config.checkpoint (if set)."""
+    if config.checkpoint:
+        save_checkpoint(config.checkpoint, net=net.state_dict(), head=head.state_dict(),
+                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                        generator=generator.get_state(), epoch=epochs_done, history=history,
+                        train_seconds=train_seconds, config=config.as_row())
+
+
+@dataclass
+class RunSetup:
+    """Everything a training loop needs, built from a validated config."""
+
+    device: torch.device
+    data: ImageData  # on `device`
+    normalize: Normalize
+    net: nn.Module
+    head: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator  # drives shuffling and augmentation; saved in checkpoints
+    steps: int  # optimiser steps per epoch
+    first_epoch: int
+    history: list[dict]
+    train_seconds: float
+
+
+def prepare_run(config: TrainConfig, load_data, in_channels: int, mean: tuple, std: tuple) -> RunSetup:
+    """Validate, pick the device, seed, load the data onto the device, build the model, restore --resume."""
+    config.validate()
+    device = pick_device(config.device)
+    warn_if_slow_amp(config, device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    data = load_data(config).first_train(config.max_train_samples).to(device)
+    s, m1, m2, m3 = config.margins()
+    net = Network(in_channels, config.latent_dim, config.widths, config.convs_per_stage)
+    net = net.to(device, memory_format=torch.channels_last)
+    head = build_head(config.loss, config.latent_dim, data.num_classes, s, m1, m2, m3, config.triplet_margin).to(device)
+    steps = steps_per_epoch(len(data.train_y), config.batch_size)
+    optimizer, scheduler = make_optimizer(config, [net, head], steps * config.epochs)
+    generator = torch.Generator(device).manual_seed(config.seed)
+    first_epoch, history, train_seconds = load_resume_state(config, net, head, optimizer, scheduler, generator)
+    return RunSetup(device, data, Normalize(mean, std, device), net, head, optimizer, scheduler, generator, steps,
+                    first_epoch, history, train_seconds)

@@ -1,0 +1,139 @@
+"""ArcNet and the combined margin at the edges: closed forms, monotonicity, gradients, autocast."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common import ArcNet, margin_target
+
+MARGINS = [(1.0, 0.5, 0.0), (1.35, 0.0, 0.0), (1.2, 0.4, 0.0), (2.0, 0.3, 0.2), (4.0, 0.0, 0.0),
+           (1.0, 0.0, 0.35), (1.0, 3.0, 0.5), (3.7, 1.1, 0.4)]
+
+
+def head_at_angles(thetas, s=30.0, margins=(1.0, 0.5, 0.0), dtype=torch.float32):
+    """ArcNet with 2 classes, centres e0 and e1, and embeddings at angle theta from e0 in the e0-e1 plane."""
+    head = ArcNet(2, 2, s, *margins)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(2) * 3.0)  # norm 3: normalisation must remove it
+    thetas = torch.as_tensor(thetas, dtype=dtype)
+    embeddings = torch.stack([torch.cos(thetas), torch.sin(thetas)], dim=1) * 0.5
+    return head.to(dtype), embeddings
+
+
+@pytest.mark.parametrize("margins", MARGINS)
+def test_target_logit_monotone_continuous_and_never_a_bonus(margins):
+    theta = torch.linspace(0, math.pi, 100_001, dtype=torch.float64)
+    psi = margin_target(torch.cos(theta), *margins)
+    steps = psi.diff()
+    assert steps.max() <= 1e-12, "psi must be non-increasing in theta"
+    slope_bound = max(margins[0], 1.0) * (theta[1] - theta[0]).item() * 1.01
+    assert steps.abs().max() <= slope_bound, "psi must be continuous (no jump between grid points)"
+    assert (psi <= torch.cos(theta) + 1e-12).all(), "the margin must never make the target logit larger"
+
+
+def test_closed_form_values_at_chosen_angles():
+    thetas = [0.3, 1.0, math.pi / 2, 2.5]
+    s, (m1, m2, m3) = 16.0, (1.5, 0.2, 0.1)
+    head, x = head_at_angles(thetas, s, (m1, m2, m3), torch.float64)
+    logits = head(x, torch.zeros(4, dtype=torch.long))
+    for i, theta in enumerate(thetas):
+        phi = m1 * theta + m2
+        k = math.floor(phi / math.pi)
+        expected_target = s * ((-1) ** k * math.cos(phi) - 2 * k - m3)
+        assert logits[i, 0].item() == pytest.approx(expected_target, abs=1e-9)
+        assert logits[i, 1].item() == pytest.approx(s * math.cos(math.pi / 2 - theta), abs=1e-9)
+    # theta = 2.5 with m1 = 1.5 lies beyond pi: the extension branch k = 1 was exercised
+    assert math.floor((m1 * 2.5 + m2) / math.pi) == 1
+
+
+def test_pure_cases_softmax_cosface_arcface():
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 8, dtype=torch.float64), torch.randint(0, 5, (16,))
+    base = ArcNet(8, 5, s=10.0, m1=1.0, m2=0.0, m3=0.0).double()
+    cos = F.normalize(x) @ F.normalize(base.weight).t()
+    assert torch.equal(base(x, y), 10.0 * cos), "(1, 0, 0) must be exactly the normalised-softmax logits"
+
+    onehot = F.one_hot(y, 5).bool()
+    for m1, m2, m3, target in [(1.0, 0.0, 0.35, cos - 0.35), (1.0, 0.5, 0.0, torch.cos(torch.acos(cos) + 0.5))]:
+        head = ArcNet(8, 5, 10.0, m1, m2, m3).double()
+        head.load_state_dict(base.state_dict())
+        expected = 10.0 * torch.where(onehot, target, cos)
+        torch.testing.assert_close(head(x, y), expected, atol=1e-9, rtol=0)
+
+
+def test_combined_margin_keeps_every_term():
+    """A well-known implementation drops m2 when m3 > 0 and refuses m1 != 1; this one uses all three."""
+    theta = torch.tensor([0.7], dtype=torch.float64)
+    full = margin_target(torch.cos(theta), 1.3, 0.4, 0.2)
+    assert full.item() == pytest.approx(math.cos(1.3 * 0.7 + 0.4) - 0.2, abs=1e-12)
+    assert full.item() < margin_target(torch.cos(theta), 1.3, 0.0, 0.2).item()
+    assert full.item() < margin_target(torch.cos(theta), 1.0, 0.4, 0.2).item()
+
+
+def test_no_labels_means_no_margin():
+    head, x = head_at_angles([0.2, 1.4])
+    torch.testing.assert_close(head(x), 30.0 * F.normalize(x) @ torch.eye(2))
+
+
+def test_margin_gradient_flows_to_embeddings_and_centres():
+    torch.manual_seed(1)
+    head = ArcNet(6, 4, 30.0, 1.2, 0.3, 0.1)
+    x = torch.randn(8, 6, requires_grad=True)
+    head.loss(x, torch.randint(0, 4, (8,))).backward()
+    assert x.grad.abs().sum() > 0 and head.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("margins", MARGINS)
+@pytest.mark.parametrize("edge", [1.0, -1.0, 1.0 + 1e-7, -1.0 - 1e-7, 1.0 - 1e-9, -1.0 + 1e-9])
+def test_gradients_finite_and_bounded_at_cos_plus_minus_one(margins, edge):
+    cos = torch.tensor([edge], requires_grad=True)
+    psi = margin_target(cos, *margins)
+    psi.backward()
+    assert torch.isfinite(psi).all() and torch.isfinite(cos.grad).all()
+    assert cos.grad.abs().item() <= 1000.0 * margins[0]
+
+
+def test_embedding_equal_and_opposite_to_its_centre():
+    head = ArcNet(3, 2, 30.0, 1.0, 0.5, 0.0)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    x = torch.tensor([[2.0, 0.0, 0.0], [-2.0, 0.0, 0.0]], requires_grad=True)
+    head.loss(x, torch.tensor([0, 0])).backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(head.weight.grad).all()
+
+
+@pytest.mark.parametrize("margins", [(1.0, 0.5, 0.0), (1.2, 0.4, 0.1), (2.0, 0.3, 0.2), (1.35, 0.0, 0.0)])
+def test_gradcheck_float64(margins):
+    torch.manual_seed(2)
+    head = ArcNet(5, 3, 8.0, *margins).double()
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 1])
+    assert torch.autograd.gradcheck(lambda e, w: _logits_with_weight(head, e, w, y),
+                                    (x, head.weight.detach().clone().requires_grad_()))
+
+
+def _logits_with_weight(head, embeddings, weight, labels):
+    cos = F.normalize(embeddings) @ F.normalize(weight).t()
+    target = labels.view(-1, 1)
+    return head.s * cos.scatter(1, target, margin_target(cos.gather(1, target), head.m1, head.m2, head.m3))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_computes_margin_in_float32(dtype):
+    torch.manual_seed(3)
+    head = ArcNet(16, 10, 30.0, 1.2, 0.4, 0.1)
+    x, y = torch.randn(32, 16).to(dtype), torch.randint(0, 10, (32,))
+    reference = head(x.float(), y)
+    with torch.autocast("cpu", dtype=dtype):
+        logits = head(x, y)
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, reference, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("bad", [dict(s=0.0), dict(s=-1.0), dict(m1=0.9), dict(m2=-0.1), dict(m2=math.pi),
+                                 dict(m3=-0.01)])
+def test_out_of_range_margins_are_refused(bad):
+    args = dict(s=30.0, m1=1.0, m2=0.5, m3=0.0) | bad
+    with pytest.raises(ValueError, match="--" + next(iter(bad))):
+        ArcNet(4, 3, **args)

@@ -1,0 +1,150 @@
+"""End-to-end runs of both training scripts on tiny generated image folders, and their errors."""
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train_cifar10
+import train_mnist
+from common.results import read_rows
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--widths", "8-16-8", "--latent-dim", "8", "--epochs", "2", "--batch-size", "12", "--lr", "0.05",
+        "--device", "cpu", "--no-progress", "--no-download"]
+REQUIRED_COLUMNS = ["dataset", "loss", "s", "m1", "m2", "m3", "latent_dim", "epochs", "batch_size", "lr", "seed",
+                    "test_acc", "test_precision", "test_recall", "test_f1", "train_seconds", "device",
+                    "torch_version", "git_commit"]
+SCRIPTS = {"mnist": (train_mnist, "gray_folder"), "cifar10": (train_cifar10, "rgb_folder")}
+
+
+def train(script, folder, out, *extra):
+    return script.main([*TINY, "--data-root", folder, "--out", str(out), *extra])
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.parametrize("loss", ["arcface", "softmax", "triplet", "combined"])
+def test_scripts_train_and_write_results(name, loss, tmp_path, request):
+    script, fixture = SCRIPTS[name]
+    out = tmp_path / "results.csv"
+    row = train(script, request.getfixturevalue(fixture), out, "--loss", loss)
+    rows = read_rows(str(out))
+    assert len(rows) == 1 and all(column in rows[0] for column in REQUIRED_COLUMNS)
+    assert rows[0]["loss"] == loss and rows[0]["dataset"] == name and rows[0]["device"] == "cpu"
+    assert 0.0 <= float(rows[0]["test_acc"]) <= 1.0 and row["test_acc"] == float(rows[0]["test_acc"])
+    run_dir = tmp_path / "results" / row["run_id"]
+    with open(run_dir / "history.csv") as handle:
+        assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [1, 2]
+    with open(run_dir / "confusion.csv") as handle:
+        confusion = list(csv.DictReader(handle))
+    assert len(confusion) == 3 and sum(int(v) for r in confusion for k, v in r.items() if k != "true") == 12
+
+
+def test_the_tiny_task_is_learned(gray_folder, tmp_path):
+    row = train(train_mnist, gray_folder, tmp_path / "r.csv", "--epochs", "12", "--lr", "0.2", "--loss", "softmax")
+    assert row["test_acc"] >= 0.75  # 3 classes: chance is 0.33
+
+
+def test_named_losses_set_margins_and_flags_override(gray_folder, tmp_path):
+    row = train(train_mnist, gray_folder, tmp_path / "r.csv", "--loss", "cosface", "--m3", "0.2", "--epochs", "1")
+    assert (row["s"], row["m1"], row["m2"], row["m3"]) == (30.0, 1.0, 0.0, 0.2)
+
+
+def test_same_seed_same_results_on_cpu(rgb_folder, tmp_path):
+    a = train(train_cifar10, rgb_folder, tmp_path / "a.csv", "--seed", "3")
+    b = train(train_cifar10, rgb_folder, tmp_path / "b.csv", "--seed", "3")
+    keys = ["test_acc", "test_f1", "per_class_recall"]
+    assert [a[k] for k in keys] == [b[k] for k in keys]
+    assert _history(tmp_path / "a", a) == _history(tmp_path / "b", b)
+
+
+def _history(results_stem, row):
+    with open(os.path.join(results_stem, row["run_id"], "history.csv")) as handle:
+        return [(r["train_loss"], r["test_acc"]) for r in csv.DictReader(handle)]
+
+
+def test_resume_continues_exactly_where_the_checkpoint_left(rgb_folder, tmp_path, monkeypatch):
+    ckpt = str(tmp_path / "run.pt")
+    saved = train_cifar10.save_training_state
+
+    def save_and_keep_each_epoch(config, *args):
+        saved(config, *args)
+        shutil.copy(config.checkpoint, f"{config.checkpoint}.epoch{args[5]}")
+
+    monkeypatch.setattr(train_cifar10, "save_training_state", save_and_keep_each_epoch)
+    full = train(train_cifar10, rgb_folder, tmp_path / "full.csv", "--epochs", "3", "--checkpoint", ckpt)
+    monkeypatch.setattr(train_cifar10, "save_training_state", saved)
+    resumed = train(train_cifar10, rgb_folder, tmp_path / "resumed.csv", "--epochs", "3",
+                    "--resume", f"{ckpt}.epoch1")
+    assert resumed["test_acc"] == full["test_acc"] and resumed["per_class_recall"] == full["per_class_recall"]
+    assert _history(tmp_path / "full", full) == _history(tmp_path / "resumed", resumed)
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(gray_folder, tmp_path, capsys):
+    ckpt = str(tmp_path / "run.pt")
+    train(train_mnist, gray_folder, tmp_path / "r.csv", "--epochs", "1", "--checkpoint", ckpt)
+    with pytest.raises(SystemExit) as exit_info:
+        train(train_mnist, gray_folder, tmp_path / "r.csv", "--epochs", "1", "--resume", ckpt, "--loss", "softmax")
+    assert exit_info.value.code == 2 and "loss: arcface vs softmax" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_names_epoch_and_step_keeps_checkpoint_writes_no_row(gray_folder, tmp_path, monkeypatch, capsys):
+    from common.heads import ArcNet
+
+    calls = {"n": 0}
+    real_loss = ArcNet.loss
+
+    def loss_that_diverges_in_epoch_two(self, embeddings, labels):
+        calls["n"] += 1
+        value = real_loss(self, embeddings, labels)
+        return value * float("nan") if calls["n"] == 8 else value  # 6 steps per epoch: epoch 2, step 2
+
+    monkeypatch.setattr(ArcNet, "loss", loss_that_diverges_in_epoch_two)
+    ckpt, out = tmp_path / "run.pt", tmp_path / "r.csv"
+    with pytest.raises(SystemExit) as exit_info:
+        train(train_mnist, gray_folder, out, "--checkpoint", str(ckpt))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 1 and "epoch 2, step 2" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+    assert torch.load(ckpt, weights_only=False)["epoch"] == 1
+
+
+BAD_INPUTS = [
+    (["--loss", "hinge"], "--loss"), (["--s", "0"], "--s"), (["--m1", "0.5"], "--m1"), (["--m2", "3.2"], "--m2"),
+    (["--m2", "-0.1"], "--m2"), (["--m3", "-1"], "--m3"), (["--latent-dim", "1"], "--latent-dim"),
+    (["--epochs", "0"], "--epochs"), (["--batch-size", "-5"], "--batch-size"), (["--epochs", "two"], "--epochs"),
+    (["--lr", "0"], "--lr"), (["--resume", "/nonexistent/ckpt.pt"], "--resume"), (["--device", "tpu"], "--device"),
+]
+if not torch.cuda.is_available():
+    BAD_INPUTS.append((["--device", "cuda"], "--device"))
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.parametrize("flags,flag", BAD_INPUTS)
+def test_bad_input_is_one_line_naming_the_flag_exit_2_before_reading_data(name, flags, flag, capsys, monkeypatch):
+    script = SCRIPTS[name][0]
+    monkeypatch.setattr(script, "load_data", lambda config: pytest.fail("data was read before validation"))
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--data-root", "/nonexistent", *flags])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2
+    assert len(err.splitlines()) == 1 and flag in err, err
+
+
+@pytest.mark.parametrize("name,expected", [("mnist", "MNIST/raw"), ("cifar10", "cifar-10-batches-py")])
+def test_missing_dataset_says_where_and_how(name, expected, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        SCRIPTS[name][0].main(["--data-root", str(tmp_path), "--no-download"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert str(tmp_path) in err and expected in err
+
+
+def test_command_line_entry_point(tmp_path):
+    """The shell path: `python train_mnist.py ...` exits 2 with one line for a bad flag."""
+    result = subprocess.run([sys.executable, "train_mnist.py", "--m2", "4"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "train_mnist.py: error: --m2 must be in [0, pi), got 4.0"]

@@ -1,0 +1,81 @@
+"""Train a deeper version of the source report's network on CIFAR-10 (or any RGB image folder)
+with softmax, ArcFace, CosFace, SphereFace, the combined margin, or triplet loss; append the test
+metrics to a results CSV.
+
+    python train_cifar10.py                                          # ArcFace
+    python train_cifar10.py --loss combined --m1 1 --m2 0.3 --m3 0.2
+    python train_cifar10.py --data-root data/cifar10-jpg             # an image-folder copy
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm import tqdm
+
+from common import (CIFAR10_MEAN, CIFAR10_STD, TrainConfig, is_image_folder, load_cifar10, load_image_folder,
+                    random_crop_flip)
+from common.training import (check_finite, cli_main, evaluate, net_forward, prepare_run, record_epoch,
+                             save_training_state, write_results)
+
+# Two convs per stage, widths 64-128-256: the report's conv-BN-ReLU design, deep enough for CIFAR-10.
+DEFAULTS = TrainConfig(dataset="cifar10", widths=(64, 128, 256), convs_per_stage=2, epochs=8, lr=0.05,
+                       image_size=32, out="results/train_cifar10.csv")
+CHECK_EVERY = 50  # steps between checks for a non-finite loss (one host sync each)
+CROP_PADDING = 4  # pixels of zero padding before the random 32x32 crop, as in the report
+
+
+def load_data(config: TrainConfig):
+    if is_image_folder(config.data_root):
+        return load_image_folder(config.data_root, channels=3, size=config.image_size)
+    return load_cifar10(config.data_root, download=config.download)
+
+
+def run(config: TrainConfig) -> dict:
+    """Train one model as `config` says and return its results row (also appended to config.out)."""
+    setup = prepare_run(config, load_data, 3, CIFAR10_MEAN, CIFAR10_STD)
+    device, data, normalize, net, head = setup.device, setup.data, setup.normalize, setup.net, setup.head
+    optimizer, scheduler, generator, steps = setup.optimizer, setup.scheduler, setup.generator, setup.steps
+    history, train_seconds = setup.history, setup.train_seconds
+    metrics = None
+
+    for epoch in range(setup.first_epoch, config.epochs):
+        started = time.perf_counter()
+        net.train()
+        head.train()
+        order = torch.randperm(len(data.train_y), generator=generator, device=device)
+        losses = torch.zeros(steps, device=device)  # per-step losses, kept on the device
+        batches = tqdm(order.split(config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
+                       disable=not config.progress, leave=False)
+        for step, batch in enumerate(batches):
+            augmented = random_crop_flip(data.train_x[batch], CROP_PADDING, generator)  # uint8, on the device
+            images, labels = normalize(augmented), data.train_y[batch]
+            embeddings = net_forward(net, images, config.amp)  # (B, D), bf16 under --amp
+            loss = head.loss(embeddings.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses[step] = loss.detach()
+            if (step + 1) % CHECK_EVERY == 0:
+                check_finite(losses, step + 1 - CHECK_EVERY, step + 1, epoch)
+                batches.set_postfix(loss=f"{losses[step].item():.4f}")
+        check_finite(losses, 0, steps, epoch)
+        train_seconds += time.perf_counter() - started
+
+        metrics, confusion = evaluate(net, head, data, normalize, config.amp)
+        record_epoch(history, epoch, config.epochs, losses, metrics, scheduler, train_seconds,
+                     time.perf_counter() - started)
+        save_training_state(config, net, head, optimizer, scheduler, generator, epoch + 1, history, train_seconds)
+
+    if metrics is None:  # resumed from a checkpoint of the last epoch: nothing was trained
+        metrics, confusion = evaluate(net, head, data, normalize, config.amp)
+    return write_results(config, metrics, confusion, history, train_seconds, device, data.classes)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return cli_main(run, DEFAULTS, "train_cifar10.py", __doc__, argv)
+
+
+if __name__ == "__main__":
+    main()
