@@ -31,7 +31,7 @@ def run(config: TrainConfig) -> dict:
     setup = prepare_run(config, load_data, 1, MNIST_MEAN, MNIST_STD)
     device, data, normalize, net, head = setup.device, setup.data, setup.normalize, setup.net, setup.head
     optimizer, scheduler, generator, steps = setup.optimizer, setup.scheduler, setup.generator, setup.steps
-    history, train_seconds = setup.history, setup.train_seconds
+    history = setup.history  # per-epoch summaries, restored by --resume
     metrics = None
 
     for epoch in range(setup.first_epoch, config.epochs):
@@ -55,16 +55,16 @@ def run(config: TrainConfig) -> dict:
                 check_finite(losses, step + 1 - CHECK_EVERY, step + 1, epoch)
                 batches.set_postfix(loss=f"{losses[step].item():.4f}")
         check_finite(losses, 0, steps, epoch)
-        train_seconds += time.perf_counter() - started
+        setup.train_seconds += time.perf_counter() - started
 
         metrics, confusion = evaluate(net, head, data, normalize, config.amp)
-        record_epoch(history, epoch, config.epochs, losses, metrics, scheduler, train_seconds,
+        record_epoch(history, epoch, config.epochs, losses, metrics, scheduler, setup.train_seconds,
                      time.perf_counter() - started)
-        save_training_state(config, net, head, optimizer, scheduler, generator, epoch + 1, history, train_seconds)
+        save_training_state(config, setup, epoch + 1)
 
     if metrics is None:  # resumed from a checkpoint of the last epoch: nothing was trained
         metrics, confusion = evaluate(net, head, data, normalize, config.amp)
-    return write_results(config, metrics, confusion, history, train_seconds, device, data.classes)
+    return write_results(config, setup, metrics, confusion)
 
 
 def main(argv: list[str] | None = None) -> dict:

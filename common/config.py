@@ -88,6 +88,10 @@ class TrainConfig:
         return row
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the script's docstring as written and show every flag's default."""
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse that reports a bad flag as one line on stderr and exits with status 2."""
 
@@ -105,12 +109,13 @@ def _positive_int_list(text: str) -> tuple[int, ...]:
 def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse.ArgumentParser:
     d = defaults
     p = OneLineErrorParser(prog=prog, description=description,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=HelpFormatter)
     p.add_argument("--loss", default=d.loss, help=f"training loss: {', '.join(LOSSES)}")
-    p.add_argument("--s", type=float, default=None, help="scale s of the margin logits (default: the loss's, 30)")
-    p.add_argument("--m1", type=float, default=None, help="SphereFace multiplicative angular margin, >= 1 (default: the loss's)")
-    p.add_argument("--m2", type=float, default=None, help="ArcFace additive angular margin in radians, [0, pi) (default: the loss's)")
-    p.add_argument("--m3", type=float, default=None, help="CosFace additive cosine margin, >= 0 (default: the loss's)")
+    # SUPPRESS: an absent margin flag leaves the config's None, i.e. the named loss's default.
+    p.add_argument("--s", type=float, default=argparse.SUPPRESS, help="scale s of the margin logits (default: the loss's, 30)")
+    p.add_argument("--m1", type=float, default=argparse.SUPPRESS, help="SphereFace multiplicative angular margin, >= 1 (default: the loss's)")
+    p.add_argument("--m2", type=float, default=argparse.SUPPRESS, help="ArcFace additive angular margin in radians, [0, pi) (default: the loss's)")
+    p.add_argument("--m3", type=float, default=argparse.SUPPRESS, help="CosFace additive cosine margin, >= 0 (default: the loss's)")
     p.add_argument("--triplet-margin", type=float, default=d.triplet_margin, help="margin of the batch-hard triplet loss")
     p.add_argument("--latent-dim", type=int, default=d.latent_dim, help="embedding dimension")
     p.add_argument("--widths", type=_positive_int_list, default=d.widths, help="conv widths per stage, e.g. 64-256-64")

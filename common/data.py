@@ -63,7 +63,7 @@ def _torchvision_split(dataset_class, root: str, train: bool, download: bool, na
 
 
 def load_mnist(root: str, download: bool = True) -> ImageData:
-    how = ("put the four MNIST IDX files (train-images-idx3-ubyte, ...) in ROOT/MNIST/raw, "
+    how = (f"put the four MNIST IDX files (train-images-idx3-ubyte, ...) in {os.path.join(os.path.abspath(root), 'MNIST', 'raw')}, "
            "or pass --data-root to a folder that has them")
     from torchvision.datasets import MNIST
 
@@ -73,8 +73,8 @@ def load_mnist(root: str, download: bool = True) -> ImageData:
 
 
 def load_cifar10(root: str, download: bool = True) -> ImageData:
-    how = ("put cifar-10-batches-py in ROOT, or unpack an image-folder copy "
-           "(ROOT/train/<class>/*, ROOT/test/<class>/*) and pass --data-root to it")
+    how = (f"put cifar-10-batches-py in {os.path.abspath(root)}, or unpack an image-folder copy "
+           "(train/<class>/*, test/<class>/*) and pass --data-root to it")
     from torchvision.datasets import CIFAR10
 
     splits = [_torchvision_split(CIFAR10, root, train, download, "CIFAR-10", how) for train in (True, False)]

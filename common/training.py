@@ -113,15 +113,15 @@ def run_id(config: TrainConfig) -> str:
     return f"{config.dataset}-{config.loss}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
 
-def write_results(config: TrainConfig, metrics: dict, confusion: torch.Tensor, history: list[dict],
-                  train_seconds: float, device: torch.device, classes: list[str]) -> dict:
+def write_results(config: TrainConfig, setup: "RunSetup", metrics: dict, confusion: torch.Tensor) -> dict:
     """Append the run's row to config.out; history.csv and confusion.csv go to a folder beside it."""
+    history, train_seconds, device, classes = setup.history, setup.train_seconds, setup.device, setup.data.classes
     rid = run_id(config)
     row = {**config.as_row(), "test_acc": metrics["accuracy"], "test_precision": metrics["precision"],
            "test_recall": metrics["recall"], "test_f1": metrics["f1"],
            "per_class_recall": ";".join(f"{r:.4f}" for r in metrics["per_class_recall"]),
            "train_seconds": round(train_seconds, 2), "seconds_per_epoch": round(train_seconds / config.epochs, 2),
-           "device": device.type, "device_name": device_name(device), **environment_info(), "run_id": rid,
+           "device": device.type, "device_name": device_name(device), **setup.environment, "run_id": rid,
            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     for key in ("out", "checkpoint", "resume", "progress"):
         row.pop(key)
@@ -195,14 +195,13 @@ def record_epoch(history: list[dict], epoch: int, epochs: int, losses: torch.Ten
     print(format_epoch(epoch, epochs, mean_loss, metrics, epoch_seconds), flush=True)
 
 
-def save_training_state(config: TrainConfig, net: nn.Module, head: nn.Module, optimizer, scheduler,
-                        generator: torch.Generator, epochs_done: int, history: list[dict], train_seconds: float) -> None:
+def save_training_state(config: TrainConfig, setup: "RunSetup", epochs_done: int) -> None:
     """Everything --resume needs to continue bit-for-bit, saved to config.checkpoint (if set)."""
     if config.checkpoint:
-        save_checkpoint(config.checkpoint, net=net.state_dict(), head=head.state_dict(),
-                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                        generator=generator.get_state(), epoch=epochs_done, history=history,
-                        train_seconds=train_seconds, config=config.as_row())
+        save_checkpoint(config.checkpoint, net=setup.net.state_dict(), head=setup.head.state_dict(),
+                        optimizer=setup.optimizer.state_dict(), scheduler=setup.scheduler.state_dict(),
+                        generator=setup.generator.get_state(), epoch=epochs_done, history=setup.history,
+                        train_seconds=setup.train_seconds, config=config.as_row())
 
 
 @dataclass
@@ -221,6 +220,7 @@ class RunSetup:
     first_epoch: int
     history: list[dict]
     train_seconds: float
+    environment: dict  # versions and git commit, read when the run starts
 
 
 def prepare_run(config: TrainConfig, load_data, in_channels: int, mean: tuple, std: tuple) -> RunSetup:
@@ -241,4 +241,4 @@ def prepare_run(config: TrainConfig, load_data, in_channels: int, mean: tuple, s
     generator = torch.Generator(device).manual_seed(config.seed)
     first_epoch, history, train_seconds = load_resume_state(config, net, head, optimizer, scheduler, generator)
     return RunSetup(device, data, Normalize(mean, std, device), net, head, optimizer, scheduler, generator, steps,
-                    first_epoch, history, train_seconds)
+                    first_epoch, history, train_seconds, environment_info())

@@ -70,9 +70,9 @@ def test_resume_continues_exactly_where_the_checkpoint_left(rgb_folder, tmp_path
     ckpt = str(tmp_path / "run.pt")
     saved = train_cifar10.save_training_state
 
-    def save_and_keep_each_epoch(config, *args):
-        saved(config, *args)
-        shutil.copy(config.checkpoint, f"{config.checkpoint}.epoch{args[5]}")
+    def save_and_keep_each_epoch(config, setup, epochs_done):
+        saved(config, setup, epochs_done)
+        shutil.copy(config.checkpoint, f"{config.checkpoint}.epoch{epochs_done}")
 
     monkeypatch.setattr(train_cifar10, "save_training_state", save_and_keep_each_epoch)
     full = train(train_cifar10, rgb_folder, tmp_path / "full.csv", "--epochs", "3", "--checkpoint", ckpt)
@@ -148,3 +148,16 @@ def test_command_line_entry_point(tmp_path):
     result = subprocess.run([sys.executable, "train_mnist.py", "--m2", "4"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         "train_mnist.py: error: --m2 must be in [0, pi), got 4.0"]
+
+
+def test_amp_runs_backbone_in_bfloat16_and_margin_in_float32():
+    from common import ArcNet, Network
+    from common.training import net_forward
+
+    net, head = Network(3, 8, (8, 8), 1), ArcNet(8, 4)
+    images = torch.randn(6, 3, 16, 16)
+    embeddings = net_forward(net, images, amp=True)
+    assert embeddings.dtype == torch.bfloat16 and net_forward(net, images, amp=False).dtype == torch.float32
+    logits = head(embeddings, torch.tensor([0, 1, 2, 3, 0, 1]))
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, head(embeddings.float(), torch.tensor([0, 1, 2, 3, 0, 1])), atol=0, rtol=0)
