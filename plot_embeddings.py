@@ -1,0 +1,304 @@
+"""See what the margin does to the feature space: test embeddings on the unit sphere, angular
+statistics, angle histograms, confusion matrices and training curves. Writes PNG and CSV files
+and never opens a window.
+
+    python plot_embeddings.py --train --data-root ../shared/data      # train 3-D models, then plot
+    python plot_embeddings.py --checkpoints a.pt b.pt                 # plot models you trained
+    python plot_embeddings.py --results results/train_mnist.csv       # confusion + training curves
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+import train_cifar10
+import train_mnist
+from common import LOSSES, ArcNet, CentroidHead, Network, Normalize, TrainConfig, build_head
+from common.config import HelpFormatter, OneLineErrorParser
+from common.data import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD
+from common.device import pick_device
+from common.geometry import angles_to_centres, angular_statistics, target_and_nearest_other, to_sphere_3d
+from common.results import read_rows, write_csv
+from common.training import embed
+
+SCRIPTS = {"mnist": (train_mnist, 1, MNIST_MEAN, MNIST_STD), "cifar10": (train_cifar10, 3, CIFAR10_MEAN, CIFAR10_STD)}
+DEFAULT_LOSSES = ("softmax", "arcface", "combined", "triplet")
+CENTRE_SAMPLES = 10_000  # training images whose mean embedding is a softmax model's class centre
+SPHERE_POINTS = 2_000  # test embeddings drawn per sphere (all of them enter the statistics)
+
+
+@dataclass
+class Model:
+    name: str
+    config: TrainConfig
+    net: Network
+    head: torch.nn.Module
+    history: list[dict]
+
+
+def config_from_row(row: dict, **overrides) -> TrainConfig:
+    """Rebuild the TrainConfig that a checkpoint saved as a row (widths as '64-256-64')."""
+    known = {f.name: f for f in fields(TrainConfig)}
+    values = {k: v for k, v in row.items() if k in known}
+    values["widths"] = tuple(int(w) for w in str(values["widths"]).split("-"))
+    return replace(TrainConfig(**values), **overrides)
+
+
+def load_model(path: str, data_root: str | None, device: torch.device) -> Model:
+    state = torch.load(path, map_location=device, weights_only=False)
+    config = config_from_row(state["config"], **({"data_root": data_root} if data_root else {}))
+    _, in_channels, _, _ = SCRIPTS[config.dataset]
+    net = Network(in_channels, config.latent_dim, config.widths, config.convs_per_stage).to(device)
+    num_classes = next(iter(state["head"].values())).shape[0]  # weight, linear.weight or centres: (C, ...)
+    s, m1, m2, m3 = config.margins()
+    head = build_head(config.loss, config.latent_dim, num_classes, s, m1, m2, m3, config.triplet_margin).to(device)
+    net.load_state_dict(state["net"])
+    head.load_state_dict(state["head"])
+    return Model(config.loss, config, net.eval(), head.eval(), state["history"])
+
+
+def class_centres(model: Model, embeddings_of, data) -> torch.Tensor:
+    """(C, D) class centres: ArcNet's weight rows, the triplet head's fitted centres, or, for softmax,
+    the normalised mean embedding of the first CENTRE_SAMPLES training images."""
+    if isinstance(model.head, ArcNet):
+        return model.head.weight.detach()
+    if isinstance(model.head, CentroidHead):
+        return model.head.centres
+    head = CentroidHead(model.config.latent_dim, data.num_classes).to(data.train_y.device)
+    head.fit_centres(embeddings_of(data.train_x[:CENTRE_SAMPLES]), data.train_y[:CENTRE_SAMPLES])
+    return head.centres
+
+
+def analyse(model: Model, device: torch.device) -> dict:
+    """Test embeddings, centres, accuracy and angular statistics of one model."""
+    script, _, mean, std = SCRIPTS[model.config.dataset]
+    data = script.load_data(model.config).to(device)
+    normalize = Normalize(mean, std, device)
+    embeddings_of = lambda images: embed(model.net, images, normalize, amp=False)  # noqa: E731
+    embeddings = embeddings_of(data.test_x)
+    centres = class_centres(model, embeddings_of, data)
+    accuracy = (model.head(embeddings).argmax(1) == data.test_y).double().mean().item()
+    return {"model": model, "embeddings": embeddings.cpu(), "labels": data.test_y.cpu(), "centres": centres.cpu(),
+            "classes": data.classes, "accuracy": accuracy,
+            "stats": angular_statistics(embeddings.cpu(), data.test_y.cpu(), centres.cpu())}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no window: works without a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def class_colours(count: int):
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab10" if count <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(count)]  # class k always gets colour k
+
+
+def plot_spheres(results: list[dict], path: str) -> list[str]:
+    """One 3-D panel per model; returns the panel titles."""
+    plt = _pyplot()
+    titles = []
+    fig = plt.figure(figsize=(4.6 * len(results), 5.0))
+    u, v = torch.meshgrid(torch.linspace(0, 2 * torch.pi, 30), torch.linspace(0, torch.pi, 15), indexing="ij")
+    for i, result in enumerate(results):
+        ax = fig.add_subplot(1, len(results), i + 1, projection="3d")
+        points, centres, projected = to_sphere_3d(result["embeddings"], result["centres"])
+        shown = torch.randperm(len(points), generator=torch.Generator().manual_seed(0))[:SPHERE_POINTS]
+        colours = class_colours(len(result["classes"]))
+        ax.plot_wireframe((torch.cos(u) * torch.sin(v)).numpy(), (torch.sin(u) * torch.sin(v)).numpy(),
+                          torch.cos(v).numpy(), color="0.85", linewidth=0.4)
+        for k, name in enumerate(result["classes"]):
+            mine = shown[result["labels"][shown] == k]
+            ax.scatter(*points[mine].t().numpy(), s=4, color=colours[k], alpha=0.6, label=name, depthshade=False)
+            ax.quiver(0, 0, 0, *(centres[k] * 1.25).tolist(), color=colours[k], linewidth=2.0, arrow_length_ratio=0.12)
+        stats = result["stats"]
+        dim = result["embeddings"].shape[1]
+        title = f"{result['model'].name}: test acc {result['accuracy']:.4f}\n"
+        title += f"intra {stats['intra_mean_deg']:.1f}°, min inter {stats['inter_min_deg']:.1f}°"
+        title += f"\nPCA of {dim}-D embeddings" if projected else f"\n{dim}-D embeddings"
+        ax.set_title(title, fontsize=10)
+        titles.append(title)
+        ax.set_box_aspect((1, 1, 1))
+        for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
+            axis.set_ticks([-1, 0, 1])
+        ax.set_xlim(-1, 1), ax.set_ylim(-1, 1), ax.set_zlim(-1, 1)
+        ax.set_xlabel("x"), ax.set_ylabel("y"), ax.set_zlabel("z")
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(10, len(labels)), markerscale=4, title="class")
+    fig.suptitle("Normalised test embeddings and class centres (arrows) on the unit sphere")
+    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return titles
+
+
+def plot_angle_histograms(results: list[dict], path: str) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), sharey=True, squeeze=False)
+    bins = torch.linspace(0, 180, 73).tolist()
+    for ax, result in zip(axes[0], results):
+        target, nearest = target_and_nearest_other(angles_to_centres(result["embeddings"], result["centres"]),
+                                                    result["labels"])
+        ax.hist(target.tolist(), bins=bins, alpha=0.6, color="tab:blue", label="own class centre")
+        ax.hist(nearest.tolist(), bins=bins, alpha=0.6, color="tab:red", label="nearest other centre")
+        ax.set_title(f"{result['model'].name} (wrong centre nearer: {result['stats']['wrong_nearer']:.2%})", fontsize=10)
+        ax.set_xlabel("angle to centre (degrees)")
+    axes[0][0].set_ylabel("test embeddings")
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(confusion_csv: str, path: str, title: str) -> None:
+    plt = _pyplot()
+    with open(confusion_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    names = [r["true"] for r in rows]
+    counts = torch.tensor([[int(r[n]) for n in names] for r in rows], dtype=torch.float64)
+    share = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(names), 0.6 + 0.55 * len(names)))
+    image = ax.imshow(share.numpy(), cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted class"), ax.set_ylabel("true class"), ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, label="share of the true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(runs: list[tuple[str, list[dict]]], path: str, title: str) -> None:
+    plt = _pyplot()
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for label, history in runs:
+        epochs = [int(h["epoch"]) for h in history]
+        acc_ax.plot(epochs, [float(h["test_acc"]) for h in history], marker="o", label=label)
+        loss_ax.plot(epochs, [float(h["train_loss"]) for h in history], marker="o", label=label)
+    acc_ax.set_xlabel("epoch"), acc_ax.set_ylabel("test accuracy"), acc_ax.set_title(f"{title}: test accuracy")
+    loss_ax.set_xlabel("epoch"), loss_ax.set_ylabel("training loss"), loss_ax.set_yscale("log")
+    loss_ax.set_title(f"{title}: training loss (each loss on its own scale)")
+    acc_ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_results_csv(results_csv: str, out_dir: str) -> list[str]:
+    """A confusion heat map per run, and one training-curve figure, for a training script's CSV."""
+    written, runs = [], []
+    stem = os.path.splitext(results_csv)[0]
+    for row in read_rows(results_csv):
+        run_dir = os.path.join(stem, row["run_id"])
+        if not os.path.isdir(run_dir):
+            continue
+        label = f"{row['loss']} seed {row['seed']}"
+        path = os.path.join(out_dir, f"{row['run_id']}_confusion.png")
+        plot_confusion(os.path.join(run_dir, "confusion.csv"), path,
+                       f"{row['dataset']} {label}: test acc {float(row['test_acc']):.4f}")
+        written.append(path)
+        runs.append((label, read_rows(os.path.join(run_dir, "history.csv"))))
+    if runs:
+        path = os.path.join(out_dir, f"{os.path.basename(stem)}_curves.png")
+        plot_curves(runs, path, os.path.basename(stem))
+        written.append(path)
+    return written
+
+
+def train_missing(args, device: torch.device) -> list[str]:
+    """Train (or resume) one latent-dim model per loss; existing finished checkpoints are reused."""
+    script = SCRIPTS[args.dataset][0]
+    paths = []
+    for loss in args.losses:
+        path = os.path.join(args.checkpoint_dir, f"{args.dataset}-{loss}-d{args.latent_dim}-seed{args.seed}.pt")
+        config = replace(script.DEFAULTS, loss=loss, latent_dim=args.latent_dim, epochs=args.epochs, seed=args.seed,
+                         device=str(device), data_root=args.data_root, max_train_samples=args.max_train_samples,
+                         checkpoint=path, out=os.path.join(args.out_dir, "trained_models.csv"),
+                         progress=args.progress, threads=args.threads)
+        done = os.path.exists(path) and torch.load(path, map_location="cpu", weights_only=False)["epoch"] >= args.epochs
+        if not done:
+            print(f"training {loss} ({args.dataset}, latent dim {args.latent_dim}) -> {path}", flush=True)
+            script.run(replace(config, resume=path if os.path.exists(path) else None))
+        paths.append(path)
+    return paths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(prog="plot_embeddings.py", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--checkpoints", nargs="*", default=[], help="checkpoints written by the training scripts' --checkpoint")
+    p.add_argument("--train", action="store_true", help="train (or resume) one model per --losses first, then plot them")
+    p.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES), help="losses that --train trains")
+    p.add_argument("--dataset", default="mnist", choices=sorted(SCRIPTS), help="dataset that --train uses")
+    p.add_argument("--latent-dim", type=int, default=3, help="embedding dimension that --train uses")
+    p.add_argument("--epochs", type=int, default=5, help="epochs that --train uses")
+    p.add_argument("--max-train-samples", type=int, default=None, help="--train trains on the first N images only")
+    p.add_argument("--seed", type=int, default=0, help="seed that --train uses")
+    p.add_argument("--checkpoint-dir", default="checkpoints/embeddings", help="where --train keeps its checkpoints")
+    p.add_argument("--results", nargs="*", default=[], help="training results CSVs: confusion heat maps and curves")
+    p.add_argument("--data-root", default="data", help="dataset folder (overrides the one saved in checkpoints)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="device for embeddings")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--out-dir", default="results/embeddings", help="folder for the PNG and CSV files")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (args.checkpoints or args.train or args.results):
+        parser.error("nothing to do: give --train, --checkpoints PATH ... or --results CSV ...")
+    unknown = [loss for loss in args.losses if loss not in LOSSES]
+    if unknown:
+        parser.error(f"--losses: unknown loss {unknown[0]!r}; choose from {', '.join(LOSSES)}")
+    if args.latent_dim < 2:
+        parser.error(f"--latent-dim must be >= 2, got {args.latent_dim}")
+    if args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    if args.max_train_samples is not None and args.max_train_samples < 1:
+        parser.error(f"--max-train-samples must be >= 1, got {args.max_train_samples}")
+    missing = [p for p in args.checkpoints + args.results if not os.path.isfile(p)]
+    if missing:
+        parser.error(f"no such file: {missing[0]}")
+    try:
+        device = pick_device(args.device)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.makedirs(args.out_dir, exist_ok=True)
+
+    written = [p for csv_path in args.results for p in plot_results_csv(csv_path, args.out_dir)]
+    checkpoints = args.checkpoints + (train_missing(args, device) if args.train else [])
+    if checkpoints:
+        with torch.no_grad():
+            results = [analyse(load_model(path, args.data_root, device), device) for path in checkpoints]
+        rows = [{"checkpoint": path, "loss": r["model"].name, "dataset": r["model"].config.dataset,
+                 "latent_dim": r["model"].config.latent_dim, "test_acc": r["accuracy"], **r["stats"]}
+                for path, r in zip(checkpoints, results)]
+        for row in rows:
+            print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        written += [os.path.join(args.out_dir, name) for name in ("angular_stats.csv", "spheres.png", "angles.png")]
+        write_csv(written[-3], rows)
+        plot_spheres(results, written[-2])
+        plot_angle_histograms(results, written[-1])
+    for path in written:
+        print(f"wrote {path}")
+    return written
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

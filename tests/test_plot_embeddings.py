@@ -1,0 +1,99 @@
+"""plot_embeddings.py: angular statistics on known angles, PCA above 3-D, figures from tiny checkpoints."""
+import math
+import os
+
+import pytest
+import torch
+
+import plot_embeddings
+import train_mnist
+from common.geometry import angular_statistics, to_sphere_3d
+from common.results import read_rows
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def on_circle(*degrees):
+    return torch.tensor([[math.cos(math.radians(d)), math.sin(math.radians(d)), 0.0] for d in degrees])
+
+
+def test_angular_statistics_on_known_angles():
+    centres = on_circle(0, 90, 180) * 4.0  # norms must not matter
+    embeddings = on_circle(10, -10, 100, 60, 170) * 0.5
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    stats = angular_statistics(embeddings, labels, centres)
+    intra = torch.tensor([10.0, 10.0, 10.0, 30.0, 10.0])
+    assert stats["intra_mean_deg"] == pytest.approx(intra.mean().item(), abs=1e-6)
+    assert stats["intra_std_deg"] == pytest.approx(intra.std(unbiased=False).item(), abs=1e-6)
+    assert stats["inter_min_deg"] == pytest.approx(90.0, abs=1e-6)
+    assert stats["inter_mean_deg"] == pytest.approx((90 + 180 + 90) / 3, abs=1e-6)
+    assert stats["wrong_nearer"] == pytest.approx(0.0)
+    moved = on_circle(10, -10, 100, 30, 170)  # class-1 sample at 30 degrees: 60 from its centre, 30 from class 0's
+    assert angular_statistics(moved, labels, centres)["wrong_nearer"] == pytest.approx(1 / 5)
+
+
+def test_pca_is_used_and_announced_above_three_dimensions():
+    torch.manual_seed(0)
+    points, centres, projected = to_sphere_3d(torch.randn(50, 7), torch.randn(4, 7))
+    assert projected and points.shape == (50, 3) and centres.shape == (4, 3)
+    torch.testing.assert_close(points.norm(dim=1), torch.ones(50, dtype=torch.float64))
+    same, _, projected = to_sphere_3d(torch.randn(50, 3) * 3, torch.randn(4, 3))
+    assert not projected and torch.allclose(same.norm(dim=1), torch.ones(50, dtype=torch.float64))
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoints(gray_folder, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    paths = {}
+    for loss, dim in (("arcface", 3), ("softmax", 5), ("triplet", 3)):
+        paths[loss] = str(folder / f"{loss}.pt")
+        train_mnist.main(["--widths", "8-16-8", "--latent-dim", str(dim), "--epochs", "2", "--batch-size", "12",
+                          "--device", "cpu", "--no-progress", "--data-root", gray_folder, "--loss", loss,
+                          "--checkpoint", paths[loss], "--out", str(folder / "runs.csv")])
+    return paths, str(folder / "runs.csv")
+
+
+def test_figures_and_statistics_from_tiny_checkpoints(tiny_checkpoints, gray_folder, tmp_path, capsys, monkeypatch):
+    paths, _ = tiny_checkpoints
+    titles = []
+    real_plot = plot_embeddings.plot_spheres
+    monkeypatch.setattr(plot_embeddings, "plot_spheres", lambda r, p: titles.extend(real_plot(r, p)) or titles)
+    written = plot_embeddings.main(["--checkpoints", *paths.values(), "--data-root", gray_folder,
+                                    "--out-dir", str(tmp_path), "--device", "cpu"])
+    for name in ("spheres.png", "angles.png"):
+        with open(tmp_path / name, "rb") as handle:
+            assert handle.read(8) == PNG_MAGIC
+    rows = read_rows(str(tmp_path / "angular_stats.csv"))
+    assert [r["loss"] for r in rows] == ["arcface", "softmax", "triplet"]
+    assert all(0 <= float(r["wrong_nearer"]) <= 1 and 0 <= float(r["intra_mean_deg"]) <= 180 for r in rows)
+    assert "PCA of 5-D" in titles[1] and "PCA" not in titles[0] and "PCA" not in titles[2]
+    out = capsys.readouterr().out
+    assert all(f"wrote {p}" in out for p in written)
+
+
+def test_confusion_and_curves_from_a_results_csv(tiny_checkpoints, tmp_path):
+    _, runs_csv = tiny_checkpoints
+    written = plot_embeddings.main(["--results", runs_csv, "--out-dir", str(tmp_path)])
+    assert sum(p.endswith("_confusion.png") for p in written) == 3
+    assert sum(p.endswith("_curves.png") for p in written) == 1
+    assert all(os.path.getsize(p) > 1000 for p in written)
+
+
+def test_train_mode_trains_missing_models_once(gray_folder, tmp_path, capsys):
+    args = ["--train", "--losses", "softmax", "combined", "--epochs", "1", "--data-root", gray_folder,
+            "--checkpoint-dir", str(tmp_path / "ckpt"), "--out-dir", str(tmp_path / "out"), "--device", "cpu",
+            "--no-progress"]
+    plot_embeddings.main(args)
+    assert capsys.readouterr().out.count("training ") == 2
+    plot_embeddings.main(args)  # finished checkpoints are reused, not retrained
+    assert capsys.readouterr().out.count("training ") == 0
+
+
+@pytest.mark.parametrize("flags,flag", [([], "nothing to do"), (["--train", "--losses", "hinge"], "--losses"),
+                                        (["--train", "--latent-dim", "1"], "--latent-dim"),
+                                        (["--checkpoints", "/nonexistent.pt"], "no such file")])
+def test_bad_flags_exit_2_with_one_line(flags, flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        plot_embeddings.main(flags)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and flag in err
