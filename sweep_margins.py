@@ -1,0 +1,365 @@
+"""Sweep margins: many training runs over a grid of (loss, s, m1, m2, m3) and seeds, resumable and
+shardable, then a summary with error bars, plots, and a quadratic fit that recommends margins.
+
+    python sweep_margins.py --preset table1 --seeds 0 1 2 --data-root ../shared/data
+    python sweep_margins.py --losses arcface cosface softmax --m2 0.3 0.5 --m3 0.2 0.35 --seeds 0 1
+    python sweep_margins.py --preset table1 --shard 3/8 --out results/sweep/shard3.csv   # one job of 8
+    python sweep_margins.py --summarize results/sweep/shard*.csv --out results/sweep/merged.csv
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import multiprocessing
+import os
+import sys
+from dataclasses import replace
+
+import torch
+from tqdm import tqdm
+
+import train_cifar10
+import train_mnist
+from common import LOSSES, MARGIN_DEFAULTS
+from common.config import HelpFormatter, OneLineErrorParser
+from common.heads import check_margins
+from common.results import append_row, atomic_write_text, environment_info, read_rows, write_csv
+from common.training import DivergedError
+
+SCRIPTS = {"mnist": train_mnist, "cifar10": train_cifar10}
+SETTING_KEYS = ("loss", "s", "m1", "m2", "m3")
+
+# Table 1 of the source paper: MNIST test accuracy (%) after 20 epochs, one run per setting.
+TABLE1_ARCFACE = dict(zip([round(0.40 + 0.01 * i, 2) for i in range(20)],
+                          [98.84, 98.75, 98.66, 98.77, 98.77, 98.70, 98.85, 98.71, 98.79, 98.66,
+                           98.93, 98.84, 98.65, 98.70, 98.87, 98.76, 97.58, 98.86, 98.83, 96.01]))
+TABLE1_COMBINED = {(0.40, 0.20): 98.97, (0.41, 0.20): 95.93, (0.42, 0.20): 98.80, (0.43, 0.20): 98.89,
+                   (0.44, 0.20): 98.82, (0.40, 0.25): 98.78, (0.41, 0.25): 98.69, (0.42, 0.25): 98.83,
+                   (0.43, 0.25): 98.80, (0.44, 0.25): 98.88, (0.40, 0.30): 98.84, (0.41, 0.30): 97.73,
+                   (0.42, 0.30): 98.77, (0.43, 0.30): 98.69, (0.44, 0.30): 98.81, (0.40, 0.35): 98.73,
+                   (0.41, 0.35): 98.71, (0.42, 0.35): 98.71, (0.43, 0.35): 98.95, (0.44, 0.35): 96.83}
+
+
+def setting(loss: str, s=None, m1=None, m2=None, m3=None) -> tuple:
+    """(loss, s, m1, m2, m3) with the loss's defaults filled in; margins are None for softmax and triplet."""
+    if loss not in MARGIN_DEFAULTS:
+        return (loss, None, None, None, None)
+    defaults = MARGIN_DEFAULTS[loss]
+    return (loss, *(round(float(d if v is None else v), 6) for v, d in zip((s, m1, m2, m3), defaults)))
+
+
+def table1_grid() -> list[tuple]:
+    arcface = [setting("arcface", 30.0, 1.0, m2, 0.0) for m2 in TABLE1_ARCFACE]
+    combined = [setting("combined", 30.0, 1.0, m2, m3) for m2, m3 in TABLE1_COMBINED]
+    return arcface + combined
+
+
+def source_value(row_setting: tuple) -> float | None:
+    """The source table's accuracy (%) for a setting, if it has one (s = 30 assumed)."""
+    loss, _, m1, m2, m3 = row_setting
+    if m1 != 1.0:
+        return None
+    if loss in ("arcface", "combined") and m3 == 0.0:
+        return TABLE1_ARCFACE.get(m2)
+    return TABLE1_COMBINED.get((m2, m3)) if loss == "combined" else None
+
+
+def custom_grid(args) -> list[tuple]:
+    grid = []
+    for loss in args.losses:
+        if loss not in MARGIN_DEFAULTS:
+            grid.append(setting(loss))
+            continue
+        values = [args.s or [None], args.m1 or [None], args.m2 or [None], args.m3 or [None]]
+        grid += [setting(loss, *combo) for combo in itertools.product(*values)]
+    return list(dict.fromkeys(grid))  # drop duplicates, keep order
+
+
+def jobs_for(grid: list[tuple], seeds: list[int], shard: tuple[int, int]) -> list[tuple[tuple, int]]:
+    """All (setting, seed) pairs in a fixed order, then every N-th from index I: shards are disjoint and cover all."""
+    index, count = shard
+    return [job for i, job in enumerate((g, seed) for g in grid for seed in seeds) if i % count == index]
+
+
+def row_key(row: dict) -> tuple:
+    """(setting, seed) of a results row, matching `setting` values."""
+    loss = row["loss"]
+    if loss not in MARGIN_DEFAULTS:
+        return (setting(loss), int(row["seed"]))
+    return (setting(loss, *(float(row[k]) for k in SETTING_KEYS[1:])), int(row["seed"]))
+
+
+# Fields besides (setting, seed) that must match for a row in the CSV to count as this sweep's run.
+SIGNATURE_KEYS = ("dataset", "epochs", "max_train_samples", "latent_dim", "widths", "convs_per_stage", "batch_size", "lr")
+
+
+def signature(row: dict) -> tuple:
+    return tuple(str(row.get(k, "")) for k in SIGNATURE_KEYS)
+
+
+def run_job(job: tuple, base, dataset: str, threads: int) -> dict:
+    """Train one (setting, seed); a diverged run becomes a row with diverged=1 and no accuracy."""
+    (loss, s, m1, m2, m3), seed = job
+    config = replace(base, loss=loss, s=s, m1=m1, m2=m2, m3=m3, seed=seed, threads=threads, progress=False)
+    try:
+        return SCRIPTS[dataset].run(config)
+    except DivergedError as exc:
+        row = {**config.as_row(), "diverged": 1, "error": str(exc), **environment_info()}
+        append_row(config.out, row)
+        return row
+
+
+def _worker(payload):
+    return run_job(*payload)
+
+
+def run_sweep(jobs: list, base, dataset: str, workers: int) -> None:
+    """Run the jobs (already filtered to those not done), `workers` processes at a time, with one overall bar."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    bar = tqdm(total=len(jobs), desc="sweep", unit="run")
+    if workers == 1:
+        for job in jobs:
+            run_job(job, base, dataset, 0)
+            bar.update()
+    else:
+        context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+        with context.Pool(workers, maxtasksperchild=1) as pool:
+            for _ in pool.imap_unordered(_worker, [(job, base, dataset, threads) for job in jobs]):
+                bar.update()
+    bar.close()
+
+
+def accuracy_of(row: dict) -> float | None:
+    diverged = str(row.get("diverged", "")).strip() in ("1", "True", "true")
+    return None if diverged or row.get("test_acc", "") == "" else float(row["test_acc"])
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per setting: mean, std and count of test accuracy (%), diverged runs, and the source table's value."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row_key(row)[0], []).append(row)
+    summary = []
+    for key, members in groups.items():
+        accs = [100 * a for a in map(accuracy_of, members) if a is not None]
+        mean = sum(accs) / len(accs) if accs else math.nan
+        std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else math.nan
+        summary.append({**dict(zip(SETTING_KEYS, key)), "mean_acc": mean, "std_acc": std, "runs": len(accs),
+                        "diverged": len(members) - len(accs), "source_acc": source_value(key)})
+    return summary
+
+
+def markdown_table(summary: list[dict]) -> str:
+    lines = ["| loss | s | m1 | m2 | m3 | test acc % (mean ± std) | runs | diverged | source paper % |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v: "" if v is None else f"{v:g}"  # noqa: E731
+    for r in summary:
+        acc = "—" if math.isnan(r["mean_acc"]) else f"{r['mean_acc']:.2f}" + ("" if math.isnan(r["std_acc"]) else f" ± {r['std_acc']:.2f}")
+        source = "" if r["source_acc"] is None else f"{r['source_acc']:.2f}"
+        lines.append(f"| {r['loss']} | {fmt(r['s'])} | {fmt(r['m1'])} | {fmt(r['m2'])} | {fmt(r['m3'])} | {acc} | "
+                     f"{r['runs']} | {r['diverged']} | {source} |")
+    return "\n".join(lines) + "\n"
+
+
+def fit_quadratic(points: list[tuple[tuple[float, ...], float]], bootstrap: int = 200, seed: int = 0) -> dict | None:
+    """Least-squares quadratic (with cross terms) of accuracy over the margins that vary, its maximiser on
+    a grid spanning the sweep, and the bootstrap (over runs) spread of that maximiser and of its gain."""
+    names = [i for i in range(len(points[0][0])) if len({p[0][i] for p in points}) > 1] if points else []
+    if not names or len(points) < 3 * len(names) + 1:
+        return None
+    x = torch.tensor([[p[0][i] for i in names] for p in points], dtype=torch.float64)
+    y = torch.tensor([p[1] for p in points], dtype=torch.float64)
+    axes = [torch.linspace(x[:, j].min().item(), x[:, j].max().item(), 41, dtype=torch.float64) for j in range(len(names))]
+    grid = torch.cartesian_prod(*axes).view(-1, len(names))
+
+    def features(v):
+        cols = [torch.ones(len(v), dtype=torch.float64), *v.t()]
+        cols += [v[:, a] * v[:, b] for a in range(v.shape[1]) for b in range(a, v.shape[1])]
+        return torch.stack(cols, 1)
+
+    def best(xs, ys):
+        coef = torch.linalg.lstsq(features(xs), ys.view(-1, 1)).solution
+        predicted = (features(grid) @ coef).squeeze(1)
+        return grid[predicted.argmax()], predicted.max().item(), coef
+
+    where, value, coef = best(x, y)
+    generator = torch.Generator().manual_seed(seed)
+    draws = [best(x[i], y[i])[0] for i in (torch.randint(0, len(y), (len(y),), generator=generator) for _ in range(bootstrap))]
+    spread = torch.stack(draws).std(dim=0)
+    return {"varying": names, "best": where.tolist(), "best_std": spread.tolist(), "predicted_acc": value,
+            "coefficients": coef.squeeze(1).tolist()}
+
+
+def recommend(rows: list[dict], loss: str) -> str | None:
+    """One line: the fitted best margins for `loss`, their bootstrap spread and the gain over the loss's default."""
+    points = [((*(float(r[k]) for k in SETTING_KEYS[1:]),), 100 * a) for r in rows
+              if r["loss"] == loss and (a := accuracy_of(r)) is not None]
+    fit = fit_quadratic(points)
+    if fit is None:
+        return None
+    names = [SETTING_KEYS[1 + i] for i in fit["varying"]]
+    default = setting(loss)
+    default_x = torch.tensor([[default[1 + i] for i in fit["varying"]]], dtype=torch.float64)
+    cols = [torch.ones(1, dtype=torch.float64), *default_x.t()]
+    cols += [default_x[:, a] * default_x[:, b] for a in range(len(names)) for b in range(a, len(names))]
+    at_default = (torch.stack(cols, 1) @ torch.tensor(fit["coefficients"], dtype=torch.float64)).item()
+    swept = [sorted({p[0][i] for p in points}) for i in fit["varying"]]
+    outside = any(not lo[0] <= v <= lo[-1] for lo, v in zip(swept, default_x[0].tolist()))
+    best = ", ".join(f"{n} = {b:.3f} ± {e:.3f}" for n, b, e in zip(names, fit["best"], fit["best_std"]))
+    return (f"{loss}: quadratic fit over {len(points)} runs recommends {best} (predicted {fit['predicted_acc']:.2f}%); "
+            f"at the default {', '.join(f'{n} = {default[1 + i]:g}' for n, i in zip(names, fit['varying']))} "
+            f"it predicts {at_default:.2f}%{' (extrapolated: outside the swept range)' if outside else ''} "
+            f"(gain {fit['predicted_acc'] - at_default:+.2f} points)")
+
+
+def plot_summary(summary: list[dict], out_stem: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    arc = sorted((r for r in summary if r["loss"] == "arcface" and r["m1"] == 1 and r["m3"] == 0), key=lambda r: r["m2"])
+    if arc:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.errorbar([r["m2"] for r in arc], [r["mean_acc"] for r in arc],
+                    yerr=[0 if math.isnan(r["std_acc"]) else r["std_acc"] for r in arc], fmt="o-", capsize=3,
+                    label="this repository (mean ± std over seeds)")
+        source = [(r["m2"], r["source_acc"]) for r in arc if r["source_acc"] is not None]
+        if source:
+            ax.plot(*zip(*source), "x--", color="tab:red", label="source paper, Table 1 (one run)")
+        ax.set_xlabel("ArcFace margin m2 (radians)"), ax.set_ylabel("test accuracy (%)")
+        ax.set_title("ArcFace: test accuracy against the additive angular margin"), ax.legend()
+        fig.tight_layout()
+        written.append(f"{out_stem}_arcface_m2.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    combined = [r for r in summary if r["loss"] == "combined" and not math.isnan(r["mean_acc"])]
+    m2s, m3s = sorted({r["m2"] for r in combined}), sorted({r["m3"] for r in combined})
+    if len(m2s) > 1 and len(m3s) > 1:
+        grid = torch.full((len(m3s), len(m2s)), math.nan)
+        for r in combined:
+            grid[m3s.index(r["m3"]), m2s.index(r["m2"])] = r["mean_acc"]
+        fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(m2s), 1.2 + 0.8 * len(m3s)))
+        image = ax.imshow(grid.numpy(), cmap="viridis", origin="lower")
+        for i in range(len(m3s)):
+            for j in range(len(m2s)):
+                if not math.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="white", fontsize=8)
+        ax.set_xticks(range(len(m2s)), [f"{v:g}" for v in m2s]), ax.set_yticks(range(len(m3s)), [f"{v:g}" for v in m3s])
+        ax.set_xlabel("m2 (ArcFace)"), ax.set_ylabel("m3 (CosFace)"), ax.set_title("combined margin: mean test accuracy (%)")
+        fig.colorbar(image, ax=ax)
+        fig.tight_layout()
+        written.append(f"{out_stem}_combined_heatmap.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
+
+
+def write_summary(rows: list[dict], out_csv: str) -> list[str]:
+    stem = os.path.splitext(out_csv)[0]
+    summary = summarize(rows)
+    lines = [line for line in (recommend(rows, loss) for loss in ("arcface", "combined", "cosface", "sphereface")) if line]
+    write_csv(f"{stem}_summary.csv", summary)
+    atomic_write_text(f"{stem}_summary.md", markdown_table(summary) + "".join(f"\n{line}\n" for line in lines))
+    for line in lines:
+        print(line)
+    return [f"{stem}_summary.csv", f"{stem}_summary.md", *plot_summary(summary, stem)]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4, got {text!r}")
+    if not (count >= 1 and 0 <= index < count):
+        raise argparse.ArgumentTypeError(f"need 0 <= I < N, got {text!r}")
+    return index, count
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(prog="sweep_margins.py", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--preset", choices=["table1"], default=None, help="table1: the source paper's 40 MNIST settings")
+    p.add_argument("--dataset", choices=sorted(SCRIPTS), default="mnist", help="which training script runs")
+    p.add_argument("--losses", nargs="+", default=["arcface"], help=f"losses of a custom grid: {', '.join(LOSSES)}")
+    for name, what in (("s", "scales"), ("m1", "SphereFace margins"), ("m2", "ArcFace margins"), ("m3", "CosFace margins")):
+        p.add_argument(f"--{name}", nargs="+", type=float, default=None, help=f"{what} of a custom grid (default: the loss's)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds; each setting runs once per seed")
+    p.add_argument("--epochs", type=int, default=20, help="epochs per run (Table 1 used 20)")
+    p.add_argument("--workers", type=int, default=1, help="runs at once on this machine; CPU threads are split between them")
+    p.add_argument("--shard", type=parse_shard, default=(0, 1), help="run only slice I of N (a job-array index)")
+    p.add_argument("--out", default=None, help="results CSV (default results/sweep/<dataset>.csv); rows already in it are skipped")
+    p.add_argument("--summarize", nargs="+", default=None, metavar="CSV",
+                   help="train nothing: merge these CSVs into --out and summarise them")
+    for flag in ("--data-root", "--max-train-samples", "--device", "--latent-dim", "--widths", "--convs-per-stage",
+                 "--batch-size", "--lr"):
+        p.add_argument(flag, default=None, help=f"passed to the training script's {flag}")
+    p.add_argument("--amp", action="store_true", help="passed to the training script's --amp")
+    p.add_argument("--dry-run", action="store_true", help="print the jobs this shard would run, and stop")
+    return p
+
+
+def base_config(args):
+    """The training script's defaults with the pass-through flags applied, validated up front."""
+    from common.config import parse_config
+
+    script = SCRIPTS[args.dataset]
+    flags = ["--epochs", str(args.epochs), "--out", args.out] + (["--amp"] if args.amp else [])
+    for name in ("data_root", "max_train_samples", "device", "latent_dim", "widths", "convs_per_stage", "batch_size", "lr"):
+        if getattr(args, name) is not None:
+            flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    return parse_config(flags, script.DEFAULTS, "sweep_margins.py", "")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.out = args.out or os.path.join("results", "sweep", f"{args.dataset}.csv")
+    if args.summarize:
+        missing = [p for p in args.summarize if not os.path.isfile(p)]
+        if missing:
+            parser.error(f"--summarize: no such file {missing[0]}")
+        merged = {row_key(r): r for path in args.summarize for r in read_rows(path)}  # one row per (setting, seed)
+        rows = list(merged.values())
+        write_csv(args.out, rows)
+        for path in write_summary(rows, args.out):
+            print(f"wrote {path}")
+        return rows
+    unknown = [loss for loss in args.losses if loss not in LOSSES]
+    if unknown:
+        parser.error(f"--losses: unknown loss {unknown[0]!r}; choose from {', '.join(LOSSES)}")
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    grid = table1_grid() if args.preset == "table1" else custom_grid(args)
+    for loss, s, m1, m2, m3 in grid:
+        if s is not None:
+            try:
+                check_margins(s, m1, m2, m3)
+            except ValueError as exc:
+                parser.error(str(exc))
+    base = base_config(args)  # exits 2 on a bad pass-through flag, before any data is read
+
+    jobs = jobs_for(grid, args.seeds, args.shard)
+    wanted = signature({k: "" if v is None else v for k, v in base.as_row().items()})
+    done = {row_key(r) for r in read_rows(args.out) if signature(r) == wanted}
+    todo = [job for job in jobs if job not in done]
+    print(f"{len(grid)} settings x {len(args.seeds)} seeds; shard {args.shard[0]}/{args.shard[1]}: {len(jobs)} runs, "
+          f"{len(jobs) - len(todo)} already in {args.out}, {len(todo)} to run", flush=True)
+    if args.dry_run:
+        for (loss, s, m1, m2, m3), seed in todo:
+            print(f"{loss} s={s} m1={m1} m2={m2} m3={m3} seed={seed}")
+        return []
+    try:
+        run_sweep(todo, base, args.dataset, args.workers)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished runs are in the CSV; rerun the same command to continue", file=sys.stderr)
+        sys.exit(130)
+    rows = read_rows(args.out)
+    for path in write_summary(rows, args.out):
+        print(f"wrote {path}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

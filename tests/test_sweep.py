@@ -1,0 +1,156 @@
+"""sweep_margins.py: the Table 1 grid, shards, resume, divergence, workers, summary and regression."""
+import math
+import re
+
+import pytest
+
+import sweep_margins
+from common.results import read_rows, write_csv
+
+TINY = ["--widths", "8-16-8", "--latent-dim", "8", "--epochs", "1", "--batch-size", "12", "--device", "cpu"]
+
+
+def test_table1_grid_is_exactly_the_papers_40_settings():
+    grid = sweep_margins.table1_grid()
+    assert len(grid) == 40 and len(set(grid)) == 40
+    arcface, combined = grid[:20], grid[20:]
+    assert [g[3] for g in arcface] == [round(0.40 + 0.01 * i, 2) for i in range(20)]
+    assert all(g[0] == "arcface" and g[1:3] == (30.0, 1.0) and g[4] == 0.0 for g in arcface)
+    assert [(g[3], g[4]) for g in combined] == [(m2, m3) for m3 in (0.20, 0.25, 0.30, 0.35)
+                                               for m2 in (0.40, 0.41, 0.42, 0.43, 0.44)]
+    assert all(g[0] == "combined" and g[2] == 1.0 for g in combined)
+    assert sweep_margins.source_value(arcface[10]) == 98.93 and sweep_margins.source_value(combined[1]) == 95.93
+
+
+@pytest.mark.parametrize("count", [1, 3, 7])
+def test_shards_are_disjoint_and_cover_the_grid(count):
+    grid, seeds = sweep_margins.table1_grid(), [0, 1, 2]
+    shards = [sweep_margins.jobs_for(grid, seeds, (i, count)) for i in range(count)]
+    everything = [job for shard in shards for job in shard]
+    assert len(everything) == len(set(everything)) == 120
+    assert set(everything) == set(sweep_margins.jobs_for(grid, seeds, (0, 1)))
+
+
+def test_custom_grid_with_reference_losses():
+    args = sweep_margins.build_parser().parse_args(["--losses", "arcface", "softmax", "combined", "--m2", "0.3", "0.5"])
+    grid = sweep_margins.custom_grid(args)
+    assert grid == [("arcface", 30.0, 1.0, 0.3, 0.0), ("arcface", 30.0, 1.0, 0.5, 0.0), ("softmax", None, None, None, None),
+                    ("combined", 30.0, 1.0, 0.3, 0.2), ("combined", 30.0, 1.0, 0.5, 0.2)]
+
+
+def sweep(folder, out, *extra):
+    return sweep_margins.main(["--losses", "arcface", "softmax", "--m2", "0.3", "0.5", "--seeds", "0", "1",
+                               "--data-root", folder, "--out", str(out), *TINY, *extra])
+
+
+def test_resume_after_interruption_reruns_nothing_that_finished(gray_folder, tmp_path, monkeypatch):
+    out = tmp_path / "sweep.csv"
+    real_run, calls = sweep_margins.train_mnist.run, []
+
+    def run_then_interrupt(config):
+        calls.append((config.loss, config.m2, config.seed))
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the fourth run
+        return real_run(config)
+
+    monkeypatch.setattr(sweep_margins.train_mnist, "run", run_then_interrupt)
+    with pytest.raises(SystemExit) as exit_info:
+        sweep(gray_folder, out)
+    assert exit_info.value.code == 130 and len(read_rows(str(out))) == 3
+    finished = set(calls[:3])
+    calls.clear()
+    rows = sweep(gray_folder, out)
+    assert len(calls) == 3 and not finished & set(calls)  # 6 jobs in all: only the 3 unfinished ran
+    keys = [sweep_margins.row_key(r) for r in rows]
+    assert len(keys) == len(set(keys)) == 6
+    calls.clear()
+    sweep(gray_folder, out)
+    assert calls == []  # everything done: nothing reruns
+
+
+def test_other_run_settings_are_not_taken_for_done(gray_folder, tmp_path):
+    out = tmp_path / "sweep.csv"
+    sweep_margins.main(["--m2", "0.5", "--data-root", gray_folder, "--out", str(out), *TINY])
+    sweep_margins.main(["--m2", "0.5", "--data-root", gray_folder, "--out", str(out), *TINY, "--max-train-samples", "30"])
+    assert len(read_rows(str(out))) == 2
+
+
+def test_diverged_run_is_recorded_as_diverged(gray_folder, tmp_path, monkeypatch):
+    from common.training import DivergedError
+
+    def diverge(config):
+        raise DivergedError("loss became nan at epoch 1, step 2")
+
+    monkeypatch.setattr(sweep_margins.train_mnist, "run", diverge)
+    out = tmp_path / "sweep.csv"
+    sweep_margins.main(["--m2", "0.5", "--seeds", "0", "1", "--data-root", gray_folder, "--out", str(out), *TINY])
+    rows = read_rows(str(out))
+    assert [r["diverged"] for r in rows] == ["1", "1"] and all("test_acc" not in r or r["test_acc"] == "" for r in rows)
+    summary = read_rows(str(tmp_path / "sweep_summary.csv"))
+    assert summary[0]["diverged"] == "2" and summary[0]["runs"] == "0"
+
+
+def test_workers_run_in_separate_processes(gray_folder, tmp_path):
+    out = tmp_path / "sweep.csv"
+    rows = sweep_margins.main(["--losses", "softmax", "arcface", "--seeds", "0", "--workers", "2",
+                               "--data-root", gray_folder, "--out", str(out), *TINY])
+    assert sorted(r["loss"] for r in rows) == ["arcface", "softmax"]
+
+
+def synthetic_rows(best_m2=0.47, best_m3=0.27):
+    """Accuracy a known concave quadratic of the margins, +-0.05 by seed, and one diverged run."""
+    rows = []
+    for m2 in (0.40, 0.42, 0.44, 0.46, 0.48, 0.50, 0.52):
+        for seed in (0, 1):
+            acc = 99.0 - 40 * (m2 - best_m2) ** 2 + (0.05 if seed else -0.05)
+            rows.append({"loss": "arcface", "s": 30, "m1": 1, "m2": m2, "m3": 0, "seed": seed, "test_acc": acc / 100})
+    for m2 in (0.40, 0.42, 0.44):
+        for m3 in (0.20, 0.25, 0.30, 0.35):
+            acc = 99.0 - 40 * (m2 - 0.42) ** 2 - 30 * (m3 - best_m3) ** 2
+            rows.append({"loss": "combined", "s": 30, "m1": 1, "m2": m2, "m3": m3, "seed": 0, "test_acc": acc / 100})
+    rows.append({"loss": "combined", "s": 30, "m1": 1, "m2": 0.41, "m3": 0.2, "seed": 0, "test_acc": "", "diverged": 1})
+    return rows
+
+
+def test_summary_statistics_and_markdown_on_a_synthetic_csv(tmp_path, capsys):
+    path = str(tmp_path / "runs.csv")
+    write_csv(path, synthetic_rows())
+    sweep_margins.main(["--summarize", path, "--out", path])
+    summary = {(r["loss"], float(r["m2"]), float(r["m3"])): r for r in read_rows(str(tmp_path / "runs_summary.csv"))}
+    cell = summary[("arcface", 0.46, 0.0)]
+    assert float(cell["mean_acc"]) == pytest.approx(99.0 - 40 * 0.01 ** 2) and cell["runs"] == "2"
+    assert float(cell["std_acc"]) == pytest.approx(math.sqrt(2 * 0.05 ** 2))
+    assert summary[("combined", 0.41, 0.2)]["diverged"] == "1" and summary[("combined", 0.41, 0.2)]["runs"] == "0"
+    assert summary[("arcface", 0.5, 0.0)]["source_acc"] == "98.93"
+    markdown = (tmp_path / "runs_summary.md").read_text()
+    assert "| arcface | 30 | 1 | 0.46 | 0 | 99.00 ± 0.07 | 2 | 0 | 98.85 |" in markdown
+    for name in ("runs_arcface_m2.png", "runs_combined_heatmap.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_regression_recovers_the_best_margins():
+    rows = synthetic_rows()
+    points = [((float(r["s"]), float(r["m1"]), r["m2"], r["m3"]), 100 * r["test_acc"]) for r in rows if r["loss"] == "arcface"]
+    fit = sweep_margins.fit_quadratic(points)
+    assert fit["varying"] == [2] and fit["best"][0] == pytest.approx(0.47, abs=0.004)
+    assert fit["best_std"][0] < 0.02 and fit["predicted_acc"] == pytest.approx(99.0, abs=0.01)
+    line = sweep_margins.recommend(rows, "combined")
+    assert recommended(line, "m2") == pytest.approx(0.42, abs=0.004)  # within one grid step
+    assert recommended(line, "m3") == pytest.approx(0.27, abs=0.004)
+    assert "extrapolated" in line  # the combined default (0.3, 0.2) lies outside m2 in [0.40, 0.44]
+    assert recommended(sweep_margins.recommend(rows, "arcface"), "m2") == pytest.approx(0.47, abs=0.004)
+
+
+def recommended(line, name):
+    """The value that a `recommend` line gives for margin `name`."""
+    return float(re.search(rf"recommends .*?{name} = ([0-9.]+)", line).group(1))
+
+
+@pytest.mark.parametrize("flags,flag", [(["--losses", "hinge"], "--losses"), (["--m2", "4"], "--m2"),
+                                        (["--workers", "0"], "--workers"), (["--shard", "2/2"], "--shard"),
+                                        (["--epochs", "0"], "--epochs"), (["--summarize", "/nonexistent.csv"], "--summarize")])
+def test_bad_flags_exit_2_with_one_line(flags, flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_margins.main(flags + ["--data-root", "/nonexistent"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and flag in err, err
