@@ -22,7 +22,7 @@ from tqdm import tqdm
 import train_cifar10
 import train_mnist
 from common import LOSSES, MARGIN_DEFAULTS
-from common.config import HelpFormatter, OneLineErrorParser
+from common.config import HelpFormatter, OneLineErrorParser, parse_config
 from common.heads import check_margins
 from common.results import append_row, atomic_write_text, environment_info, read_rows, write_csv
 from common.training import DivergedError
@@ -272,7 +272,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4, got {text!r}") from None
     if not (count >= 1 and 0 <= index < count):
         raise argparse.ArgumentTypeError(f"need 0 <= I < N, got {text!r}")
     return index, count
@@ -302,8 +302,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def base_config(args):
     """The training script's defaults with the pass-through flags applied, validated up front."""
-    from common.config import parse_config
-
     script = SCRIPTS[args.dataset]
     flags = ["--epochs", str(args.epochs), "--out", args.out] + (["--amp"] if args.amp else [])
     for name in ("data_root", "max_train_samples", "device", "latent_dim", "widths", "convs_per_stage", "batch_size", "lr"):
@@ -332,7 +330,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     grid = table1_grid() if args.preset == "table1" else custom_grid(args)
-    for loss, s, m1, m2, m3 in grid:
+    for _, s, m1, m2, m3 in grid:
         if s is not None:
             try:
                 check_margins(s, m1, m2, m3)

@@ -19,7 +19,7 @@ from common.training import (check_finite, cli_main, evaluate, net_forward, prep
                              save_training_state, write_results)
 
 # Two convs per stage, widths 64-128-256: the report's conv-BN-ReLU design, deep enough for CIFAR-10.
-DEFAULTS = TrainConfig(dataset="cifar10", widths=(64, 128, 256), convs_per_stage=2, epochs=8, lr=0.05,
+DEFAULTS = TrainConfig(dataset="cifar10", widths=(64, 128, 256), convs_per_stage=2, epochs=20, lr=0.05,
                        image_size=32, out="results/train_cifar10.csv")
 CHECK_EVERY = 50  # steps between checks for a non-finite loss (one host sync each)
 CROP_PADDING = 4  # pixels of zero padding before the random 32x32 crop, as in the report

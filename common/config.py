@@ -103,7 +103,7 @@ def _positive_int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.replace(",", "-").split("-"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers joined by '-' such as 64-256-64, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected integers joined by '-' such as 64-256-64, got {text!r}") from None
 
 
 def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse.ArgumentParser:

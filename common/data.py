@@ -52,7 +52,7 @@ def _torchvision_split(dataset_class, root: str, train: bool, download: bool, na
         return dataset_class(root, train=train, download=False)
     except RuntimeError:
         if not download:
-            raise DataNotFoundError(f"{name} not found under {os.path.abspath(root)} and --no-download is set; {how}")
+            raise DataNotFoundError(f"{name} not found under {os.path.abspath(root)} and --no-download is set; {how}") from None
     try:
         return dataset_class(root, train=train, download=True)
     except Exception as exc:  # no network, proxy, checksum: all mean the same to the user

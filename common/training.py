@@ -5,17 +5,17 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
-
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from .config import TrainConfig
-from .data import ImageData, Normalize
-from .device import autocast, device_name, pick_device
+from .config import TrainConfig, fail, parse_config
+from .data import DataNotFoundError, ImageData, Normalize
+from .device import autocast, cpu_has_fast_bf16, device_name, pick_device
 from .heads import CentroidHead, build_head
 from .metrics import classification_metrics, confusion_matrix
 from .network import Network
@@ -159,19 +159,12 @@ def load_resume_state(config: TrainConfig, net: nn.Module, head: nn.Module, opti
 
 
 def warn_if_slow_amp(config: TrainConfig, device: torch.device) -> None:
-    from .device import cpu_has_fast_bf16
-
     if config.amp and device.type == "cpu" and not cpu_has_fast_bf16():
         print("warning: --amp on a CPU without AVX512-BF16/AMX: bfloat16 is emulated and much slower than float32")
 
 
 def cli_main(run, defaults: TrainConfig, prog: str, description: str, argv: list[str] | None = None) -> dict:
     """Parse flags, call run(config), and turn the expected failures into one-line errors."""
-    import sys
-
-    from .config import fail, parse_config
-    from .data import DataNotFoundError
-
     config = parse_config(argv, defaults, prog, description)
     try:
         return run(config)
