@@ -46,6 +46,8 @@ def config_from_row(row: dict, **overrides) -> TrainConfig:
     known = {f.name: f for f in fields(TrainConfig)}
     values = {k: v for k, v in row.items() if k in known}
     values["widths"] = tuple(int(w) for w in str(values["widths"]).split("-"))
+    for margin in ("s", "m1", "m2", "m3"):  # empty for softmax and triplet
+        values[margin] = None if values.get(margin) in ("", None) else float(values[margin])
     return replace(TrainConfig(**values), **overrides)
 
 

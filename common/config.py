@@ -83,7 +83,9 @@ class TrainConfig:
 
     def as_row(self) -> dict:
         row = asdict(self)
-        row["s"], row["m1"], row["m2"], row["m3"] = self.margins()
+        # softmax and triplet have no margins: leave the columns empty rather than record unused defaults
+        margins = self.margins() if self.loss in MARGIN_DEFAULTS else ("",) * 4
+        row["s"], row["m1"], row["m2"], row["m3"] = margins
         row["widths"] = "-".join(map(str, self.widths))
         return row
 

@@ -34,6 +34,8 @@ def test_scripts_train_and_write_results(name, loss, tmp_path, request):
     rows = read_rows(str(out))
     assert len(rows) == 1 and all(column in rows[0] for column in REQUIRED_COLUMNS)
     assert rows[0]["loss"] == loss and rows[0]["dataset"] == name and rows[0]["device"] == "cpu"
+    margins = [rows[0][k] for k in ("s", "m1", "m2", "m3")]
+    assert margins == ["", "", "", ""] if loss in ("softmax", "triplet") else all(margins)
     assert 0.0 <= float(rows[0]["test_acc"]) <= 1.0 and row["test_acc"] == float(rows[0]["test_acc"])
     run_dir = tmp_path / "results" / row["run_id"]
     with open(run_dir / "history.csv") as handle:
