@@ -117,17 +117,16 @@ def _worker(payload):
 def run_sweep(jobs: list, base, dataset: str, workers: int) -> None:
     """Run the jobs (already filtered to those not done), `workers` processes at a time, with one overall bar."""
     threads = max(1, (os.cpu_count() or 1) // workers)
-    bar = tqdm(total=len(jobs), desc="sweep", unit="run")
-    if workers == 1:
-        for job in jobs:
-            run_job(job, base, dataset, 0)
-            bar.update()
-    else:
+    with tqdm(total=len(jobs), desc="sweep", unit="run") as bar:  # closed on Ctrl-C too
+        if workers == 1:
+            for job in jobs:
+                run_job(job, base, dataset, 0)
+                bar.update()
+            return
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
         with context.Pool(workers, maxtasksperchild=1) as pool:
             for _ in pool.imap_unordered(_worker, [(job, base, dataset, threads) for job in jobs]):
                 bar.update()
-    bar.close()
 
 
 def accuracy_of(row: dict) -> float | None:
