@@ -24,7 +24,7 @@ from common.data import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD
 from common.device import pick_device
 from common.geometry import angles_to_centres, angular_statistics, target_and_nearest_other, to_sphere_3d
 from common.results import read_rows, write_csv
-from common.training import embed
+from common.training import embed, load_checkpoint
 
 SCRIPTS = {"mnist": (train_mnist, 1, MNIST_MEAN, MNIST_STD), "cifar10": (train_cifar10, 3, CIFAR10_MEAN, CIFAR10_STD)}
 DEFAULT_LOSSES = ("softmax", "arcface", "combined", "triplet")
@@ -220,6 +220,16 @@ def plot_results_csv(results_csv: str, out_dir: str) -> list[str]:
     return written
 
 
+def checkpoint_progress(path: str, config: TrainConfig) -> int:
+    """Epochs a checkpoint at `path` has done under exactly these settings; 0 if absent or trained otherwise."""
+    if not os.path.exists(path):
+        return 0
+    try:
+        return load_checkpoint(path, config)["epoch"]
+    except ValueError:  # other settings (learning rate, samples, ...): train afresh over it
+        return 0
+
+
 def train_missing(args, device: torch.device) -> list[str]:
     """Train (or resume) one latent-dim model per loss; existing finished checkpoints are reused."""
     script = SCRIPTS[args.dataset][0]
@@ -227,13 +237,14 @@ def train_missing(args, device: torch.device) -> list[str]:
     for loss in args.losses:
         path = os.path.join(args.checkpoint_dir, f"{args.dataset}-{loss}-d{args.latent_dim}-seed{args.seed}.pt")
         config = replace(script.DEFAULTS, loss=loss, latent_dim=args.latent_dim, epochs=args.epochs, seed=args.seed,
-                         device=str(device), data_root=args.data_root, max_train_samples=args.max_train_samples,
-                         checkpoint=path, out=os.path.join(args.out_dir, "trained_models.csv"),
-                         progress=args.progress, threads=args.threads)
-        done = os.path.exists(path) and torch.load(path, map_location="cpu", weights_only=False)["epoch"] >= args.epochs
-        if not done:
+                         lr=args.lr, device=str(device), data_root=args.data_root,
+                         max_train_samples=args.max_train_samples, checkpoint=path,
+                         out=os.path.join(args.out_dir, "trained_models.csv"), progress=args.progress,
+                         threads=args.threads)
+        epochs_done = checkpoint_progress(path, config)
+        if epochs_done < args.epochs:
             print(f"training {loss} ({args.dataset}, latent dim {args.latent_dim}) -> {path}", flush=True)
-            script.run(replace(config, resume=path if os.path.exists(path) else None))
+            script.run(replace(config, resume=path if epochs_done > 0 else None))
         paths.append(path)
     return paths
 
@@ -246,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="mnist", choices=sorted(SCRIPTS), help="dataset that --train uses")
     p.add_argument("--latent-dim", type=int, default=3, help="embedding dimension that --train uses")
     p.add_argument("--epochs", type=int, default=5, help="epochs that --train uses")
+    # A 3-D embedding has a small norm, and the gradient through L2 normalisation scales as 1/norm:
+    # the 128-D learning rate (0.05) left 3-D ArcFace, normalised softmax and triplet models collapsed.
+    p.add_argument("--lr", type=float, default=0.005, help="peak learning rate that --train uses")
     p.add_argument("--max-train-samples", type=int, default=None, help="--train trains on the first N images only")
     p.add_argument("--seed", type=int, default=0, help="seed that --train uses")
     p.add_argument("--checkpoint-dir", default="checkpoints/embeddings", help="where --train keeps its checkpoints")
@@ -270,6 +284,8 @@ def main(argv: list[str] | None = None) -> list[str]:
         parser.error(f"--latent-dim must be >= 2, got {args.latent_dim}")
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    if not args.lr > 0:
+        parser.error(f"--lr must be > 0, got {args.lr}")
     if args.max_train_samples is not None and args.max_train_samples < 1:
         parser.error(f"--max-train-samples must be >= 1, got {args.max_train_samples}")
     missing = [p for p in args.checkpoints + args.results if not os.path.isfile(p)]

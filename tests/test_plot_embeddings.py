@@ -87,10 +87,13 @@ def test_train_mode_trains_missing_models_once(gray_folder, tmp_path, capsys):
     assert capsys.readouterr().out.count("training ") == 2
     plot_embeddings.main(args)  # finished checkpoints are reused, not retrained
     assert capsys.readouterr().out.count("training ") == 0
+    plot_embeddings.main(args + ["--lr", "0.01"])  # other settings: retrained, not reused
+    assert capsys.readouterr().out.count("training ") == 2
 
 
 @pytest.mark.parametrize("flags,flag", [([], "nothing to do"), (["--train", "--losses", "hinge"], "--losses"),
                                         (["--train", "--latent-dim", "1"], "--latent-dim"),
+                                        (["--train", "--lr", "0"], "--lr"),
                                         (["--checkpoints", "/nonexistent.pt"], "no such file")])
 def test_bad_flags_exit_2_with_one_line(flags, flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
