@@ -145,7 +145,7 @@ def plot_spheres(results: list[dict], path: str) -> list[str]:
 
 def plot_angle_histograms(results: list[dict], path: str) -> None:
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)  # own y scales
     bins = torch.linspace(0, 180, 73).tolist()
     for ax, result in zip(axes[0], results):
         target, nearest = target_and_nearest_other(angles_to_centres(result["embeddings"], result["centres"]),
