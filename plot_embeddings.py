@@ -190,9 +190,14 @@ def plot_curves(runs: list[tuple[str, list[dict]]], path: str, title: str) -> No
         epochs = [int(h["epoch"]) for h in history]
         acc_ax.plot(epochs, [float(h["test_acc"]) for h in history], marker="o", label=label)
         loss_ax.plot(epochs, [float(h["train_loss"]) for h in history], marker="o", label=label)
-    acc_ax.set_xlabel("epoch"), acc_ax.set_ylabel("test accuracy"), acc_ax.set_title(f"{title}: test accuracy")
-    loss_ax.set_xlabel("epoch"), loss_ax.set_ylabel("training loss"), loss_ax.set_yscale("log")
-    loss_ax.set_title(f"{title}: training loss (each loss on its own scale)")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (acc_ax, loss_ax):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    acc_ax.set_ylabel("test accuracy"), acc_ax.set_title(f"{title}: test accuracy")
+    loss_ax.set_ylabel("training loss (log scale; losses differ in kind)"), loss_ax.set_yscale("log")
+    loss_ax.set_title(f"{title}: training loss")
     acc_ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
