@@ -262,8 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="mnist", choices=sorted(SCRIPTS), help="dataset that --train uses")
     p.add_argument("--latent-dim", type=int, default=3, help="embedding dimension that --train uses")
     p.add_argument("--epochs", type=int, default=5, help="epochs that --train uses")
-    # A 3-D embedding has a small norm, and the gradient through L2 normalisation scales as 1/norm:
-    # the 128-D learning rate (0.05) left 3-D ArcFace, normalised softmax and triplet models collapsed.
+    # At the 128-D learning rate (0.05) the 3-D ArcFace, normalised-softmax and triplet models collapsed;
+    # likely cause: a 3-D embedding has a small norm and the gradient through L2 normalisation scales as 1/norm.
     p.add_argument("--lr", type=float, default=0.005, help="peak learning rate that --train uses")
     p.add_argument("--max-train-samples", type=int, default=None, help="--train trains on the first N images only")
     p.add_argument("--seed", type=int, default=0, help="seed that --train uses")
