@@ -18,15 +18,14 @@ import torch
 
 import train_cifar10
 import train_mnist
-from common import LOSSES, ArcNet, CentroidHead, Network, Normalize, TrainConfig, build_head
+from common import LOSSES, ArcNet, CentroidHead, Network, Normalize, TrainConfig
 from common.config import HelpFormatter, OneLineErrorParser
-from common.data import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD
 from common.device import pick_device
 from common.geometry import angles_to_centres, angular_statistics, target_and_nearest_other, to_sphere_3d
 from common.results import read_rows, write_csv
-from common.training import embed, load_checkpoint
+from common.training import build_model, embed, load_checkpoint
 
-SCRIPTS = {"mnist": (train_mnist, 1, MNIST_MEAN, MNIST_STD), "cifar10": (train_cifar10, 3, CIFAR10_MEAN, CIFAR10_STD)}
+SCRIPTS = {"mnist": train_mnist, "cifar10": train_cifar10}
 DEFAULT_LOSSES = ("softmax", "arcface", "combined", "triplet")
 CENTRE_SAMPLES = 10_000  # training images whose mean embedding is a softmax model's class centre
 SPHERE_POINTS = 2_000  # test embeddings drawn per sphere (all of them enter the statistics)
@@ -54,11 +53,8 @@ def config_from_row(row: dict, **overrides) -> TrainConfig:
 def load_model(path: str, data_root: str | None, device: torch.device) -> Model:
     state = torch.load(path, map_location=device, weights_only=False)
     config = config_from_row(state["config"], **({"data_root": data_root} if data_root else {}))
-    _, in_channels, _, _ = SCRIPTS[config.dataset]
-    net = Network(in_channels, config.latent_dim, config.widths, config.convs_per_stage).to(device)
     num_classes = next(iter(state["head"].values())).shape[0]  # weight, linear.weight or centres: (C, ...)
-    s, m1, m2, m3 = config.margins()
-    head = build_head(config.loss, config.latent_dim, num_classes, s, m1, m2, m3, config.triplet_margin).to(device)
+    net, head = build_model(config, SCRIPTS[config.dataset].IN_CHANNELS, num_classes, device)
     net.load_state_dict(state["net"])
     head.load_state_dict(state["head"])
     return Model(config.loss, config, net.eval(), head.eval(), state["history"])
@@ -78,9 +74,9 @@ def class_centres(model: Model, embeddings_of, data) -> torch.Tensor:
 
 def analyse(model: Model, device: torch.device) -> dict:
     """Test embeddings, centres, accuracy and angular statistics of one model."""
-    script, _, mean, std = SCRIPTS[model.config.dataset]
+    script = SCRIPTS[model.config.dataset]
     data = script.load_data(model.config).to(device)
-    normalize = Normalize(mean, std, device)
+    normalize = Normalize(script.MEAN, script.STD, device)
     embeddings_of = lambda images: embed(model.net, images, normalize, amp=False)  # noqa: E731
     embeddings = embeddings_of(data.test_x)
     centres = class_centres(model, embeddings_of, data)
@@ -237,7 +233,7 @@ def checkpoint_progress(path: str, config: TrainConfig) -> int:
 
 def train_missing(args, device: torch.device) -> list[str]:
     """Train (or resume) one latent-dim model per loss; existing finished checkpoints are reused."""
-    script = SCRIPTS[args.dataset][0]
+    script = SCRIPTS[args.dataset]
     paths = []
     for loss in args.losses:
         path = os.path.join(args.checkpoint_dir, f"{args.dataset}-{loss}-d{args.latent_dim}-seed{args.seed}.pt")

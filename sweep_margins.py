@@ -161,9 +161,16 @@ def markdown_table(summary: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def quadratic_features(v: torch.Tensor) -> torch.Tensor:
+    """(N, k) margins -> (N, 1 + k + k(k+1)/2): constant, linear, squares and cross terms."""
+    cols = [torch.ones(len(v), dtype=torch.float64), *v.t()]
+    cols += [v[:, a] * v[:, b] for a in range(v.shape[1]) for b in range(a, v.shape[1])]
+    return torch.stack(cols, 1)
+
+
 def fit_quadratic(points: list[tuple[tuple[float, ...], float]], bootstrap: int = 200, seed: int = 0) -> dict | None:
     """Least-squares quadratic (with cross terms) of accuracy over the margins that vary, its maximiser on
-    a grid spanning the sweep, and the bootstrap (over runs) spread of that maximiser and of its gain."""
+    a grid spanning the sweep, and the bootstrap (over runs) standard deviation of that maximiser."""
     names = [i for i in range(len(points[0][0])) if len({p[0][i] for p in points}) > 1] if points else []
     if not names or len(points) < 3 * len(names) + 1:
         return None
@@ -172,14 +179,9 @@ def fit_quadratic(points: list[tuple[tuple[float, ...], float]], bootstrap: int 
     axes = [torch.linspace(x[:, j].min().item(), x[:, j].max().item(), 41, dtype=torch.float64) for j in range(len(names))]
     grid = torch.cartesian_prod(*axes).view(-1, len(names))
 
-    def features(v):
-        cols = [torch.ones(len(v), dtype=torch.float64), *v.t()]
-        cols += [v[:, a] * v[:, b] for a in range(v.shape[1]) for b in range(a, v.shape[1])]
-        return torch.stack(cols, 1)
-
     def best(xs, ys):
-        coef = torch.linalg.lstsq(features(xs), ys.view(-1, 1)).solution
-        predicted = (features(grid) @ coef).squeeze(1)
+        coef = torch.linalg.lstsq(quadratic_features(xs), ys.view(-1, 1)).solution
+        predicted = (quadratic_features(grid) @ coef).squeeze(1)
         return grid[predicted.argmax()], predicted.max().item(), coef
 
     where, value, coef = best(x, y)
@@ -200,9 +202,7 @@ def recommend(rows: list[dict], loss: str) -> str | None:
     names = [SETTING_KEYS[1 + i] for i in fit["varying"]]
     default = setting(loss)
     default_x = torch.tensor([[default[1 + i] for i in fit["varying"]]], dtype=torch.float64)
-    cols = [torch.ones(1, dtype=torch.float64), *default_x.t()]
-    cols += [default_x[:, a] * default_x[:, b] for a in range(len(names)) for b in range(a, len(names))]
-    at_default = (torch.stack(cols, 1) @ torch.tensor(fit["coefficients"], dtype=torch.float64)).item()
+    at_default = (quadratic_features(default_x) @ torch.tensor(fit["coefficients"], dtype=torch.float64)).item()
     swept = [sorted({p[0][i] for p in points}) for i in fit["varying"]]
     outside = any(not lo[0] <= v <= lo[-1] for lo, v in zip(swept, default_x[0].tolist()))
     best = ", ".join(f"{n} = {b:.3f} ± {e:.3f}" for n, b, e in zip(names, fit["best"], fit["best_std"]))

@@ -17,6 +17,7 @@ from common.training import (check_finite, cli_main, evaluate, net_forward, prep
 
 DEFAULTS = TrainConfig(dataset="mnist", widths=(64, 256, 64), convs_per_stage=1, epochs=5, lr=0.05,
                        image_size=28, out="results/train_mnist.csv")
+IN_CHANNELS, MEAN, STD = 1, MNIST_MEAN, MNIST_STD  # read by plot_embeddings.py too
 CHECK_EVERY = 50  # steps between checks for a non-finite loss (one host sync each)
 
 
@@ -28,7 +29,7 @@ def load_data(config: TrainConfig):
 
 def run(config: TrainConfig) -> dict:
     """Train one model as `config` says and return its results row (also appended to config.out)."""
-    setup = prepare_run(config, load_data, 1, MNIST_MEAN, MNIST_STD)
+    setup = prepare_run(config, load_data, IN_CHANNELS, MEAN, STD)
     device, data, normalize, net, head = setup.device, setup.data, setup.normalize, setup.net, setup.head
     optimizer, scheduler, generator, steps = setup.optimizer, setup.scheduler, setup.generator, setup.steps
     history = setup.history  # per-epoch summaries, restored by --resume
@@ -54,7 +55,7 @@ def run(config: TrainConfig) -> dict:
             if (step + 1) % CHECK_EVERY == 0:
                 check_finite(losses, step + 1 - CHECK_EVERY, step + 1, epoch)
                 batches.set_postfix(loss=f"{losses[step].item():.4f}")
-        check_finite(losses, 0, steps, epoch)
+        check_finite(losses, steps - steps % CHECK_EVERY, steps, epoch)  # the steps after the last full window
         setup.train_seconds += time.perf_counter() - started
 
         metrics, confusion = evaluate(net, head, data, normalize, config.amp)

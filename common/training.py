@@ -216,6 +216,14 @@ class RunSetup:
     environment: dict  # versions and git commit, read when the run starts
 
 
+def build_model(config: TrainConfig, in_channels: int, num_classes: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """The backbone (channels-last) and the loss's head that `config` describes, on `device`."""
+    s, m1, m2, m3 = config.margins()
+    net = Network(in_channels, config.latent_dim, config.widths, config.convs_per_stage)
+    head = build_head(config.loss, config.latent_dim, num_classes, s, m1, m2, m3, config.triplet_margin)
+    return net.to(device, memory_format=torch.channels_last), head.to(device)
+
+
 def prepare_run(config: TrainConfig, load_data, in_channels: int, mean: tuple, std: tuple) -> RunSetup:
     """Validate, pick the device, seed, load the data onto the device, build the model, restore --resume."""
     config.validate()
@@ -225,10 +233,7 @@ def prepare_run(config: TrainConfig, load_data, in_channels: int, mean: tuple, s
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     data = load_data(config).first_train(config.max_train_samples).to(device)
-    s, m1, m2, m3 = config.margins()
-    net = Network(in_channels, config.latent_dim, config.widths, config.convs_per_stage)
-    net = net.to(device, memory_format=torch.channels_last)
-    head = build_head(config.loss, config.latent_dim, data.num_classes, s, m1, m2, m3, config.triplet_margin).to(device)
+    net, head = build_model(config, in_channels, data.num_classes, device)
     steps = steps_per_epoch(len(data.train_y), config.batch_size)
     optimizer, scheduler = make_optimizer(config, [net, head], steps * config.epochs)
     generator = torch.Generator(device).manual_seed(config.seed)
