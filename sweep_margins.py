@@ -114,13 +114,14 @@ def _worker(payload):
     return run_job(*payload)
 
 
-def run_sweep(jobs: list, base, dataset: str, workers: int) -> None:
-    """Run the jobs (already filtered to those not done), `workers` processes at a time, with one overall bar."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
+def run_sweep(jobs: list, base, dataset: str, workers: int, threads: int = 0) -> None:
+    """Run the jobs (already filtered to those not done), `workers` processes at a time, with one overall bar.
+    `threads` is torch's CPU threads per worker; 0 splits the machine's cores between the workers."""
+    threads = threads or (0 if workers == 1 else max(1, (os.cpu_count() or 1) // workers))
     with tqdm(total=len(jobs), desc="sweep", unit="run") as bar:  # closed on Ctrl-C too
         if workers == 1:
             for job in jobs:
-                run_job(job, base, dataset, 0)
+                run_job(job, base, dataset, threads)
                 bar.update()
             return
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
@@ -287,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds; each setting runs once per seed")
     p.add_argument("--epochs", type=int, default=20, help="epochs per run (Table 1 used 20)")
     p.add_argument("--workers", type=int, default=1, help="runs at once on this machine; CPU threads are split between them")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads per worker (0: the machine's cores split between the workers)")
     p.add_argument("--shard", type=parse_shard, default=(0, 1), help="run only slice I of N (a job-array index)")
     p.add_argument("--out", default=None, help="results CSV (default results/sweep/<dataset>.csv); rows already in it are skipped")
     p.add_argument("--summarize", nargs="+", default=None, metavar="CSV",
@@ -328,6 +331,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--losses: unknown loss {unknown[0]!r}; choose from {', '.join(LOSSES)}")
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0, got {args.threads}")
     grid = table1_grid() if args.preset == "table1" else custom_grid(args)
     for _, s, m1, m2, m3 in grid:
         if s is not None:
@@ -348,7 +353,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"{loss} s={s} m1={m1} m2={m2} m3={m3} seed={seed}")
         return []
     try:
-        run_sweep(todo, base, args.dataset, args.workers)
+        run_sweep(todo, base, args.dataset, args.workers, args.threads)
     except KeyboardInterrupt:
         print("\ninterrupted: finished runs are in the CSV; rerun the same command to continue", file=sys.stderr)
         sys.exit(130)
