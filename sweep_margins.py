@@ -5,6 +5,11 @@ shardable, then a summary with error bars, plots, and a quadratic fit that recom
     python sweep_margins.py --losses arcface cosface softmax --m2 0.3 0.5 --m3 0.2 0.35 --seeds 0 1
     python sweep_margins.py --preset table1 --shard 3/8 --out results/sweep/shard3.csv   # one job of 8
     python sweep_margins.py --summarize results/sweep/shard*.csv --out results/sweep/merged.csv
+    python sweep_margins.py --preset claims --seeds 0 1 2 --data-root ../shared/data   # the report's other claims
+
+--preset claims trains every loss at its default margins in four scenarios (clean with corrupted test
+copies, long-tailed training sets at imbalance 10 and 100, and 2 held-out classes for open-set
+verification) and writes a comparison table with the losses as rows.
 """
 from __future__ import annotations
 
@@ -29,6 +34,11 @@ from common.training import DivergedError
 
 SCRIPTS = {"mnist": train_mnist, "cifar10": train_cifar10}
 SETTING_KEYS = ("loss", "s", "m1", "m2", "m3")
+# What a run trains on and reports besides the margins: (imbalance, holdout_classes, corruptions).
+SCENARIO_KEYS = ("imbalance", "holdout_classes", "corruptions")
+SCENARIO_DEFAULTS = {"imbalance": "1.0", "holdout_classes": "0", "corruptions": "False"}  # for rows that predate them
+CLAIM_SCENARIOS = {"clean": (1.0, 0, True), "imbalance10": (10.0, 0, False), "imbalance100": (100.0, 0, False),
+                   "open_set": (1.0, 2, False)}
 
 # Table 1 of the source paper: MNIST test accuracy (%) after 20 epochs, one run per setting.
 TABLE1_ARCFACE = dict(zip([round(0.40 + 0.01 * i, 2) for i in range(20)],
@@ -65,6 +75,10 @@ def source_value(row_setting: tuple) -> float | None:
     return TABLE1_COMBINED.get((m2, m3)) if loss == "combined" else None
 
 
+def claims_grid() -> list[tuple]:
+    return [setting(loss) for loss in LOSSES]
+
+
 def custom_grid(args) -> list[tuple]:
     grid = []
     for loss in args.losses:
@@ -76,22 +90,32 @@ def custom_grid(args) -> list[tuple]:
     return list(dict.fromkeys(grid))  # drop duplicates, keep order
 
 
-def jobs_for(grid: list[tuple], seeds: list[int], shard: tuple[int, int]) -> list[tuple[tuple, int]]:
-    """All (setting, seed) pairs in a fixed order, then every N-th from index I: shards are disjoint and cover all."""
+def jobs_for(grid: list[tuple], seeds: list[int], shard: tuple[int, int],
+             scenarios: list[tuple] = ((1.0, 0, False),)) -> list[tuple[tuple, tuple, int]]:
+    """All (setting, scenario, seed) triples in a fixed order, then every N-th from index I: shards are
+    disjoint and cover all."""
     index, count = shard
-    return [job for i, job in enumerate((g, seed) for g in grid for seed in seeds) if i % count == index]
+    everything = ((g, scenario, seed) for scenario in scenarios for g in grid for seed in seeds)
+    return [job for i, job in enumerate(everything) if i % count == index]
+
+
+def scenario_of(row: dict) -> tuple:
+    """(imbalance, holdout_classes, corruptions) of a results row or a config's row."""
+    values = {k: str(row.get(k, "")) or SCENARIO_DEFAULTS[k] for k in SCENARIO_KEYS}
+    return (float(values["imbalance"]), int(values["holdout_classes"]), values["corruptions"] in ("True", "true", "1"))
 
 
 def row_key(row: dict) -> tuple:
-    """(setting, seed) of a results row, matching `setting` values."""
+    """(setting, scenario, seed) of a results row, matching `jobs_for`."""
     loss = row["loss"]
-    if loss not in MARGIN_DEFAULTS:
-        return (setting(loss), int(row["seed"]))
-    return (setting(loss, *(float(row[k]) for k in SETTING_KEYS[1:])), int(row["seed"]))
+    margins = (setting(loss) if loss not in MARGIN_DEFAULTS
+               else setting(loss, *(float(row[k]) for k in SETTING_KEYS[1:])))
+    return (margins, scenario_of(row), int(row["seed"]))
 
 
-# Fields besides (setting, seed) that must match for a row in the CSV to count as this sweep's run.
-SIGNATURE_KEYS = ("dataset", "epochs", "max_train_samples", "latent_dim", "widths", "convs_per_stage", "batch_size", "lr")
+# Fields besides (setting, scenario, seed) that must match for a row in the CSV to count as this sweep's run.
+SIGNATURE_KEYS = ("dataset", "epochs", "max_train_samples", "latent_dim", "widths", "convs_per_stage", "batch_size",
+                  "lr", "corruption_samples")
 
 
 def signature(row: dict) -> tuple:
@@ -99,9 +123,10 @@ def signature(row: dict) -> tuple:
 
 
 def run_job(job: tuple, base, dataset: str, threads: int) -> dict:
-    """Train one (setting, seed); a diverged run becomes a row with diverged=1 and no accuracy."""
-    (loss, s, m1, m2, m3), seed = job
-    config = replace(base, loss=loss, s=s, m1=m1, m2=m2, m3=m3, seed=seed, threads=threads, progress=False)
+    """Train one (setting, scenario, seed); a diverged run becomes a row with diverged=1 and no accuracy."""
+    (loss, s, m1, m2, m3), (imbalance, holdout, corruptions), seed = job
+    config = replace(base, loss=loss, s=s, m1=m1, m2=m2, m3=m3, seed=seed, threads=threads, progress=False,
+                     imbalance=imbalance, holdout_classes=holdout, corruptions=corruptions)
     try:
         return SCRIPTS[dataset].run(config)
     except DivergedError as exc:
@@ -135,31 +160,102 @@ def accuracy_of(row: dict) -> float | None:
     return None if diverged or row.get("test_acc", "") == "" else float(row["test_acc"])
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (NaN where undefined)."""
+    mean = sum(values) / len(values) if values else math.nan
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
+    return mean, std
+
+
+def is_plain(row: dict) -> bool:
+    """Trained on the whole (balanced) training set, all classes: the setting of Table 1."""
+    imbalance, holdout, _ = scenario_of(row)
+    return imbalance == 1.0 and holdout == 0
+
+
 def summarize(rows: list[dict]) -> list[dict]:
-    """Per setting: mean, std and count of test accuracy (%), diverged runs, and the source table's value."""
+    """Per (setting, training set): mean, std and count of test accuracy (%), diverged runs, and the
+    source table's value (MNIST on the plain training set only)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault(row_key(row)[0], []).append(row)
+        key, (imbalance, holdout, _), _ = row_key(row)
+        groups.setdefault((key, imbalance, holdout, row.get("dataset", "mnist")), []).append(row)
     summary = []
-    for key, members in groups.items():
+    for (key, imbalance, holdout, dataset), members in groups.items():
         accs = [100 * a for a in map(accuracy_of, members) if a is not None]
-        mean = sum(accs) / len(accs) if accs else math.nan
-        std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else math.nan
-        summary.append({**dict(zip(SETTING_KEYS, key)), "mean_acc": mean, "std_acc": std, "runs": len(accs),
-                        "diverged": len(members) - len(accs), "source_acc": source_value(key)})
+        mean, std = mean_std(accs)
+        plain = imbalance == 1.0 and holdout == 0
+        summary.append({**dict(zip(SETTING_KEYS, key)), "dataset": dataset, "imbalance": imbalance,
+                        "holdout_classes": holdout, "mean_acc": mean, "std_acc": std, "runs": len(accs),
+                        "diverged": len(members) - len(accs),
+                        "source_acc": source_value(key) if plain and dataset == "mnist" else None})
     return summary
 
 
 def markdown_table(summary: list[dict]) -> str:
-    lines = ["| loss | s | m1 | m2 | m3 | test acc % (mean ± std) | runs | diverged | source paper % |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """One line per summary row; a "training set" column appears only when some row is not the plain one."""
+    special = any(r["imbalance"] != 1.0 or r["holdout_classes"] for r in summary)
+    lines = ["| loss | s | m1 | m2 | m3 |" + (" training set |" if special else "") +
+             " test acc % (mean ± std) | runs | diverged | source paper % |",
+             "|---|---|---|---|---|" + ("---|" if special else "") + "---|---|---|---|"]
     fmt = lambda v: "" if v is None else f"{v:g}"  # noqa: E731
     for r in summary:
         acc = "—" if math.isnan(r["mean_acc"]) else f"{r['mean_acc']:.2f}" + ("" if math.isnan(r["std_acc"]) else f" ± {r['std_acc']:.2f}")
         source = "" if r["source_acc"] is None else f"{r['source_acc']:.2f}"
-        lines.append(f"| {r['loss']} | {fmt(r['s'])} | {fmt(r['m1'])} | {fmt(r['m2'])} | {fmt(r['m3'])} | {acc} | "
+        trained = f" imbalance {r['imbalance']:g}, {r['holdout_classes']} classes held out |" if special else ""
+        lines.append(f"| {r['loss']} | {fmt(r['s'])} | {fmt(r['m1'])} | {fmt(r['m2'])} | {fmt(r['m3'])} |{trained} {acc} | "
                      f"{r['runs']} | {r['diverged']} | {source} |")
     return "\n".join(lines) + "\n"
+
+
+# The comparison table of --preset claims: (column, heading, which runs, result field, x100 for percent).
+COMPARISON = [
+    ("clean_acc", "clean acc %", "clean", "test_acc", True),
+    ("clean_f1", "macro F1 %", "clean", "test_f1", True),
+    ("imb10_acc", "acc, imbalance 10 %", "imbalance10", "test_acc", True),
+    ("imb100_acc", "acc, imbalance 100 %", "imbalance100", "test_acc", True),
+    ("imb100_tail", "rarest-30% recall, imbalance 100 %", "imbalance100", "tail_recall", True),
+    ("corrupted_acc", "mean corrupted acc %", "clean", "corrupted_acc", True),
+    ("map_at_r", "MAP@R %", "clean", "map_at_r", True),
+    ("verify_tar", "open-set TAR@FAR=1e-3 %", "open_set", "verify_tar", True),
+    ("verify_auc", "open-set ROC AUC %", "open_set", "verify_auc", True),
+    ("seconds_per_epoch", "s / epoch", "clean", "seconds_per_epoch", False),
+]
+
+
+def comparison_table(rows: list[dict]) -> list[dict]:
+    """One row per setting (loss and margins): mean, std and count over seeds of each COMPARISON column."""
+    by_setting: dict[tuple, dict[str, list[dict]]] = {}
+    names = {scenario: name for name, scenario in CLAIM_SCENARIOS.items()}
+    for row in rows:
+        key, scenario, _ = row_key(row)
+        if scenario in names and accuracy_of(row) is not None:
+            by_setting.setdefault(key, {}).setdefault(names[scenario], []).append(row)
+    table = []
+    for key, runs in by_setting.items():
+        line = dict(zip(SETTING_KEYS, key))
+        for column, _, scenario, field, percent in COMPARISON:
+            values = [float(r[field]) * (100 if percent else 1) for r in runs.get(scenario, [])
+                      if str(r.get(field, "")) not in ("", "nan")]
+            line[f"{column}_mean"], line[f"{column}_std"] = mean_std(values)
+            line[f"{column}_runs"] = len(values)
+        table.append(line)
+    return table
+
+
+def comparison_markdown(table: list[dict]) -> str:
+    def cell(line, column):
+        mean, std, runs = line[f"{column}_mean"], line[f"{column}_std"], line[f"{column}_runs"]
+        if not runs:
+            return "—"
+        return f"{mean:.2f}" + ("" if math.isnan(std) else f" ± {std:.2f}") + f" ({runs})"
+
+    header = "| loss | " + " | ".join(heading for _, heading, *_ in COMPARISON) + " |"
+    lines = [header, "|---" * (len(COMPARISON) + 1) + "|"]
+    for line in table:
+        margins = "" if line["s"] is None else f" (s={line['s']:g}, m1={line['m1']:g}, m2={line['m2']:g}, m3={line['m3']:g})"
+        lines.append(f"| {line['loss']}{margins} | " + " | ".join(cell(line, c) for c, *_ in COMPARISON) + " |")
+    return "\n".join(lines) + "\n\nmean ± std (number of seeds) over finished runs.\n"
 
 
 def quadratic_features(v: torch.Tensor) -> torch.Tensor:
@@ -196,7 +292,7 @@ def fit_quadratic(points: list[tuple[tuple[float, ...], float]], bootstrap: int 
 def recommend(rows: list[dict], loss: str) -> str | None:
     """One line: the fitted best margins for `loss`, their bootstrap spread and the gain over the loss's default."""
     points = [((*(float(r[k]) for k in SETTING_KEYS[1:]),), 100 * a) for r in rows
-              if r["loss"] == loss and (a := accuracy_of(r)) is not None]
+              if r["loss"] == loss and is_plain(r) and (a := accuracy_of(r)) is not None]
     fit = fit_quadratic(points)
     if fit is None:
         return None
@@ -258,6 +354,8 @@ def plot_summary(summary: list[dict], out_stem: str) -> list[str]:
 
 
 def write_summary(rows: list[dict], out_csv: str) -> list[str]:
+    """<stem>_summary.{csv,md} and plots; the regression and plots use plain-training-set runs only.
+    With runs of --preset claims, also <stem>_comparison.{csv,md}."""
     stem = os.path.splitext(out_csv)[0]
     summary = summarize(rows)
     lines = [line for line in (recommend(rows, loss) for loss in ("arcface", "combined", "cosface", "sphereface")) if line]
@@ -265,7 +363,16 @@ def write_summary(rows: list[dict], out_csv: str) -> list[str]:
     atomic_write_text(f"{stem}_summary.md", markdown_table(summary) + "".join(f"\n{line}\n" for line in lines))
     for line in lines:
         print(line)
-    return [f"{stem}_summary.csv", f"{stem}_summary.md", *plot_summary(summary, stem)]
+    plain = [r for r in summary if r["imbalance"] == 1.0 and r["holdout_classes"] == 0]
+    written = [f"{stem}_summary.csv", f"{stem}_summary.md", *plot_summary(plain, stem)]
+    table = comparison_table(rows)
+    if table:
+        write_csv(f"{stem}_comparison.csv", table)
+        markdown = comparison_markdown(table)
+        atomic_write_text(f"{stem}_comparison.md", markdown)
+        print(markdown)
+        written += [f"{stem}_comparison.csv", f"{stem}_comparison.md"]
+    return written
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -280,13 +387,16 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(prog="sweep_margins.py", description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--preset", choices=["table1"], default=None, help="table1: the source paper's 40 MNIST settings")
+    p.add_argument("--preset", choices=["table1", "claims"], default=None,
+                   help="table1: the source paper's 40 MNIST settings; claims: every loss in the four scenarios of "
+                        "the comparison table (clean + corruptions, imbalance 10 and 100, 2 held-out classes)")
     p.add_argument("--dataset", choices=sorted(SCRIPTS), default="mnist", help="which training script runs")
     p.add_argument("--losses", nargs="+", default=["arcface"], help=f"losses of a custom grid: {', '.join(LOSSES)}")
     for name, what in (("s", "scales"), ("m1", "SphereFace margins"), ("m2", "ArcFace margins"), ("m3", "CosFace margins")):
         p.add_argument(f"--{name}", nargs="+", type=float, default=None, help=f"{what} of a custom grid (default: the loss's)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds; each setting runs once per seed")
-    p.add_argument("--epochs", type=int, default=20, help="epochs per run (Table 1 used 20)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs per run (default: 20 as in Table 1; with --preset claims, the training script's default)")
     p.add_argument("--workers", type=int, default=1, help="runs at once on this machine; CPU threads are split between them")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads per worker (0: the machine's cores split between the workers)")
@@ -295,8 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summarize", nargs="+", default=None, metavar="CSV",
                    help="train nothing: merge these CSVs into --out and summarise them")
     for flag in ("--data-root", "--max-train-samples", "--device", "--latent-dim", "--widths", "--convs-per-stage",
-                 "--batch-size", "--lr"):
+                 "--batch-size", "--lr", "--imbalance", "--holdout-classes", "--corruption-samples"):
         p.add_argument(flag, default=None, help=f"passed to the training script's {flag}")
+    p.add_argument("--corruptions", action="store_true", help="passed to the training script's --corruptions")
     p.add_argument("--amp", action="store_true", help="passed to the training script's --amp")
     p.add_argument("--dry-run", action="store_true", help="print the jobs this shard would run, and stop")
     return p
@@ -305,8 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
 def base_config(args):
     """The training script's defaults with the pass-through flags applied, validated up front."""
     script = SCRIPTS[args.dataset]
-    flags = ["--epochs", str(args.epochs), "--out", args.out] + (["--amp"] if args.amp else [])
-    for name in ("data_root", "max_train_samples", "device", "latent_dim", "widths", "convs_per_stage", "batch_size", "lr"):
+    epochs = args.epochs if args.epochs is not None else (script.DEFAULTS.epochs if args.preset == "claims" else 20)
+    flags = ["--epochs", str(epochs), "--out", args.out] + (["--amp"] if args.amp else [])
+    flags += ["--corruptions"] if args.corruptions else []
+    for name in ("data_root", "max_train_samples", "device", "latent_dim", "widths", "convs_per_stage", "batch_size", "lr",
+                 "imbalance", "holdout_classes", "corruption_samples"):
         if getattr(args, name) is not None:
             flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     return parse_config(flags, script.DEFAULTS, "sweep_margins.py", "")
@@ -320,7 +434,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         missing = [p for p in args.summarize if not os.path.isfile(p)]
         if missing:
             parser.error(f"--summarize: no such file {missing[0]}")
-        merged = {row_key(r): r for path in args.summarize for r in read_rows(path)}  # one row per (setting, seed)
+        # one row per (run settings, setting, scenario, seed): the same run in two shards counts once
+        merged = {(signature(r), row_key(r)): r for path in args.summarize for r in read_rows(path)}
         rows = list(merged.values())
         write_csv(args.out, rows)
         for path in write_summary(rows, args.out):
@@ -333,7 +448,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.threads < 0:
         parser.error(f"--threads must be >= 0, got {args.threads}")
-    grid = table1_grid() if args.preset == "table1" else custom_grid(args)
+    grid = {"table1": table1_grid, "claims": claims_grid}.get(args.preset, lambda: custom_grid(args))()
     for _, s, m1, m2, m3 in grid:
         if s is not None:
             try:
@@ -342,15 +457,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 parser.error(str(exc))
     base = base_config(args)  # exits 2 on a bad pass-through flag, before any data is read
 
-    jobs = jobs_for(grid, args.seeds, args.shard)
-    wanted = signature({k: "" if v is None else v for k, v in base.as_row().items()})
+    base_row = {k: "" if v is None else v for k, v in base.as_row().items()}
+    scenarios = list(CLAIM_SCENARIOS.values()) if args.preset == "claims" else [scenario_of(base_row)]
+    jobs = jobs_for(grid, args.seeds, args.shard, scenarios)
+    wanted = signature(base_row)
     done = {row_key(r) for r in read_rows(args.out) if signature(r) == wanted}
     todo = [job for job in jobs if job not in done]
-    print(f"{len(grid)} settings x {len(args.seeds)} seeds; shard {args.shard[0]}/{args.shard[1]}: {len(jobs)} runs, "
+    print(f"{len(grid)} settings x {len(scenarios)} scenarios x {len(args.seeds)} seeds; shard {args.shard[0]}/{args.shard[1]}: {len(jobs)} runs, "
           f"{len(jobs) - len(todo)} already in {args.out}, {len(todo)} to run", flush=True)
     if args.dry_run:
-        for (loss, s, m1, m2, m3), seed in todo:
-            print(f"{loss} s={s} m1={m1} m2={m2} m3={m3} seed={seed}")
+        for (loss, s, m1, m2, m3), (imbalance, holdout, corruptions), seed in todo:
+            print(f"{loss} s={s} m1={m1} m2={m2} m3={m3} imbalance={imbalance:g} holdout_classes={holdout} "
+                  f"corruptions={corruptions} seed={seed}")
         return []
     try:
         run_sweep(todo, base, args.dataset, args.workers, args.threads)

@@ -15,8 +15,8 @@ from tqdm import tqdm
 
 from common import (CIFAR10_MEAN, CIFAR10_STD, TrainConfig, is_image_folder, load_cifar10, load_image_folder,
                     random_crop_flip)
-from common.training import (check_finite, cli_main, evaluate, net_forward, prepare_run, record_epoch,
-                             save_training_state, write_results)
+from common.training import (check_finite, cli_main, evaluate, evaluate_extras, net_forward, prepare_run,
+                             record_epoch, save_training_state, write_results)
 
 # Two convs per stage, widths 64-128-256: the report's conv-BN-ReLU design, deep enough for CIFAR-10.
 DEFAULTS = TrainConfig(dataset="cifar10", widths=(64, 128, 256), convs_per_stage=2, epochs=20, lr=0.05,
@@ -71,7 +71,8 @@ def run(config: TrainConfig) -> dict:
 
     if metrics is None:  # resumed from a checkpoint of the last epoch: nothing was trained
         metrics, confusion = evaluate(net, head, data, normalize, config.amp)
-    return write_results(config, setup, metrics, confusion)
+    extras = evaluate_extras(config, setup, metrics)  # retrieval; verification, corruptions when asked
+    return write_results(config, setup, metrics, confusion, extras)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -12,8 +12,8 @@ import torch
 from tqdm import tqdm
 
 from common import MNIST_MEAN, MNIST_STD, TrainConfig, is_image_folder, load_image_folder, load_mnist
-from common.training import (check_finite, cli_main, evaluate, net_forward, prepare_run, record_epoch,
-                             save_training_state, write_results)
+from common.training import (check_finite, cli_main, evaluate, evaluate_extras, net_forward, prepare_run,
+                             record_epoch, save_training_state, write_results)
 
 DEFAULTS = TrainConfig(dataset="mnist", widths=(64, 256, 64), convs_per_stage=1, epochs=5, lr=0.05,
                        image_size=28, out="results/train_mnist.csv")
@@ -65,7 +65,8 @@ def run(config: TrainConfig) -> dict:
 
     if metrics is None:  # resumed from a checkpoint of the last epoch: nothing was trained
         metrics, confusion = evaluate(net, head, data, normalize, config.amp)
-    return write_results(config, setup, metrics, confusion)
+    extras = evaluate_extras(config, setup, metrics)  # retrieval; verification, corruptions when asked
+    return write_results(config, setup, metrics, confusion, extras)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -42,6 +42,10 @@ class TrainConfig:
     download: bool = True
     image_size: int = 32
     max_train_samples: int | None = None
+    imbalance: float = 1.0  # largest / smallest training class; 1 keeps the training set as it is
+    holdout_classes: int = 0  # last K classes never trained on, used for open-set verification
+    corruptions: bool = False  # also evaluate on corrupted copies of the test set
+    corruption_samples: int = 2000  # test images corrupted per (corruption, severity)
     out: str = "results/train_mnist.csv"
     checkpoint: str | None = None
     resume: str | None = None
@@ -64,6 +68,13 @@ class TrainConfig:
         for flag, (value, low) in positive_ints.items():
             if value < low:
                 raise ValueError(f"{flag} must be >= {low}, got {value}")
+        if not (math.isfinite(self.imbalance) and self.imbalance >= 1):
+            raise ValueError(f"--imbalance must be >= 1 (largest / smallest class), got {self.imbalance}")
+        if self.holdout_classes < 0 or self.holdout_classes == 1:
+            raise ValueError(f"--holdout-classes must be 0 (off) or >= 2 (verification needs pairs of classes), "
+                             f"got {self.holdout_classes}")
+        if self.corruption_samples < 1:
+            raise ValueError(f"--corruption-samples must be >= 1, got {self.corruption_samples}")
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError(f"--max-train-samples must be >= 1, got {self.max_train_samples}")
         if not self.widths or min(self.widths) < 1:
@@ -138,6 +149,15 @@ def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse
     p.add_argument("--no-download", dest="download", action="store_false", help="never download; fail if the data is missing")
     p.add_argument("--image-size", type=int, default=d.image_size, help="side length that image-folder images are resized to")
     p.add_argument("--max-train-samples", type=int, default=d.max_train_samples, help="train on the first N images only")
+    p.add_argument("--imbalance", type=float, default=d.imbalance,
+                   help="long-tailed training set: class sizes fall exponentially from class 0 to the last, "
+                        "largest/smallest = this ratio (1: as it is); the test set stays balanced")
+    p.add_argument("--holdout-classes", type=int, default=d.holdout_classes,
+                   help="never train on the last K classes; score open-set verification on their test images (0: off)")
+    p.add_argument("--corruptions", action="store_true", default=d.corruptions,
+                   help="also report accuracy on corrupted test images (noise, blur, contrast, rotation, shift; severities 1-5)")
+    p.add_argument("--corruption-samples", type=int, default=d.corruption_samples,
+                   help="test images corrupted per corruption and severity")
     p.add_argument("--out", default=d.out, help="results CSV; one row is appended per finished run")
     p.add_argument("--checkpoint", default=d.checkpoint, help="save a checkpoint here at the end of every epoch")
     p.add_argument("--resume", default=d.resume, help="resume from this checkpoint")

@@ -42,6 +42,53 @@ class ImageData:
             return self
         return ImageData(self.train_x[:n], self.train_y[:n], self.test_x, self.test_y, self.classes)
 
+    def train_class_counts(self) -> list[int]:
+        return torch.bincount(self.train_y.cpu(), minlength=self.num_classes).tolist()
+
+    def long_tailed(self, ratio: float, seed: int) -> "ImageData":
+        """A long-tailed subsample of the training set (see `long_tailed_counts`); the test set is unchanged.
+
+        Which images each class keeps is a uniform random choice fixed by `seed`; the kept images stay
+        in their original order. ratio = 1 returns the data unchanged.
+        """
+        if ratio == 1:
+            return self
+        generator = torch.Generator().manual_seed(seed)
+        labels = self.train_y.cpu()
+        targets = long_tailed_counts(self.train_class_counts(), ratio)
+        keep = [members[torch.randperm(len(members), generator=generator)[:n]]
+                for members, n in zip((torch.nonzero(labels == c).flatten() for c in range(self.num_classes)), targets)]
+        index = torch.cat(keep).sort().values.to(self.train_y.device)
+        return ImageData(self.train_x[index], self.train_y[index], self.test_x, self.test_y, self.classes)
+
+    def hold_out_classes(self, count: int) -> tuple["ImageData", torch.Tensor, torch.Tensor]:
+        """Split off the last `count` classes for open-set evaluation.
+
+        Returns (data of the first C - count classes only, in train and test; held-out test images
+        (N, C, H, W) uint8; their labels (N,)). Nothing of a held-out class is ever trained on.
+        """
+        if count == 0:
+            return self, self.test_x[:0], self.test_y[:0]
+        seen = self.num_classes - count
+        if seen < 2:
+            raise ValueError(f"--holdout-classes {count} leaves {seen} of {self.num_classes} classes to train on; need >= 2")
+        train, test = self.train_y < seen, self.test_y < seen
+        kept = ImageData(self.train_x[train], self.train_y[train], self.test_x[test], self.test_y[test], self.classes[:seen])
+        return kept, self.test_x[~test], self.test_y[~test]
+
+
+def long_tailed_counts(available: list[int], ratio: float) -> list[int]:
+    """Class sizes falling exponentially from class 0 to class C-1, largest / smallest = ratio.
+
+    Class c keeps round(n * ratio ** (-c / (C - 1))) images (at least 1), n = the size of the
+    smallest available class, so that every class can supply its count. Rounding makes the
+    realised ratio differ from `ratio` by at most one image at the small end.
+    """
+    n, classes = min(available), len(available)
+    if classes < 2:
+        return list(available)
+    return [max(1, round(n * ratio ** (-c / (classes - 1)))) for c in range(classes)]
+
 
 def is_image_folder(root: str) -> bool:
     return os.path.isdir(os.path.join(root, "train")) and os.path.isdir(os.path.join(root, "test"))

@@ -16,10 +16,13 @@ from torch import nn
 from .config import TrainConfig, fail, parse_config
 from .data import DataNotFoundError, ImageData, Normalize
 from .device import autocast, cpu_has_fast_bf16, device_name, pick_device
+from .evaluation import (VERIFY_MAX_IMAGES, corruption_accuracy, corruption_columns, open_set_metrics, subsample,
+                         tail_recall)
 from .heads import CentroidHead, build_head
 from .metrics import classification_metrics, confusion_matrix
 from .network import Network
 from .results import append_row, environment_info, write_csv
+from .retrieval import retrieval_metrics
 
 EVAL_BATCH = 1000
 
@@ -85,6 +88,28 @@ def evaluate(net: nn.Module, head: nn.Module, data: ImageData, normalize, amp: b
     return classification_metrics(confusion), confusion
 
 
+@torch.no_grad()
+def evaluate_extras(config: TrainConfig, setup: "RunSetup", metrics: dict) -> tuple[dict, list[dict]]:
+    """Result columns beyond clean accuracy: training class counts, rare-class recall, retrieval on the
+    test embeddings; with --holdout-classes, open-set verification; with --corruptions, corrupted
+    accuracy (also returned per corruption and severity). Call after the final `evaluate`, which
+    fits a triplet head's class centres."""
+    net, head, data, normalize = setup.net, setup.head, setup.data, setup.normalize
+    head.eval()
+    columns = {"train_class_counts": ";".join(map(str, data.train_class_counts())),
+               "tail_recall": tail_recall(metrics["per_class_recall"]),
+               **retrieval_metrics(embed(net, data.test_x, normalize, config.amp), data.test_y)}
+    if config.holdout_classes:
+        open_x, open_y = subsample(*setup.open_set, VERIFY_MAX_IMAGES)
+        columns.update(open_set_metrics(embed(net, open_x, normalize, config.amp), open_y))
+    corrupted = []
+    if config.corruptions:
+        classify = lambda images: head(embed(net, images, normalize, config.amp)).argmax(dim=1)  # noqa: E731
+        corrupted = corruption_accuracy(classify, data.test_x, data.test_y, config.corruption_samples)
+        columns.update(corruption_columns(corrupted))
+    return columns, corrupted
+
+
 def save_checkpoint(path: str, **state) -> None:
     """torch.save to a temporary file, then rename, so a crash never leaves half a checkpoint."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -96,7 +121,7 @@ def save_checkpoint(path: str, **state) -> None:
 # Settings that must match for a checkpoint to be resumed under a config.
 RESUME_KEYS = ("dataset", "loss", "s", "m1", "m2", "m3", "triplet_margin", "latent_dim", "widths",
                "convs_per_stage", "epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup",
-               "seed", "image_size", "max_train_samples")
+               "seed", "image_size", "max_train_samples", "imbalance", "holdout_classes")
 
 
 def load_checkpoint(path: str, config: TrainConfig) -> dict:
@@ -113,13 +138,16 @@ def run_id(config: TrainConfig) -> str:
     return f"{config.dataset}-{config.loss}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
 
-def write_results(config: TrainConfig, setup: "RunSetup", metrics: dict, confusion: torch.Tensor) -> dict:
-    """Append the run's row to config.out; history.csv and confusion.csv go to a folder beside it."""
+def write_results(config: TrainConfig, setup: "RunSetup", metrics: dict, confusion: torch.Tensor,
+                  extras: tuple[dict, list[dict]]) -> dict:
+    """Append the run's row to config.out; history.csv, confusion.csv (and corruptions.csv) go to a
+    folder beside it. `extras` is what `evaluate_extras` returns."""
+    columns, corrupted = extras
     history, train_seconds, device, classes = setup.history, setup.train_seconds, setup.device, setup.data.classes
     rid = run_id(config)
     row = {**config.as_row(), "test_acc": metrics["accuracy"], "test_precision": metrics["precision"],
            "test_recall": metrics["recall"], "test_f1": metrics["f1"],
-           "per_class_recall": ";".join(f"{r:.4f}" for r in metrics["per_class_recall"]),
+           "per_class_recall": ";".join(f"{r:.4f}" for r in metrics["per_class_recall"]), **columns,
            "train_seconds": round(train_seconds, 2), "seconds_per_epoch": round(train_seconds / config.epochs, 2),
            "device": device.type, "device_name": device_name(device), **setup.environment, "run_id": rid,
            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -129,6 +157,8 @@ def write_results(config: TrainConfig, setup: "RunSetup", metrics: dict, confusi
     write_csv(os.path.join(run_dir, "history.csv"), history)
     write_csv(os.path.join(run_dir, "confusion.csv"),
               [{"true": name, **{p: int(n) for p, n in zip(classes, counts)}} for name, counts in zip(classes, confusion.tolist())])
+    if corrupted:
+        write_csv(os.path.join(run_dir, "corruptions.csv"), corrupted)
     append_row(config.out, row)
     return row
 
@@ -214,6 +244,7 @@ class RunSetup:
     history: list[dict]
     train_seconds: float
     environment: dict  # versions and git commit, read when the run starts
+    open_set: tuple[torch.Tensor, torch.Tensor]  # held-out classes' test images and labels (empty without --holdout-classes)
 
 
 def build_model(config: TrainConfig, in_channels: int, num_classes: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
@@ -232,11 +263,12 @@ def prepare_run(config: TrainConfig, load_data, in_channels: int, mean: tuple, s
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
-    data = load_data(config).first_train(config.max_train_samples).to(device)
+    data, open_x, open_y = load_data(config).first_train(config.max_train_samples).hold_out_classes(config.holdout_classes)
+    data = data.long_tailed(config.imbalance, config.seed).to(device)
     net, head = build_model(config, in_channels, data.num_classes, device)
     steps = steps_per_epoch(len(data.train_y), config.batch_size)
     optimizer, scheduler = make_optimizer(config, [net, head], steps * config.epochs)
     generator = torch.Generator(device).manual_seed(config.seed)
     first_epoch, history, train_seconds = load_resume_state(config, net, head, optimizer, scheduler, generator)
     return RunSetup(device, data, Normalize(mean, std, device), net, head, optimizer, scheduler, generator, steps,
-                    first_epoch, history, train_seconds, environment_info())
+                    first_epoch, history, train_seconds, environment_info(), (open_x.to(device), open_y.to(device)))

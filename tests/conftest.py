@@ -36,3 +36,9 @@ def gray_folder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def rgb_folder(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("rgb"), 32, "RGB")
+
+
+@pytest.fixture(scope="session")
+def four_class_folder(tmp_path_factory):
+    """Four gray classes: enough to hold two out for open-set verification and still train on two."""
+    return make_image_folder(tmp_path_factory.mktemp("gray4"), 28, "L", classes=4)

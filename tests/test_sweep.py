@@ -154,3 +154,52 @@ def test_bad_flags_exit_2_with_one_line(flags, flag, capsys):
         sweep_margins.main(flags + ["--data-root", "/nonexistent"])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and flag in err, err
+
+
+def test_claims_preset_runs_every_loss_in_four_scenarios_and_resumes(four_class_folder, tmp_path, capsys):
+    out = tmp_path / "claims.csv"
+    flags = ["--preset", "claims", "--data-root", four_class_folder, "--out", str(out), *TINY, "--corruption-samples", "4"]
+    sweep_margins.main([*flags, "--dry-run"])
+    printed = capsys.readouterr().out
+    assert "6 settings x 4 scenarios x 1 seeds" in printed and printed.count("seed=0") == 24
+    assert printed.count("imbalance=100 holdout_classes=0 corruptions=False") == 6
+    assert printed.count("imbalance=1 holdout_classes=2") == 6 and printed.count("corruptions=True") == 6
+    rows = sweep_margins.main(flags)
+    assert len(rows) == 24
+    table = {r["loss"]: r for r in read_rows(str(tmp_path / "claims_comparison.csv"))}
+    assert sorted(table) == sorted(sweep_margins.LOSSES)
+    for line in table.values():
+        for column, *_ in sweep_margins.COMPARISON:
+            assert line[f"{column}_runs"] == "1", column
+    markdown = (tmp_path / "claims_comparison.md").read_text()
+    assert markdown.count("\n| ") == 6 and "open-set TAR@FAR=1e-3 %" in markdown
+    assert sweep_margins.main(flags) and "0 to run" in capsys.readouterr().out  # resumed: nothing left
+
+
+def test_comparison_table_on_a_synthetic_csv():
+    def row(scenario, seed, acc, **extra):
+        imbalance, holdout, corruptions = sweep_margins.CLAIM_SCENARIOS[scenario]
+        return {"loss": "softmax", "s": "", "m1": "", "m2": "", "m3": "", "seed": seed, "test_acc": acc,
+                "test_f1": acc, "imbalance": imbalance, "holdout_classes": holdout, "corruptions": corruptions, **extra}
+
+    rows = [row("clean", 0, 0.90, corrupted_acc=0.5, seconds_per_epoch=10), row("clean", 1, 0.92, corrupted_acc=0.7,
+                                                                                  seconds_per_epoch=12),
+            row("imbalance100", 0, 0.60, tail_recall=0.2), row("open_set", 0, 0.99, verify_tar=0.25, verify_auc=0.9),
+            {**row("imbalance10", 0, ""), "diverged": 1}]
+    (line,) = sweep_margins.comparison_table(rows)
+    assert line["clean_acc_mean"] == pytest.approx(91.0) and line["clean_acc_std"] == pytest.approx(math.sqrt(2))
+    assert line["corrupted_acc_mean"] == pytest.approx(60.0) and line["seconds_per_epoch_mean"] == pytest.approx(11.0)
+    assert line["imb100_tail_mean"] == pytest.approx(20.0) and line["verify_tar_mean"] == pytest.approx(25.0)
+    assert line["imb10_acc_runs"] == 0 and line["map_at_r_runs"] == 0  # diverged, and a column never reported
+    markdown = sweep_margins.comparison_markdown([line])
+    assert "| softmax | 91.00 ± 1.41 (2) | 91.00 ± 1.41 (2) | — |" in markdown
+    summary = sweep_margins.summarize(rows)
+    assert {(r["imbalance"], r["holdout_classes"]) for r in summary} == {(1.0, 0), (100.0, 0), (1.0, 2), (10.0, 0)}
+    assert "imbalance 100, 0 classes held out" in sweep_margins.markdown_table(summary)
+
+
+def test_source_number_only_beside_plain_mnist_runs():
+    base = {"loss": "arcface", "s": 30, "m1": 1, "m2": 0.5, "m3": 0, "seed": 0, "test_acc": 0.99}
+    summary = sweep_margins.summarize([base, {**base, "imbalance": 10}, {**base, "dataset": "cifar10"}])
+    assert sorted((r["dataset"], r["imbalance"], r["source_acc"]) for r in summary) == [
+        ("cifar10", 1.0, None), ("mnist", 1.0, 98.93), ("mnist", 10.0, None)]
