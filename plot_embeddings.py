@@ -75,7 +75,7 @@ def class_centres(model: Model, embeddings_of, data) -> torch.Tensor:
 def analyse(model: Model, device: torch.device) -> dict:
     """Test embeddings, centres, accuracy and angular statistics of one model."""
     script = SCRIPTS[model.config.dataset]
-    data = script.load_data(model.config).to(device)
+    data = script.load_data(model.config).hold_out_classes(model.config.holdout_classes)[0].to(device)  # trained classes
     normalize = Normalize(script.MEAN, script.STD, device)
     embeddings_of = lambda images: embed(model.net, images, normalize, amp=False)  # noqa: E731
     embeddings = embeddings_of(data.test_x)

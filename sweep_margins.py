@@ -30,6 +30,8 @@ from common import LOSSES, MARGIN_DEFAULTS
 from common.config import HelpFormatter, OneLineErrorParser, parse_config
 from common.heads import check_margins
 from common.results import append_row, atomic_write_text, environment_info, read_rows, write_csv
+from common.device import pick_device
+from common.grouped import run_group
 from common.training import DivergedError
 
 SCRIPTS = {"mnist": train_mnist, "cifar10": train_cifar10}
@@ -113,6 +115,8 @@ def row_key(row: dict) -> tuple:
     return (margins, scenario_of(row), int(row["seed"]))
 
 
+AUTO_GROUP_SIZE = 16  # margin settings trained together on a GPU when --group-size is 0
+
 # Fields besides (setting, scenario, seed) that must match for a row in the CSV to count as this sweep's run.
 SIGNATURE_KEYS = ("dataset", "epochs", "max_train_samples", "latent_dim", "widths", "convs_per_stage", "batch_size",
                   "lr", "corruption_samples")
@@ -122,37 +126,73 @@ def signature(row: dict) -> tuple:
     return tuple(str(row.get(k, "")) for k in SIGNATURE_KEYS)
 
 
+def config_for(job: tuple, base, threads: int):
+    (loss, s, m1, m2, m3), (imbalance, holdout, corruptions), seed = job
+    return replace(base, loss=loss, s=s, m1=m1, m2=m2, m3=m3, seed=seed, threads=threads, progress=False,
+                   imbalance=imbalance, holdout_classes=holdout, corruptions=corruptions)
+
+
+def record_diverged(config, exc: DivergedError) -> dict:
+    """A diverged run's row: diverged=1 and no accuracy."""
+    row = {**config.as_row(), "diverged": 1, "error": str(exc), **environment_info()}
+    append_row(config.out, row)
+    return row
+
+
 def run_job(job: tuple, base, dataset: str, threads: int) -> dict:
     """Train one (setting, scenario, seed); a diverged run becomes a row with diverged=1 and no accuracy."""
-    (loss, s, m1, m2, m3), (imbalance, holdout, corruptions), seed = job
-    config = replace(base, loss=loss, s=s, m1=m1, m2=m2, m3=m3, seed=seed, threads=threads, progress=False,
-                     imbalance=imbalance, holdout_classes=holdout, corruptions=corruptions)
+    config = config_for(job, base, threads)
     try:
         return SCRIPTS[dataset].run(config)
     except DivergedError as exc:
-        row = {**config.as_row(), "diverged": 1, "error": str(exc), **environment_info()}
-        append_row(config.out, row)
-        return row
+        return record_diverged(config, exc)
+
+
+def run_unit(unit: list[tuple], base, dataset: str, threads: int) -> list[dict]:
+    """One job alone, or several margin settings of one (scenario, seed) trained together (common/grouped.py)."""
+    if len(unit) == 1:
+        return [run_job(unit[0], base, dataset, threads)]
+    configs = [config_for(job, base, threads) for job in unit]
+    results = run_group(configs, SCRIPTS[dataset])
+    return [record_diverged(c, r) if isinstance(r, DivergedError) else r for c, r in zip(configs, results)]
+
+
+def group_jobs(jobs: list[tuple], group_size: int) -> list[list[tuple]]:
+    """Units of work: margin-loss jobs sharing (scenario, seed) in chunks of at most `group_size`, trained
+    together; softmax and triplet jobs alone. Order follows the first job of each unit."""
+    units: list[list[tuple]] = []
+    open_units: dict[tuple, list[tuple]] = {}
+    for job in jobs:
+        key = (job[1], job[2])
+        if group_size <= 1 or job[0][0] not in MARGIN_DEFAULTS:
+            units.append([job])
+            continue
+        unit = open_units.get(key)
+        if unit is None or len(unit) == group_size:
+            unit = open_units[key] = []
+            units.append(unit)
+        unit.append(job)
+    return units
 
 
 def _worker(payload):
-    return run_job(*payload)
+    return run_unit(*payload)
 
 
-def run_sweep(jobs: list, base, dataset: str, workers: int, threads: int = 0) -> None:
-    """Run the jobs (already filtered to those not done), `workers` processes at a time, with one overall bar.
-    `threads` is torch's CPU threads per worker; 0 splits the machine's cores between the workers."""
+def run_sweep(units: list[list[tuple]], base, dataset: str, workers: int, threads: int = 0) -> None:
+    """Run the units (jobs already filtered to those not done), `workers` processes at a time, with one
+    overall bar over jobs. `threads` is torch's CPU threads per worker; 0 splits the cores between workers."""
     threads = threads or (0 if workers == 1 else max(1, (os.cpu_count() or 1) // workers))
-    with tqdm(total=len(jobs), desc="sweep", unit="run") as bar:  # closed on Ctrl-C too
+    with tqdm(total=sum(map(len, units)), desc="sweep", unit="run") as bar:  # closed on Ctrl-C too
         if workers == 1:
-            for job in jobs:
-                run_job(job, base, dataset, threads)
-                bar.update()
+            for unit in units:
+                run_unit(unit, base, dataset, threads)
+                bar.update(len(unit))
             return
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
         with context.Pool(workers, maxtasksperchild=1) as pool:
-            for _ in pool.imap_unordered(_worker, [(job, base, dataset, threads) for job in jobs]):
-                bar.update()
+            for rows in pool.imap_unordered(_worker, [(unit, base, dataset, threads) for unit in units]):
+                bar.update(len(rows))
 
 
 def accuracy_of(row: dict) -> float | None:
@@ -400,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="runs at once on this machine; CPU threads are split between them")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads per worker (0: the machine's cores split between the workers)")
+    p.add_argument("--group-size", type=int, default=0,
+                   help="train up to this many margin settings of one (scenario, seed) together as one wide model "
+                        "(common/grouped.py); 0: 16 on CUDA, 1 (each alone) elsewhere")
     p.add_argument("--shard", type=parse_shard, default=(0, 1), help="run only slice I of N (a job-array index)")
     p.add_argument("--out", default=None, help="results CSV (default results/sweep/<dataset>.csv); rows already in it are skipped")
     p.add_argument("--summarize", nargs="+", default=None, metavar="CSV",
@@ -448,6 +491,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.threads < 0:
         parser.error(f"--threads must be >= 0, got {args.threads}")
+    if args.group_size < 0:
+        parser.error(f"--group-size must be >= 0, got {args.group_size}")
     grid = {"table1": table1_grid, "claims": claims_grid}.get(args.preset, lambda: custom_grid(args))()
     for _, s, m1, m2, m3 in grid:
         if s is not None:
@@ -470,8 +515,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"{loss} s={s} m1={m1} m2={m2} m3={m3} imbalance={imbalance:g} holdout_classes={holdout} "
                   f"corruptions={corruptions} seed={seed}")
         return []
+    group_size = args.group_size or (AUTO_GROUP_SIZE if pick_device(base.device).type == "cuda" else 1)
     try:
-        run_sweep(todo, base, args.dataset, args.workers, args.threads)
+        run_sweep(group_jobs(todo, group_size), base, args.dataset, args.workers, args.threads)
     except KeyboardInterrupt:
         print("\ninterrupted: finished runs are in the CSV; rerun the same command to continue", file=sys.stderr)
         sys.exit(130)

@@ -32,6 +32,11 @@ def load_data(config: TrainConfig):
     return load_cifar10(config.data_root, download=config.download)
 
 
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The report's random crop (zero padding CROP_PADDING) and horizontal flip, batched on the device."""
+    return random_crop_flip(images, CROP_PADDING, generator)
+
+
 def run(config: TrainConfig) -> dict:
     """Train one model as `config` says and return its results row (also appended to config.out)."""
     setup = prepare_run(config, load_data, IN_CHANNELS, MEAN, STD)
@@ -49,8 +54,7 @@ def run(config: TrainConfig) -> dict:
         batches = tqdm(order.split(config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
                        disable=not config.progress, leave=False)
         for step, batch in enumerate(batches):
-            augmented = random_crop_flip(data.train_x[batch], CROP_PADDING, generator)  # uint8, on the device
-            images, labels = normalize(augmented), data.train_y[batch]
+            images, labels = normalize(augment(data.train_x[batch], generator)), data.train_y[batch]  # uint8 in
             embeddings = net_forward(net, images, config.amp)  # (B, D), bf16 under --amp
             loss = head.loss(embeddings.float(), labels)
             optimizer.zero_grad(set_to_none=True)

@@ -27,6 +27,11 @@ def load_data(config: TrainConfig):
     return load_mnist(config.data_root, download=config.download)
 
 
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """None for MNIST, as in the report: uint8 (B, 1, H, W) returned as is."""
+    return images
+
+
 def run(config: TrainConfig) -> dict:
     """Train one model as `config` says and return its results row (also appended to config.out)."""
     setup = prepare_run(config, load_data, IN_CHANNELS, MEAN, STD)
@@ -44,7 +49,7 @@ def run(config: TrainConfig) -> dict:
         batches = tqdm(order.split(config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
                        disable=not config.progress, leave=False)
         for step, batch in enumerate(batches):
-            images, labels = normalize(data.train_x[batch]), data.train_y[batch]
+            images, labels = normalize(augment(data.train_x[batch], generator)), data.train_y[batch]
             embeddings = net_forward(net, images, config.amp)  # (B, D), bf16 under --amp
             loss = head.loss(embeddings.float(), labels)
             optimizer.zero_grad(set_to_none=True)

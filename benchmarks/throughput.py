@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import train_cifar10  # noqa: E402
 import train_mnist  # noqa: E402
 from common.config import HelpFormatter, OneLineErrorParser  # noqa: E402
-from common.data import ImageData, random_crop_flip  # noqa: E402
+from common.data import ImageData  # noqa: E402
 from common.device import DEVICE_CHOICES, cpu_has_fast_bf16, device_name, pick_device, synchronize  # noqa: E402
 from common.results import atomic_write_text, environment_info  # noqa: E402
 from common.training import build_model, net_forward, prepare_run  # noqa: E402
@@ -113,10 +113,7 @@ def fast_step_fn(name: str, data: ImageData, config):
             state["order"] = list(torch.randperm(len(train_y), generator=generator, device=setup.device)
                                   .split(config.batch_size)[:-1])  # full batches only, as (a) drops the last
         batch = state["order"].pop()
-        images = train_x[batch]
-        if name == "cifar10":
-            images = random_crop_flip(images, train_cifar10.CROP_PADDING, generator)
-        embeddings = net_forward(net, normalize(images), config.amp)
+        embeddings = net_forward(net, normalize(script.augment(train_x[batch], generator)), config.amp)
         loss = head.loss(embeddings.float(), train_y[batch])
         setup.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -218,12 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for flag in ("threads", "loader_workers"):
-        if getattr(args, flag) < 0:
-            parser.error(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
-    for flag in ("batch_size", "warmup", "steps", "repeats", "matmul_size"):
-        if getattr(args, flag) < 1 and not (flag == "warmup" and args.warmup == 0):
-            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    minimum = {"threads": 0, "loader_workers": 0, "warmup": 0, "batch_size": 1, "steps": 1, "repeats": 1, "matmul_size": 1}
+    for flag, low in minimum.items():
+        if getattr(args, flag) < low:
+            parser.error(f"--{flag.replace('_', '-')} must be >= {low}, got {getattr(args, flag)}")
     try:
         device = pick_device(args.device)
     except ValueError as exc:

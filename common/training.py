@@ -7,6 +7,7 @@ import os
 import random
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,7 +136,8 @@ def load_checkpoint(path: str, config: TrainConfig) -> dict:
 
 
 def run_id(config: TrainConfig) -> str:
-    return f"{config.dataset}-{config.loss}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    # the random suffix keeps apart runs of one process finished in the same second (a grouped sweep)
+    return f"{config.dataset}-{config.loss}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
 def write_results(config: TrainConfig, setup: "RunSetup", metrics: dict, confusion: torch.Tensor,
@@ -255,8 +257,9 @@ def build_model(config: TrainConfig, in_channels: int, num_classes: int, device:
     return net.to(device, memory_format=torch.channels_last), head.to(device)
 
 
-def prepare_run(config: TrainConfig, load_data, in_channels: int, mean: tuple, std: tuple) -> RunSetup:
-    """Validate, pick the device, seed, load the data onto the device, build the model, restore --resume."""
+def start_run(config: TrainConfig, load_data) -> tuple[torch.device, ImageData, tuple[torch.Tensor, torch.Tensor]]:
+    """Validate, pick the device, set threads, seed, and load the training data as `config` shapes it
+    (first N images, held-out classes, long tail), on the device: (device, data, held-out test set)."""
     config.validate()
     device = pick_device(config.device)
     warn_if_slow_amp(config, device)
@@ -265,10 +268,16 @@ def prepare_run(config: TrainConfig, load_data, in_channels: int, mean: tuple, s
     seed_everything(config.seed)
     data, open_x, open_y = load_data(config).first_train(config.max_train_samples).hold_out_classes(config.holdout_classes)
     data = data.long_tailed(config.imbalance, config.seed).to(device)
+    return device, data, (open_x.to(device), open_y.to(device))
+
+
+def prepare_run(config: TrainConfig, load_data, in_channels: int, mean: tuple, std: tuple) -> RunSetup:
+    """Validate, pick the device, seed, load the data onto the device, build the model, restore --resume."""
+    device, data, open_set = start_run(config, load_data)
     net, head = build_model(config, in_channels, data.num_classes, device)
     steps = steps_per_epoch(len(data.train_y), config.batch_size)
     optimizer, scheduler = make_optimizer(config, [net, head], steps * config.epochs)
     generator = torch.Generator(device).manual_seed(config.seed)
     first_epoch, history, train_seconds = load_resume_state(config, net, head, optimizer, scheduler, generator)
     return RunSetup(device, data, Normalize(mean, std, device), net, head, optimizer, scheduler, generator, steps,
-                    first_epoch, history, train_seconds, environment_info(), (open_x.to(device), open_y.to(device)))
+                    first_epoch, history, train_seconds, environment_info(), open_set)

@@ -203,3 +203,25 @@ def test_source_number_only_beside_plain_mnist_runs():
     summary = sweep_margins.summarize([base, {**base, "imbalance": 10}, {**base, "dataset": "cifar10"}])
     assert sorted((r["dataset"], r["imbalance"], r["source_acc"]) for r in summary) == [
         ("cifar10", 1.0, None), ("mnist", 1.0, 98.93), ("mnist", 10.0, None)]
+
+
+def test_group_jobs_chunks_margin_settings_of_one_scenario_and_seed():
+    grid = [("softmax", None, None, None, None)] + sweep_margins.table1_grid()[:5]
+    jobs = sweep_margins.jobs_for(grid, [0, 1], (0, 1))
+    units = sweep_margins.group_jobs(jobs, 2)
+    assert sorted(job for unit in units for job in unit) == sorted(jobs)  # every job exactly once
+    assert all(len({(job[1], job[2]) for job in unit}) == 1 for unit in units)  # one scenario and seed per unit
+    assert [len(u) for u in units if u[0][0][0] == "softmax"] == [1, 1]
+    assert sorted(len(u) for u in units if u[0][0][0] == "arcface") == [1, 1, 2, 2, 2, 2]
+    assert all(len(u) == 1 for u in sweep_margins.group_jobs(jobs, 1))
+
+
+def test_grouped_sweep_writes_every_row_and_resumes(gray_folder, tmp_path):
+    out = tmp_path / "sweep.csv"
+    flags = ["--losses", "arcface", "cosface", "softmax", "--m2", "0.3", "0.5", "--seeds", "0", "--group-size", "3",
+             "--data-root", gray_folder, "--out", str(out), *TINY]
+    rows = sweep_margins.main(flags)
+    assert len(rows) == 5
+    # 4 margin settings of seed 0: one group of 3 and one left alone; softmax always alone
+    assert sorted(str(r.get("group_size", "")) for r in rows) == ["", "", "3", "3", "3"]
+    assert sweep_margins.main(flags + ["--dry-run"]) == [] and len(read_rows(str(out))) == 5

@@ -1,0 +1,196 @@
+"""Train K margin settings of one architecture at once, as one model K times wide.
+
+A sweep's settings often differ only in the margins (s, m1, m2, m3) of the ArcNet head. Trained
+alone with the same seed, each would start from the same weights and see the same batches in
+the same order. `GroupedNetwork` holds the K backbones side by side: every conv is a grouped
+conv (groups = K, so model k only ever reads its own channels), every BatchNorm spans the K x
+width channels (so each model keeps its own batch statistics and running averages), and the
+embedding is a per-model linear map. `GroupedArcHead` holds the K class-centre matrices and
+applies each model's own margins. The loss is the sum of the K models' losses: the parameters
+are disjoint, so each model receives exactly the gradient it would get alone, and SGD's
+momentum and weight decay are elementwise. What differs from K separate runs is only
+floating-point summation order: `tests/test_grouped.py` checks that each model's per-epoch training
+loss matches its run alone to 0.1% and its test accuracy exactly, on tiny MNIST- and CIFAR-shaped data.
+
+Small models leave a GPU mostly idle; K of them in one set of kernels fill it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainConfig
+from .data import Normalize
+from .heads import ArcNet, margin_target
+from .network import Network
+from .results import environment_info
+from .training import (DivergedError, RunSetup, build_model, evaluate, evaluate_extras, make_optimizer, net_forward,
+                       record_epoch, seed_everything, start_run, steps_per_epoch, write_results)
+
+CHECK_EVERY = 50  # steps between checks for a non-finite loss (one host sync each)
+
+
+class GroupedNetwork(nn.Module):
+    """K `Network`s of one architecture side by side: images (B, C, H, W) -> embeddings (B, K, D)."""
+
+    def __init__(self, nets: list[Network]):
+        super().__init__()
+        k = self.k = len(nets)
+        self.in_channels = nets[0].features[0].in_channels
+        layers = []
+        for modules in zip(*(net.features for net in nets)):  # the same layer of every model
+            first = modules[0]
+            if isinstance(first, nn.Conv2d):
+                layer = nn.Conv2d(k * first.in_channels, k * first.out_channels, first.kernel_size,
+                                  padding=first.padding, bias=False, groups=k)
+                layer.weight = nn.Parameter(torch.cat([m.weight.detach() for m in modules]))  # (K*out, in, 3, 3)
+            elif isinstance(first, nn.BatchNorm2d):
+                layer = nn.BatchNorm2d(k * first.num_features, eps=first.eps, momentum=first.momentum)
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(layer, name).data.copy_(torch.cat([getattr(m, name).detach() for m in modules]))
+                layer.num_batches_tracked.copy_(first.num_batches_tracked)
+            else:  # ReLU, MaxPool2d: no parameters, act per channel
+                layer = first
+            layers.append(layer)
+        self.features = nn.Sequential(*layers)
+        self.embed_weight = nn.Parameter(torch.stack([net.embed.weight.detach() for net in nets]))  # (K, D, W)
+        self.embed_bias = nn.Parameter(torch.stack([net.embed.bias.detach() for net in nets]))  # (K, D)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.repeat(1, self.k, 1, 1)  # (B, K*C, H, W): model k reads channels k*C .. (k+1)*C - 1
+        pooled = self.features(x).mean(dim=(2, 3)).view(len(images), self.k, -1)  # (B, K, W)
+        return torch.einsum("bkw,kdw->bkd", pooled, self.embed_weight) + self.embed_bias  # (B, K, D)
+
+    @torch.no_grad()
+    def network(self, index: int, template: Network) -> Network:
+        """Model `index` as a plain Network (weights and BatchNorm state copied into `template`)."""
+        for grouped, plain in zip(self.features, template.features):
+            if isinstance(plain, nn.Conv2d):
+                size = plain.out_channels
+                plain.weight.copy_(grouped.weight[index * size:(index + 1) * size])
+            elif isinstance(plain, nn.BatchNorm2d):
+                size = plain.num_features
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(plain, name).copy_(getattr(grouped, name)[index * size:(index + 1) * size])
+                plain.num_batches_tracked.copy_(grouped.num_batches_tracked)
+        template.embed.weight.copy_(self.embed_weight[index])
+        template.embed.bias.copy_(self.embed_bias[index])
+        return template
+
+
+class GroupedArcHead(nn.Module):
+    """K ArcNet heads with their own margins: embeddings (B, K, D) -> per-model losses (K,)."""
+
+    def __init__(self, heads: list[ArcNet]):
+        super().__init__()
+        self.margins = [(h.s, h.m1, h.m2, h.m3) for h in heads]
+        self.weight = nn.Parameter(torch.stack([h.weight.detach() for h in heads]))  # (K, C, D)
+
+    def losses(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of each model on its own margin logits, float32 with autocast off, as ArcNet."""
+        with torch.autocast(embeddings.device.type, enabled=False):
+            x = F.normalize(embeddings.float(), dim=2)  # (B, K, D) unit vectors
+            w = F.normalize(self.weight.float(), dim=2)  # (K, C, D) unit class centres
+            cos = torch.einsum("bkd,kcd->kbc", x, w)  # (K, B, C)
+            target = labels.view(-1, 1)
+            out = []
+            for k, (s, m1, m2, m3) in enumerate(self.margins):
+                psi = margin_target(cos[k].gather(1, target), m1, m2, m3)  # (B, 1)
+                out.append(F.cross_entropy(s * cos[k].scatter(1, target, psi), labels))
+            return torch.stack(out)
+
+    @torch.no_grad()
+    def head(self, index: int, template: ArcNet) -> ArcNet:
+        template.weight.copy_(self.weight[index])
+        return template
+
+
+def groupable(configs: list[TrainConfig]) -> bool:
+    """True when the configs differ only in ArcNet margins (and the loss's name): one architecture,
+    data, schedule and seed, and no checkpoint or resume."""
+    first = configs[0]
+    same = [replace(c, loss="arcface", s=None, m1=None, m2=None, m3=None, out=first.out) for c in configs]
+    return (all(c.loss not in ("softmax", "triplet") for c in configs) and all(c == same[0] for c in same)
+            and first.checkpoint is None and first.resume is None)
+
+
+def run_group(configs: list[TrainConfig], script) -> list[dict | DivergedError]:
+    """Train the configs together and write each one's results row as `script.run` would.
+
+    Returns, per config, its row, or the DivergedError that stopped it (the other models go on:
+    their parameters and BatchNorm channels are disjoint, so a NaN in one never reaches another).
+    `train_seconds` in the rows is the group's time divided by K, with `group_size` = K beside it.
+    """
+    if not groupable(configs):
+        raise ValueError("run_group: configs must differ only in their margin-loss settings")
+    base = configs[0]
+    device, data, open_set = start_run(base, script.load_data)
+    nets, heads = [], []
+    for config in configs:  # each model starts where it would alone: same seed, same draws
+        seed_everything(config.seed)
+        net, head = build_model(config, script.IN_CHANNELS, data.num_classes, device)
+        nets.append(net)
+        heads.append(head)
+    group_net = GroupedNetwork(nets).to(device, memory_format=torch.channels_last)
+    group_head = GroupedArcHead(heads).to(device)
+    steps = steps_per_epoch(len(data.train_y), base.batch_size)
+    optimizer, scheduler = make_optimizer(base, [group_net, group_head], steps * base.epochs)
+    generator = torch.Generator(device).manual_seed(base.seed)
+    normalize = Normalize(script.MEAN, script.STD, device)
+    k = len(configs)
+    histories, failed = [[] for _ in configs], [None] * k
+    train_seconds, metrics, confusions = 0.0, [None] * k, [None] * k
+
+    for epoch in range(base.epochs):
+        started = time.perf_counter()
+        group_net.train()
+        order = torch.randperm(len(data.train_y), generator=generator, device=device)
+        losses = torch.zeros(steps, k, device=device)  # (steps, K) per-step losses, on the device
+        for step, batch in enumerate(order.split(base.batch_size)):
+            images = normalize(script.augment(data.train_x[batch], generator))
+            per_model = group_head.losses(net_forward(group_net, images, base.amp).float(), data.train_y[batch])
+            optimizer.zero_grad(set_to_none=True)
+            per_model.sum().backward()  # disjoint parameters: each model gets its own gradient
+            optimizer.step()
+            scheduler.step()
+            losses[step] = per_model.detach()
+            if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
+                note_divergence(losses, step, epoch, failed)
+        train_seconds += time.perf_counter() - started
+        for i, config in enumerate(configs):
+            if failed[i] is None:
+                net, head = unstack(group_net, group_head, i, nets[i], heads[i])
+                metrics[i], confusions[i] = evaluate(net, head, data, normalize, base.amp)
+                record_epoch(histories[i], epoch, base.epochs, losses[:, i], metrics[i], scheduler, train_seconds / k,
+                             time.perf_counter() - started)
+
+    results = []
+    environment = environment_info()
+    for i, config in enumerate(configs):
+        if failed[i] is not None:
+            results.append(failed[i])
+            continue
+        net, head = unstack(group_net, group_head, i, nets[i], heads[i])
+        setup = RunSetup(device, data, normalize, net, head, optimizer, scheduler, generator, steps, base.epochs,
+                         histories[i], train_seconds / k, environment, open_set)
+        extras = evaluate_extras(config, setup, metrics[i])
+        extras[0]["group_size"] = k
+        results.append(write_results(config, setup, metrics[i], confusions[i], extras))
+    return results
+
+
+def unstack(group_net: GroupedNetwork, group_head: GroupedArcHead, index: int, net: Network, head: ArcNet):
+    return group_net.network(index, net), group_head.head(index, head)
+
+
+def note_divergence(losses: torch.Tensor, step: int, epoch: int, failed: list) -> None:
+    """Mark models whose loss turned non-finite in steps up to `step` (one host sync)."""
+    bad = ~torch.isfinite(losses[:step + 1]).all(dim=0)  # (K,)
+    for i in bad.nonzero().flatten().tolist():
+        if failed[i] is None:
+            first = int((~torch.isfinite(losses[:step + 1, i])).nonzero()[0, 0])
+            failed[i] = DivergedError(f"loss became {losses[first, i].item()} at epoch {epoch + 1}, step {first + 1}")

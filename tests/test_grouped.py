@@ -1,0 +1,91 @@
+"""Grouped training of K margin settings: same forward as K Networks, same training as K runs alone."""
+import os
+
+import pytest
+import torch
+
+import train_cifar10
+import train_mnist
+from common.config import parse_config
+from common.grouped import GroupedArcHead, GroupedNetwork, groupable, note_divergence, run_group
+from common.heads import ArcNet
+from common.network import Network
+from common.results import read_rows
+from common.training import DivergedError
+
+TINY = ["--widths", "8-16-8", "--latent-dim", "8", "--epochs", "2", "--batch-size", "12", "--device", "cpu",
+        "--no-progress", "--no-download"]
+MARGINS = [["--loss", "arcface"], ["--loss", "arcface", "--m2", "0.3"], ["--loss", "combined", "--m1", "1.2"],
+           ["--loss", "cosface"]]
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_grouped_network_computes_each_networks_embedding(train):
+    torch.manual_seed(0)
+    nets = [Network(3, 6, (4, 8), convs_per_stage=2) for _ in range(3)]
+    for net in nets:  # distinct BatchNorm state per model
+        net.features[1].running_mean.uniform_(-1, 1)
+    group = GroupedNetwork(nets)
+    for module in [*nets, group]:
+        module.train(train)
+    images = torch.randn(5, 3, 12, 12)
+    together = group(images)  # (B, K, D)
+    assert together.shape == (5, 3, 6)
+    for k, net in enumerate(nets):
+        assert torch.allclose(together[:, k], net(images), atol=1e-5)
+    copy = group.network(1, Network(3, 6, (4, 8), convs_per_stage=2)).train(train)
+    assert torch.allclose(copy(images), nets[1](images), atol=1e-5)
+
+
+def test_grouped_head_losses_are_each_heads_loss_and_a_nan_stays_in_its_model():
+    torch.manual_seed(0)
+    heads = [ArcNet(6, 4, 30, 1, 0.5, 0), ArcNet(6, 4, 20, 1.5, 0.1, 0.2)]
+    group = GroupedArcHead(heads)
+    embeddings, labels = torch.randn(7, 2, 6), torch.randint(0, 4, (7,))
+    losses = group.losses(embeddings, labels)
+    for k, head in enumerate(heads):
+        assert losses[k].item() == pytest.approx(head.loss(embeddings[:, k], labels).item(), rel=1e-6)
+    with torch.no_grad():
+        group.weight[1, 0, 0] = float("nan")
+    losses = group.losses(embeddings, labels)
+    losses.sum().backward()
+    assert torch.isfinite(losses[0]) and torch.isfinite(group.weight.grad[0]).all() and not torch.isfinite(losses[1])
+
+
+def test_note_divergence_names_only_the_failed_models():
+    losses = torch.ones(10, 3)
+    losses[4, 1] = float("inf")
+    failed = [None, None, None]
+    note_divergence(losses, 9, 2, failed)
+    assert failed[0] is None and failed[2] is None and isinstance(failed[1], DivergedError)
+    assert "epoch 3, step 5" in str(failed[1])
+
+
+def history(out, row):
+    return read_rows(os.path.join(os.path.splitext(str(out))[0], row["run_id"], "history.csv"))
+
+
+@pytest.mark.parametrize("script, fixture", [(train_mnist, "gray_folder"), (train_cifar10, "rgb_folder")])
+def test_grouped_training_matches_training_each_setting_alone(script, fixture, tmp_path, request):
+    folder = request.getfixturevalue(fixture)
+    configs = [parse_config([*TINY, *m, "--data-root", folder, "--out", str(tmp_path / "g.csv")], script.DEFAULTS, "t", "")
+               for m in MARGINS]
+    assert groupable(configs)
+    together = run_group(configs, script)
+    for config, grouped_row, margins in zip(configs, together, MARGINS):
+        alone_out = tmp_path / f"alone{margins}.csv"
+        alone = script.main([*TINY, *margins, "--data-root", folder, "--out", str(alone_out)])
+        assert grouped_row["group_size"] == 4 and grouped_row["m2"] == alone["m2"]
+        assert grouped_row["test_acc"] == alone["test_acc"] and grouped_row["map_at_r"] == pytest.approx(alone["map_at_r"], abs=1e-3)
+        for g, a in zip(history(tmp_path / "g.csv", grouped_row), history(alone_out, alone)):
+            assert float(g["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=1e-3)  # float summation order only
+    assert len(read_rows(str(tmp_path / "g.csv"))) == 4
+
+
+def test_groupable_only_for_margin_settings_of_one_run():
+    base = train_mnist.DEFAULTS
+    from dataclasses import replace
+    assert groupable([base, replace(base, loss="cosface"), replace(base, m2=0.3)])
+    assert not groupable([base, replace(base, loss="softmax")])
+    assert not groupable([base, replace(base, seed=1)])
+    assert not groupable([base, replace(base, lr=0.01)])
