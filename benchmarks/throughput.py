@@ -7,7 +7,8 @@ step, side by side in one process, for MNIST and CIFAR-10.
 (b) this repository: the scripts' step exactly (uint8 data as one tensor on the device, batched
     crop/flip, channels-last, --amp where it pays, per-step losses kept on the device).
 Both train the same network and ArcFace head. Also measured in the same run: matrix-multiply
-rates (float32 and bfloat16) to put the achieved FLOP/s in proportion.
+rates (float32 and bfloat16) to put the achieved FLOP/s in proportion, and (b) with the softmax
+and triplet heads (--other-losses), so what a loss costs per training step is a ratio too.
 
     python benchmarks/throughput.py                         # both datasets, synthetic images
     python benchmarks/throughput.py --mnist-root ../shared/data --cifar10-root data/cifar10-jpg
@@ -29,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import train_cifar10  # noqa: E402
 import train_mnist  # noqa: E402
 from common.config import HelpFormatter, OneLineErrorParser  # noqa: E402
+from common.heads import LOSSES  # noqa: E402
 from common.data import ImageData  # noqa: E402
 from common.device import DEVICE_CHOICES, cpu_has_fast_bf16, device_name, pick_device, synchronize  # noqa: E402
 from common.results import atomic_write_text, environment_info  # noqa: E402
@@ -177,11 +179,15 @@ def benchmark_dataset(name: str, args, device: torch.device, amp: bool) -> dict:
     data = load_images(name, getattr(args, f"{name}_root"))
     config = replace(SCRIPTS[name].DEFAULTS, device=str(device), amp=amp, batch_size=args.batch_size, progress=False,
                      threads=args.threads, epochs=1)
-    recipe, recipe_net, recipe_head = recipe_step_fn(name, data, config, device, args.loader_workers)
+    recipe, _, _ = recipe_step_fn(name, data, config, device, args.loader_workers)
     fast, setup = fast_step_fn(name, data, config)
     timing = (args.warmup, args.steps, args.repeats)
     recipe_rate = images_per_second(recipe, args.batch_size, device, *timing)
     fast_rate = images_per_second(fast, args.batch_size, device, *timing)
+    per_loss = {"arcface": fast_rate}  # (b) with other heads: what the loss itself costs per step
+    for loss in args.other_losses:
+        per_loss[loss] = images_per_second(fast_step_fn(name, data, replace(config, loss=loss))[0], args.batch_size,
+                                           device, *timing)
     images = setup.normalize(setup.data.train_x[:args.batch_size])
     flops = training_flops_per_image(setup.net, setup.head, images, setup.data.train_y[:args.batch_size], amp)
     epoch_images = {"mnist": 60000, "cifar10": 50000}[name]
@@ -190,12 +196,14 @@ def benchmark_dataset(name: str, args, device: torch.device, amp: bool) -> dict:
             "recipe_images_per_s": recipe_rate, "fast_images_per_s": fast_rate, "speedup": fast_rate / recipe_rate,
             "recipe_epoch_s": epoch_images / recipe_rate, "fast_epoch_s": epoch_images / fast_rate,
             "train_gflop_per_image": flops / 1e9, "fast_tflops": flops * fast_rate / 1e12,
-            "recipe_tflops": flops * recipe_rate / 1e12}
+            "recipe_tflops": flops * recipe_rate / 1e12, "images_per_s_by_loss": per_loss}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(prog="throughput.py", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--datasets", nargs="+", choices=sorted(SCRIPTS), default=["mnist", "cifar10"], help="which to time")
+    p.add_argument("--other-losses", nargs="*", choices=[loss for loss in LOSSES if loss != "arcface"],
+                   default=["softmax", "triplet"], help="also time (b) with these heads (ArcFace always)")
     p.add_argument("--mnist-root", default=None, help="MNIST data root (default: synthetic images of MNIST's shape)")
     p.add_argument("--cifar10-root", default=None, help="CIFAR-10 data root or image folder (default: synthetic)")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto picks cuda, then mps, then cpu")
@@ -242,6 +250,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"{row['train_gflop_per_image']:.3f} GFLOP/image, (b) at {row['fast_tflops']:.4f} TFLOP/s = "
               f"{100 * row['fast_fraction_of_fp32_peak']:.1f}% of float32 / {100 * row['fast_fraction_of_bf16_peak']:.1f}% "
               f"of bfloat16 matmul", flush=True)
+        rates = row["images_per_s_by_loss"]
+        print(f"{name}: (b) by loss: " + ", ".join(f"{loss} {rate:.0f} img/s ({rate / rates['arcface']:.2f}x ArcFace)"
+                                                 for loss, rate in rates.items()), flush=True)
     result = {"device": device.type, "device_name": device_name(device), "amp": amp, **peaks, "runs": rows,
               "command": " ".join(["python benchmarks/throughput.py", *(argv if argv is not None else sys.argv[1:])]),
               **environment_info(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -24,6 +24,7 @@ def test_throughput_reports_both_recipes_for_both_datasets(tmp_path):
     # the report's 64-256-64 net: ~37M multiply-adds forward per MNIST image, x3 for forward + backward
     assert 0.15 < saved["runs"][0]["train_gflop_per_image"] < 0.3
     assert saved["fp32_matmul_tflops"] > 0 and saved["bf16_matmul_tflops"] > 0 and result["amp"] in (True, False)
+    assert sorted(saved["runs"][0]["images_per_s_by_loss"]) == ["arcface", "softmax", "triplet"]
 
 
 def test_recipe_dataset_hands_out_normalised_tensors_like_torchvision():
