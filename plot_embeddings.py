@@ -18,9 +18,8 @@ import torch
 
 import train_cifar10
 import train_mnist
-from common import LOSSES, ArcNet, CentroidHead, Network, Normalize, TrainConfig
+from common import ArcNet, CentroidHead, Network, Normalize, TrainConfig
 from common.config import HelpFormatter, OneLineErrorParser
-from common.device import pick_device
 from common.geometry import angles_to_centres, angular_statistics, target_and_nearest_other, to_sphere_3d
 from common.results import read_rows, write_csv
 from common.training import build_model, embed, load_checkpoint
@@ -278,13 +277,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     args = parser.parse_args(argv)
     if not (args.checkpoints or args.train or args.results):
         parser.error("nothing to do: give --train, --checkpoints PATH ... or --results CSV ...")
-    unknown = [loss for loss in args.losses if loss not in LOSSES]
-    if unknown:
-        parser.error(f"--losses: unknown loss {unknown[0]!r}; choose from {', '.join(LOSSES)}")
-    if args.latent_dim < 2:
-        parser.error(f"--latent-dim must be >= 2, got {args.latent_dim}")
-    if args.epochs < 1:
-        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    parser.check_losses(args.losses)
+    parser.check_minimums(args, {"latent_dim": 2, "epochs": 1})
     if not args.lr > 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
     if args.max_train_samples is not None and args.max_train_samples < 1:
@@ -292,12 +286,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     missing = [p for p in args.checkpoints + args.results if not os.path.isfile(p)]
     if missing:
         parser.error(f"no such file: {missing[0]}")
-    try:
-        device = pick_device(args.device)
-    except ValueError as exc:
-        parser.error(str(exc))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = parser.device(args.device, args.threads)
     os.makedirs(args.out_dir, exist_ok=True)
 
     written = [p for csv_path in args.results for p in plot_results_csv(csv_path, args.out_dir)]

@@ -101,10 +101,20 @@ def jobs_for(grid: list[tuple], seeds: list[int], shard: tuple[int, int],
     return [job for i, job in enumerate(everything) if i % count == index]
 
 
+def is_true(value) -> bool:
+    """A CSV cell (or a Python value) that says yes: 1 / True / true."""
+    return str(value).strip() in ("1", "True", "true")
+
+
 def scenario_of(row: dict) -> tuple:
     """(imbalance, holdout_classes, corruptions) of a results row or a config's row."""
     values = {k: str(row.get(k, "")) or SCENARIO_DEFAULTS[k] for k in SCENARIO_KEYS}
-    return (float(values["imbalance"]), int(values["holdout_classes"]), values["corruptions"] in ("True", "true", "1"))
+    return (float(values["imbalance"]), int(values["holdout_classes"]), is_true(values["corruptions"]))
+
+
+def plain_training_set(imbalance: float, holdout: int) -> bool:
+    """The whole (balanced) training set, all classes: the setting of Table 1."""
+    return imbalance == 1.0 and holdout == 0
 
 
 def row_key(row: dict) -> tuple:
@@ -196,8 +206,7 @@ def run_sweep(units: list[list[tuple]], base, dataset: str, workers: int, thread
 
 
 def accuracy_of(row: dict) -> float | None:
-    diverged = str(row.get("diverged", "")).strip() in ("1", "True", "true")
-    return None if diverged or row.get("test_acc", "") == "" else float(row["test_acc"])
+    return None if is_true(row.get("diverged", "")) or row.get("test_acc", "") == "" else float(row["test_acc"])
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -207,10 +216,15 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
+def format_mean_std(mean: float, std: float) -> str:
+    """'99.13 ± 0.04', '99.13' for a single run, '—' for none."""
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:.2f}" + ("" if math.isnan(std) else f" ± {std:.2f}")
+
+
 def is_plain(row: dict) -> bool:
-    """Trained on the whole (balanced) training set, all classes: the setting of Table 1."""
-    imbalance, holdout, _ = scenario_of(row)
-    return imbalance == 1.0 and holdout == 0
+    return plain_training_set(*scenario_of(row)[:2])
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -224,7 +238,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     for (key, imbalance, holdout, dataset), members in groups.items():
         accs = [100 * a for a in map(accuracy_of, members) if a is not None]
         mean, std = mean_std(accs)
-        plain = imbalance == 1.0 and holdout == 0
+        plain = plain_training_set(imbalance, holdout)
         summary.append({**dict(zip(SETTING_KEYS, key)), "dataset": dataset, "imbalance": imbalance,
                         "holdout_classes": holdout, "mean_acc": mean, "std_acc": std, "runs": len(accs),
                         "diverged": len(members) - len(accs),
@@ -234,13 +248,13 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def markdown_table(summary: list[dict]) -> str:
     """One line per summary row; a "training set" column appears only when some row is not the plain one."""
-    special = any(r["imbalance"] != 1.0 or r["holdout_classes"] for r in summary)
+    special = not all(plain_training_set(r["imbalance"], r["holdout_classes"]) for r in summary)
     lines = ["| loss | s | m1 | m2 | m3 |" + (" training set |" if special else "") +
              " test acc % (mean ± std) | runs | diverged | source paper % |",
              "|---|---|---|---|---|" + ("---|" if special else "") + "---|---|---|---|"]
     fmt = lambda v: "" if v is None else f"{v:g}"  # noqa: E731
     for r in summary:
-        acc = "—" if math.isnan(r["mean_acc"]) else f"{r['mean_acc']:.2f}" + ("" if math.isnan(r["std_acc"]) else f" ± {r['std_acc']:.2f}")
+        acc = format_mean_std(r["mean_acc"], r["std_acc"])
         source = "" if r["source_acc"] is None else f"{r['source_acc']:.2f}"
         trained = f" imbalance {r['imbalance']:g}, {r['holdout_classes']} classes held out |" if special else ""
         lines.append(f"| {r['loss']} | {fmt(r['s'])} | {fmt(r['m1'])} | {fmt(r['m2'])} | {fmt(r['m3'])} |{trained} {acc} | "
@@ -285,10 +299,8 @@ def comparison_table(rows: list[dict]) -> list[dict]:
 
 def comparison_markdown(table: list[dict]) -> str:
     def cell(line, column):
-        mean, std, runs = line[f"{column}_mean"], line[f"{column}_std"], line[f"{column}_runs"]
-        if not runs:
-            return "—"
-        return f"{mean:.2f}" + ("" if math.isnan(std) else f" ± {std:.2f}") + f" ({runs})"
+        runs = line[f"{column}_runs"]
+        return f"{format_mean_std(line[f'{column}_mean'], line[f'{column}_std'])} ({runs})" if runs else "—"
 
     header = "| loss | " + " | ".join(heading for _, heading, *_ in COMPARISON) + " |"
     lines = [header, "|---" * (len(COMPARISON) + 1) + "|"]
@@ -410,7 +422,7 @@ def write_summary(rows: list[dict], out_csv: str) -> list[str]:
     atomic_write_text(f"{stem}_summary.md", markdown_table(summary) + "".join(f"\n{line}\n" for line in lines))
     for line in lines:
         print(line)
-    plain = [r for r in summary if r["imbalance"] == 1.0 and r["holdout_classes"] == 0]
+    plain = [r for r in summary if plain_training_set(r["imbalance"], r["holdout_classes"])]
     written = [f"{stem}_summary.csv", f"{stem}_summary.md", *plot_summary(plain, stem, [r for r in rows if is_plain(r)])]
     table = comparison_table(rows)
     if table:
@@ -491,15 +503,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for path in write_summary(rows, args.out):
             print(f"wrote {path}")
         return rows
-    unknown = [loss for loss in args.losses if loss not in LOSSES]
-    if unknown:
-        parser.error(f"--losses: unknown loss {unknown[0]!r}; choose from {', '.join(LOSSES)}")
-    if args.workers < 1:
-        parser.error(f"--workers must be >= 1, got {args.workers}")
-    if args.threads < 0:
-        parser.error(f"--threads must be >= 0, got {args.threads}")
-    if args.group_size < 0:
-        parser.error(f"--group-size must be >= 0, got {args.group_size}")
+    parser.check_losses(args.losses)
+    parser.check_minimums(args, {"workers": 1, "threads": 0, "group_size": 0})
     grid = {"table1": table1_grid, "claims": claims_grid}.get(args.preset, lambda: custom_grid(args))()
     for _, s, m1, m2, m3 in grid:
         if s is not None:

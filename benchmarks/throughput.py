@@ -32,7 +32,7 @@ import train_mnist  # noqa: E402
 from common.config import HelpFormatter, OneLineErrorParser  # noqa: E402
 from common.heads import LOSSES  # noqa: E402
 from common.data import ImageData  # noqa: E402
-from common.device import DEVICE_CHOICES, cpu_has_fast_bf16, device_name, pick_device, synchronize  # noqa: E402
+from common.device import DEVICE_CHOICES, cpu_has_fast_bf16, device_name, synchronize  # noqa: E402
 from common.results import atomic_write_text, environment_info  # noqa: E402
 from common.training import build_model, net_forward, prepare_run  # noqa: E402
 
@@ -223,16 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    minimum = {"threads": 0, "loader_workers": 0, "warmup": 0, "batch_size": 1, "steps": 1, "repeats": 1, "matmul_size": 1}
-    for flag, low in minimum.items():
-        if getattr(args, flag) < low:
-            parser.error(f"--{flag.replace('_', '-')} must be >= {low}, got {getattr(args, flag)}")
-    try:
-        device = pick_device(args.device)
-    except ValueError as exc:
-        parser.error(str(exc))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    parser.check_minimums(args, {"threads": 0, "loader_workers": 0, "warmup": 0, "batch_size": 1, "steps": 1,
+                                 "repeats": 1, "matmul_size": 1})
+    device = parser.device(args.device, args.threads)
     fast_bf16 = device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
     amp = {"on": True, "off": False, "auto": fast_bf16}[args.amp]
     (fp32, fp32_side), (bf16, bf16_side) = (matmul_tflops(device, dtype, args.matmul_size)

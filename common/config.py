@@ -7,6 +7,8 @@ import os
 import sys
 from dataclasses import asdict, dataclass, fields, replace
 
+import torch
+
 from .device import DEVICE_CHOICES, pick_device
 from .heads import LOSSES, MARGIN_DEFAULTS, check_margins
 
@@ -110,6 +112,29 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def check_losses(self, losses: list[str]) -> None:
+        """Exit 2 naming the first entry of --losses that is not a known loss."""
+        unknown = [loss for loss in losses if loss not in LOSSES]
+        if unknown:
+            self.error(f"--losses: unknown loss {unknown[0]!r}; choose from {', '.join(LOSSES)}")
+
+    def check_minimums(self, args: argparse.Namespace, minimums: dict[str, int]) -> None:
+        """Exit 2 naming the first flag (by its dest, in the given order) whose value is below its minimum."""
+        for dest, low in minimums.items():
+            value = getattr(args, dest)
+            if value < low:
+                self.error(f"--{dest.replace('_', '-')} must be >= {low}, got {value}")
+
+    def device(self, requested: str, threads: int = 0) -> torch.device:
+        """The --device to use (exit 2 if it is unavailable); sets torch's CPU threads when threads > 0."""
+        try:
+            device = pick_device(requested)
+        except ValueError as exc:
+            self.error(str(exc))
+        if threads:
+            torch.set_num_threads(threads)
+        return device
 
 
 def _positive_int_list(text: str) -> tuple[int, ...]:

@@ -28,7 +28,7 @@ from .data import Normalize
 from .heads import ArcNet, margin_target
 from .network import Network
 from .results import environment_info
-from .training import (DivergedError, RunSetup, build_model, evaluate, evaluate_extras, make_optimizer, net_forward,
+from .training import (DivergedError, RunSetup, build_model, check_finite, evaluate, evaluate_extras, make_optimizer, net_forward,
                        record_epoch, seed_everything, start_run, steps_per_epoch, write_results)
 
 CHECK_EVERY = 50  # steps between checks for a non-finite loss (one host sync each)
@@ -188,9 +188,12 @@ def unstack(group_net: GroupedNetwork, group_head: GroupedArcHead, index: int, n
 
 
 def note_divergence(losses: torch.Tensor, step: int, epoch: int, failed: list) -> None:
-    """Mark models whose loss turned non-finite in steps up to `step` (one host sync)."""
+    """Mark models whose loss turned non-finite in steps up to `step`, with check_finite's error
+    (one host sync when all are finite)."""
     bad = ~torch.isfinite(losses[:step + 1]).all(dim=0)  # (K,)
     for i in bad.nonzero().flatten().tolist():
         if failed[i] is None:
-            first = int((~torch.isfinite(losses[:step + 1, i])).nonzero()[0, 0])
-            failed[i] = DivergedError(f"loss became {losses[first, i].item()} at epoch {epoch + 1}, step {first + 1}")
+            try:
+                check_finite(losses[:, i], 0, step + 1, epoch)
+            except DivergedError as exc:
+                failed[i] = exc
