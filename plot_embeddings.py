@@ -19,10 +19,13 @@ import torch
 import train_cifar10
 import train_mnist
 from common import ArcNet, CentroidHead, Network, Normalize, TrainConfig
-from common.config import HelpFormatter, OneLineErrorParser
+from common.config import OneLineErrorParser
+from common.device import device_flag
 from common.geometry import angles_to_centres, angular_statistics, target_and_nearest_other, to_sphere_3d
-from common.results import read_rows, write_csv
-from common.training import build_model, embed, load_checkpoint
+from common.results import check_writable, read_rows, write_csv
+from common.checkpoints import read_checkpoint
+from common.data import DataError
+from common.training import DivergedError, build_model, embed, load_checkpoint
 
 SCRIPTS = {"mnist": train_mnist, "cifar10": train_cifar10}
 DEFAULT_LOSSES = ("softmax", "arcface", "combined", "triplet")
@@ -50,7 +53,7 @@ def config_from_row(row: dict, **overrides) -> TrainConfig:
 
 
 def load_model(path: str, data_root: str | None, device: torch.device) -> Model:
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = read_checkpoint(path)  # on the CPU; load_state_dict copies onto `device`
     config = config_from_row(state["config"], **({"data_root": data_root} if data_root else {}))
     num_classes = next(iter(state["head"].values())).shape[0]  # weight, linear.weight or centres: (C, ...)
     net, head = build_model(config, SCRIPTS[config.dataset].IN_CHANNELS, num_classes, device)
@@ -250,7 +253,7 @@ def train_missing(args, device: torch.device) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineErrorParser(prog="plot_embeddings.py", description=__doc__, formatter_class=HelpFormatter)
+    p = OneLineErrorParser(prog="plot_embeddings.py", description=__doc__)
     p.add_argument("--checkpoints", nargs="*", default=[], help="checkpoints written by the training scripts' --checkpoint")
     p.add_argument("--train", action="store_true", help="train (or resume) one model per --losses first, then plot them")
     p.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES), help="losses that --train trains")
@@ -260,12 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     # At the 128-D learning rate (0.05) the 3-D ArcFace, normalised-softmax and triplet models collapsed;
     # likely cause: a 3-D embedding has a small norm and the gradient through L2 normalisation scales as 1/norm.
     p.add_argument("--lr", type=float, default=0.005, help="peak learning rate that --train uses")
-    p.add_argument("--max-train-samples", type=int, default=None, help="--train trains on the first N images only")
+    p.add_argument("--max-train-samples", type=int, default=None, help="--train trains on N images: a random subset fixed by --seed that keeps every class's share "
+                        "(default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed that --train uses")
     p.add_argument("--checkpoint-dir", default="checkpoints/embeddings", help="where --train keeps its checkpoints")
     p.add_argument("--results", nargs="*", default=[], help="training results CSVs: confusion heat maps and curves")
     p.add_argument("--data-root", default="data", help="dataset folder (overrides the one saved in checkpoints)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="device for embeddings")
+    p.add_argument("--device", default="auto", type=device_flag,
+                   help="device for training and embeddings: auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--out-dir", default="results/embeddings", help="folder for the PNG and CSV files")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bars")
@@ -286,9 +291,24 @@ def main(argv: list[str] | None = None) -> list[str]:
     missing = [p for p in args.checkpoints + args.results if not os.path.isfile(p)]
     if missing:
         parser.error(f"no such file: {missing[0]}")
+    folders = [("--out-dir", args.out_dir)] + ([("--checkpoint-dir", args.checkpoint_dir)] if args.train else [])
+    for flag, folder in folders:
+        try:
+            check_writable(folder, flag, folder=True)
+        except ValueError as exc:
+            parser.error(str(exc))
     device = parser.device(args.device, args.threads)
-    os.makedirs(args.out_dir, exist_ok=True)
+    try:
+        return plot(args, device)
+    except (DataError, ValueError) as exc:  # missing or broken data, a checkpoint that cannot be used
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    except DivergedError as exc:
+        parser.exit(1, f"{parser.prog}: error: training diverged: {exc}; try a smaller --lr\n")
 
+
+def plot(args, device: torch.device) -> list[str]:
+    """Everything main() was asked for, flags already checked: returns the files written."""
+    os.makedirs(args.out_dir, exist_ok=True)
     written = [p for csv_path in args.results for p in plot_results_csv(csv_path, args.out_dir)]
     checkpoints = args.checkpoints + (train_missing(args, device) if args.train else [])
     if checkpoints:

@@ -27,7 +27,8 @@ from tqdm import tqdm
 import train_cifar10
 import train_mnist
 from common import LOSSES, MARGIN_DEFAULTS
-from common.config import HelpFormatter, OneLineErrorParser, parse_config
+from common.config import OneLineErrorParser, parse_config
+from common.data import DataError, is_image_folder, list_image_folder
 from common.heads import check_margins
 from common.results import append_row, atomic_write_text, environment_info, read_rows, write_csv
 from common.device import pick_device
@@ -125,15 +126,20 @@ def row_key(row: dict) -> tuple:
     return (margins, scenario_of(row), int(row["seed"]))
 
 
-AUTO_GROUP_SIZE = 16  # margin settings trained together on a GPU when --group-size is 0
-
-# Fields besides (setting, scenario, seed) that must match for a row in the CSV to count as this sweep's run.
-SIGNATURE_KEYS = ("dataset", "epochs", "max_train_samples", "latent_dim", "widths", "convs_per_stage", "batch_size",
-                  "lr", "corruption_samples")
+# Fields besides (setting, scenario, seed) that must match for a row in the CSV to count as this sweep's run:
+# every training setting that changes the result, and the device type (shuffling and augmentation draw
+# from a different generator on CPU and CUDA, and CUDA uses TF32). The data root is left out, so a
+# sweep can move folders; what it holds is the user's to keep the same.
+SIGNATURE_KEYS = ("dataset", "epochs", "max_train_samples", "train_subset", "latent_dim", "widths", "convs_per_stage",
+                  "batch_size", "lr", "momentum", "weight_decay", "warmup", "triplet_margin", "image_size", "amp",
+                  "corruption_samples", "device")
+# Values of columns that rows from before the column existed lack (the value they were run with).
+SIGNATURE_DEFAULTS = {"train_subset": "", "momentum": "0.9", "weight_decay": "0.0005", "warmup": "0.2",
+                      "triplet_margin": "0.2", "amp": "False"}
 
 
 def signature(row: dict) -> tuple:
-    return tuple(str(row.get(k, "")) for k in SIGNATURE_KEYS)
+    return tuple(str(row.get(k, "")) or SIGNATURE_DEFAULTS.get(k, "") for k in SIGNATURE_KEYS)
 
 
 def config_for(job: tuple, base, threads: int):
@@ -144,7 +150,8 @@ def config_for(job: tuple, base, threads: int):
 
 def record_diverged(config, exc: DivergedError) -> dict:
     """A diverged run's row: diverged=1 and no accuracy."""
-    row = {**config.as_row(), "diverged": 1, "error": str(exc), **environment_info()}
+    row = {**config.as_row(), "diverged": 1, "error": str(exc), "device": pick_device(config.device).type,
+           **environment_info()}
     append_row(config.out, row)
     return row
 
@@ -183,6 +190,15 @@ def group_jobs(jobs: list[tuple], group_size: int) -> list[list[tuple]]:
             units.append(unit)
         unit.append(job)
     return units
+
+
+def check_data(base, dataset: str) -> None:
+    """Raise DataError if the training script could not read its dataset: an image folder is listed and
+    checked (no image decoded); a torchvision dataset is loaded (downloaded if missing and allowed)."""
+    if is_image_folder(base.data_root):
+        list_image_folder(base.data_root)
+    else:
+        SCRIPTS[dataset].load_data(base)
 
 
 def _worker(payload):
@@ -445,7 +461,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineErrorParser(prog="sweep_margins.py", description=__doc__, formatter_class=HelpFormatter)
+    p = OneLineErrorParser(prog="sweep_margins.py", description=__doc__)
     p.add_argument("--preset", choices=["table1", "claims"], default=None,
                    help="table1: the source paper's 40 MNIST settings; claims: every loss in the four scenarios of "
                         "the comparison table (clean + corruptions, imbalance 10 and 100, 2 held-out classes)")
@@ -459,16 +475,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="runs at once on this machine; CPU threads are split between them")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads per worker (0: the machine's cores split between the workers)")
-    p.add_argument("--group-size", type=int, default=0,
+    p.add_argument("--group-size", type=int, default=1,
                    help="train up to this many margin settings of one (scenario, seed) together as one wide model "
-                        "(common/grouped.py); 0: 16 on CUDA, 1 (each alone) elsewhere")
-    p.add_argument("--shard", type=parse_shard, default=(0, 1), help="run only slice I of N (a job-array index)")
+                        "(common/grouped.py); 1: each alone. Opt-in: its speed-up is not yet measured on a GPU")
+    p.add_argument("--shard", type=parse_shard, default="0/1", help="run only slice I of N (a job-array index)")
     p.add_argument("--out", default=None, help="results CSV (default results/sweep/<dataset>.csv); rows already in it are skipped")
     p.add_argument("--summarize", nargs="+", default=None, metavar="CSV",
                    help="train nothing: merge these CSVs into --out and summarise them")
     for flag in ("--data-root", "--max-train-samples", "--device", "--latent-dim", "--widths", "--convs-per-stage",
                  "--batch-size", "--lr", "--imbalance", "--holdout-classes", "--corruption-samples"):
-        p.add_argument(flag, default=None, help=f"passed to the training script's {flag}")
+        p.add_argument(flag, default=None, help=f"passed to the training script's {flag} (default: the script's)")
     p.add_argument("--corruptions", action="store_true", help="passed to the training script's --corruptions")
     p.add_argument("--amp", action="store_true", help="passed to the training script's --amp")
     p.add_argument("--dry-run", action="store_true", help="print the jobs this shard would run, and stop")
@@ -504,7 +520,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"wrote {path}")
         return rows
     parser.check_losses(args.losses)
-    parser.check_minimums(args, {"workers": 1, "threads": 0, "group_size": 0})
+    parser.check_minimums(args, {"workers": 1, "threads": 0, "group_size": 1})
     grid = {"table1": table1_grid, "claims": claims_grid}.get(args.preset, lambda: custom_grid(args))()
     for _, s, m1, m2, m3 in grid:
         if s is not None:
@@ -517,7 +533,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     base_row = {k: "" if v is None else v for k, v in base.as_row().items()}
     scenarios = list(CLAIM_SCENARIOS.values()) if args.preset == "claims" else [scenario_of(base_row)]
     jobs = jobs_for(grid, args.seeds, args.shard, scenarios)
-    wanted = signature(base_row)
+    wanted = signature({**base_row, "device": pick_device(base.device).type})
     done = {row_key(r) for r in read_rows(args.out) if signature(r) == wanted}
     todo = [job for job in jobs if job not in done]
     print(f"{len(grid)} settings x {len(scenarios)} scenarios x {len(args.seeds)} seeds; shard {args.shard[0]}/{args.shard[1]}: {len(jobs)} runs, "
@@ -527,9 +543,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"{loss} s={s} m1={m1} m2={m2} m3={m3} imbalance={imbalance:g} holdout_classes={holdout} "
                   f"corruptions={corruptions} seed={seed}")
         return []
-    group_size = args.group_size or (AUTO_GROUP_SIZE if pick_device(base.device).type == "cuda" else 1)
     try:
-        run_sweep(group_jobs(todo, group_size), base, args.dataset, args.workers, args.threads)
+        if todo:
+            check_data(base, args.dataset)  # a missing or broken dataset is one line, before the first run
+        run_sweep(group_jobs(todo, args.group_size), base, args.dataset, args.workers, args.threads)
+    except DataError as exc:
+        parser.exit(2, f"sweep_margins.py: error: {exc}\n")
     except KeyboardInterrupt:
         print("\ninterrupted: finished runs are in the CSV; rerun the same command to continue", file=sys.stderr)
         sys.exit(130)

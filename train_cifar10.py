@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from common import (CIFAR10_MEAN, CIFAR10_STD, TrainConfig, is_image_folder, load_cifar10, load_image_folder,
                     random_crop_flip)
-from common.training import (check_finite, cli_main, evaluate, evaluate_extras, net_forward, prepare_run,
+from common.training import (as_float, check_finite, cli_main, evaluate, evaluate_extras, net_forward, prepare_run,
                              record_epoch, save_training_state, write_results)
 
 # Two convs per stage, widths 64-128-256: the report's conv-BN-ReLU design, deep enough for CIFAR-10.
@@ -56,7 +56,7 @@ def run(config: TrainConfig) -> dict:
         for step, batch in enumerate(batches):
             images, labels = normalize(augment(data.train_x[batch], generator)), data.train_y[batch]  # uint8 in
             embeddings = net_forward(net, images, config.amp)  # (B, D), bf16 under --amp
-            loss = head.loss(embeddings.float(), labels)
+            loss = head.loss(as_float(embeddings), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

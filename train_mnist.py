@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from common import MNIST_MEAN, MNIST_STD, TrainConfig, is_image_folder, load_image_folder, load_mnist
-from common.training import (check_finite, cli_main, evaluate, evaluate_extras, net_forward, prepare_run,
+from common.training import (as_float, check_finite, cli_main, evaluate, evaluate_extras, net_forward, prepare_run,
                              record_epoch, save_training_state, write_results)
 
 DEFAULTS = TrainConfig(dataset="mnist", widths=(64, 256, 64), convs_per_stage=1, epochs=5, lr=0.05,
@@ -51,7 +51,7 @@ def run(config: TrainConfig) -> dict:
         for step, batch in enumerate(batches):
             images, labels = normalize(augment(data.train_x[batch], generator)), data.train_y[batch]
             embeddings = net_forward(net, images, config.amp)  # (B, D), bf16 under --amp
-            loss = head.loss(embeddings.float(), labels)
+            loss = head.loss(as_float(embeddings), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

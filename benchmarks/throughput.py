@@ -29,12 +29,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import train_cifar10  # noqa: E402
 import train_mnist  # noqa: E402
-from common.config import HelpFormatter, OneLineErrorParser  # noqa: E402
+from common.config import OneLineErrorParser  # noqa: E402
 from common.heads import LOSSES  # noqa: E402
-from common.data import ImageData  # noqa: E402
-from common.device import DEVICE_CHOICES, cpu_has_fast_bf16, device_name, synchronize  # noqa: E402
-from common.results import atomic_write_text, environment_info  # noqa: E402
-from common.training import build_model, net_forward, prepare_run  # noqa: E402
+from common.data import DataError, ImageData  # noqa: E402
+from common.device import configure_backends, device_flag, device_name, has_native_bf16, synchronize  # noqa: E402
+from common.results import atomic_write_text, check_writable, environment_info  # noqa: E402
+from common.training import as_float, build_model, net_forward, prepare_run  # noqa: E402
 
 SCRIPTS = {"mnist": train_mnist, "cifar10": train_cifar10}
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
@@ -76,7 +76,8 @@ def recipe_step_fn(name: str, data: ImageData, config, device: torch.device, loa
     steps = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if name == "cifar10" else []
     transform = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(script.MEAN, script.STD)])
     loader = torch.utils.data.DataLoader(PILImages(data.train_x, data.train_y, transform), batch_size=config.batch_size,
-                                         shuffle=True, num_workers=loader_workers, drop_last=True)
+                                         shuffle=True, num_workers=loader_workers, drop_last=True,
+                                         pin_memory=device.type == "cuda")  # as pytorch/examples does on CUDA
     net, head = build_model(config, script.IN_CHANNELS, data.num_classes, device)
     net = net.to(memory_format=torch.contiguous_format)  # the recipe's default NCHW
     optimizer = torch.optim.SGD([*net.parameters(), *head.parameters()], lr=config.lr, momentum=0.9, nesterov=True)
@@ -89,7 +90,7 @@ def recipe_step_fn(name: str, data: ImageData, config, device: torch.device, loa
         except StopIteration:
             batches = iter(loader)
             images, labels = next(batches)
-        images, labels = images.to(device), labels.to(device)
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         loss = head.loss(net(images), labels)
         optimizer.zero_grad()
         loss.backward()
@@ -116,7 +117,7 @@ def fast_step_fn(name: str, data: ImageData, config):
                                   .split(config.batch_size)[:-1])  # full batches only, as (a) drops the last
         batch = state["order"].pop()
         embeddings = net_forward(net, normalize(script.augment(train_x[batch], generator)), config.amp)
-        loss = head.loss(embeddings.float(), train_y[batch])
+        loss = head.loss(as_float(embeddings), train_y[batch])
         setup.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         setup.optimizer.step()
@@ -147,7 +148,7 @@ def training_flops_per_image(net, head, images: torch.Tensor, labels: torch.Tens
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
-        loss = head.loss(net_forward(net, images, amp).float(), labels)
+        loss = head.loss(as_float(net_forward(net, images, amp)), labels)
         loss.backward()
     net.zero_grad(set_to_none=True)
     head.zero_grad(set_to_none=True)
@@ -175,8 +176,7 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int, budget_s:
     return 2 * size ** 3 / timed(size, 1.0) / 1e12, size
 
 
-def benchmark_dataset(name: str, args, device: torch.device, amp: bool) -> dict:
-    data = load_images(name, getattr(args, f"{name}_root"))
+def benchmark_dataset(name: str, data: ImageData, args, device: torch.device, amp: bool) -> dict:
     config = replace(SCRIPTS[name].DEFAULTS, device=str(device), amp=amp, batch_size=args.batch_size, progress=False,
                      threads=args.threads, epochs=1)
     recipe, _, _ = recipe_step_fn(name, data, config, device, args.loader_workers)
@@ -200,15 +200,17 @@ def benchmark_dataset(name: str, args, device: torch.device, amp: bool) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineErrorParser(prog="throughput.py", description=__doc__, formatter_class=HelpFormatter)
+    p = OneLineErrorParser(prog="throughput.py", description=__doc__)
     p.add_argument("--datasets", nargs="+", choices=sorted(SCRIPTS), default=["mnist", "cifar10"], help="which to time")
     p.add_argument("--other-losses", nargs="*", choices=[loss for loss in LOSSES if loss != "arcface"],
                    default=["softmax", "triplet"], help="also time (b) with these heads (ArcFace always)")
     p.add_argument("--mnist-root", default=None, help="MNIST data root (default: synthetic images of MNIST's shape)")
     p.add_argument("--cifar10-root", default=None, help="CIFAR-10 data root or image folder (default: synthetic)")
-    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto picks cuda, then mps, then cpu")
+    p.add_argument("--device", default="auto", type=device_flag,
+                   help="auto, cpu, cuda, cuda:N or mps; auto picks cuda, then mps, then cpu")
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
-                   help="bfloat16 autocast for (b); auto: on for CUDA and CPUs with native bf16 (AMX), else off")
+                   help="bfloat16 autocast for (b); auto: on where bfloat16 runs in hardware (CUDA from Ampere on, "
+                        "CPUs with AVX512-BF16 or AMX), else off")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--batch-size", type=int, default=100, help="batch size of both recipes")
     p.add_argument("--loader-workers", type=int, default=0, help="DataLoader worker processes of recipe (a)")
@@ -226,15 +228,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser.check_minimums(args, {"threads": 0, "loader_workers": 0, "warmup": 0, "batch_size": 1, "steps": 1,
                                  "repeats": 1, "matmul_size": 1})
     device = parser.device(args.device, args.threads)
-    fast_bf16 = device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
-    amp = {"on": True, "off": False, "auto": fast_bf16}[args.amp]
+    out = args.out.format(device=device.type)
+    try:
+        check_writable(out, "--out")
+    except ValueError as exc:
+        parser.error(str(exc))
+    # Both recipes run with the same backend settings (on CUDA: cuDNN autotuning and TF32, as the
+    # training scripts use), so the ratio measures the data pipeline and the step, not a flag.
+    configure_backends(device)
+    amp = {"on": True, "off": False, "auto": has_native_bf16(device)}[args.amp]
+    try:  # read the data first: a missing dataset is one line, not a traceback after minutes of timing
+        datasets = {name: load_images(name, getattr(args, f"{name}_root")) for name in args.datasets}
+    except DataError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     (fp32, fp32_side), (bf16, bf16_side) = (matmul_tflops(device, dtype, args.matmul_size)
                                             for dtype in (torch.float32, torch.bfloat16))
     peaks = {"fp32_matmul_tflops": fp32, "fp32_matmul_side": fp32_side, "bf16_matmul_tflops": bf16,
              "bf16_matmul_side": bf16_side}
     rows = []
     for name in args.datasets:
-        row = benchmark_dataset(name, args, device, amp)
+        row = benchmark_dataset(name, datasets[name], args, device, amp)
         row["fast_fraction_of_fp32_peak"] = row["fast_tflops"] / peaks["fp32_matmul_tflops"]
         row["fast_fraction_of_bf16_peak"] = row["fast_tflops"] / peaks["bf16_matmul_tflops"]
         rows.append(row)
@@ -249,7 +262,6 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"device": device.type, "device_name": device_name(device), "amp": amp, **peaks, "runs": rows,
               "command": " ".join(["python benchmarks/throughput.py", *(argv if argv is not None else sys.argv[1:])]),
               **environment_info(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    out = args.out.format(device=device.type)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print(f"matmul: float32 {peaks['fp32_matmul_tflops']:.3f} TFLOP/s, bfloat16 {peaks['bf16_matmul_tflops']:.4f} TFLOP/s "
           f"on {device_name(device)}; wrote {out}")

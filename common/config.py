@@ -9,8 +9,10 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
-from .device import DEVICE_CHOICES, pick_device
+from .checkpoints import check_resume
+from .device import device_flag, pick_device
 from .heads import LOSSES, MARGIN_DEFAULTS, check_margins
+from .results import check_writable
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,12 @@ class TrainConfig:
             raise ValueError(f"--warmup must be in [0, 1), got {self.warmup}")
         if self.resume is not None and not os.path.isfile(self.resume):
             raise ValueError(f"--resume: no checkpoint file at {self.resume}")
-        pick_device(self.device)  # raises for an unavailable device
+        device = pick_device(self.device)  # raises for an unavailable device
+        check_writable(self.out, "--out")
+        if self.checkpoint is not None:
+            check_writable(self.checkpoint, "--checkpoint")
+        if self.resume is not None:
+            check_resume(self.resume, self.as_row(), device)  # reads the checkpoint file, not the data
 
     def as_row(self) -> dict:
         row = asdict(self)
@@ -100,15 +107,36 @@ class TrainConfig:
         margins = self.margins() if self.loss in MARGIN_DEFAULTS else ("",) * 4
         row["s"], row["m1"], row["m2"], row["m3"] = margins
         row["widths"] = "-".join(map(str, self.widths))
+        # how --max-train-samples picks its images; rows and checkpoints from before it was stratified lack it
+        row["train_subset"] = "" if self.max_train_samples is None else "stratified"
         return row
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the script's docstring as written and show every flag's default."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the script's docstring as written, and end each flag's help with its default as a user
+    would type it: '64-256-64', '0/1', 'arcface 0.5' for lists, 'off' for a switch. A help text
+    that already says its default, and a default of None, get nothing added."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS, []) or not action.option_strings:
+            return text
+        if action.nargs == 0:  # store_true / store_false: the switch is off unless given
+            return f"{text} (default: off)"
+        default = action.default
+        if isinstance(default, (list, tuple)) and action.nargs in ("+", "*"):
+            default = " ".join(map(str, default))
+        return f"{text} (default: {str(default).replace('%', '%%')})"
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one line on stderr and exits with status 2."""
+    """argparse that reports a bad flag as one line on stderr and exits with status 2, and takes no
+    abbreviations (so `--seed` never silently means `--seeds`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -146,8 +174,7 @@ def _positive_int_list(text: str) -> tuple[int, ...]:
 
 def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse.ArgumentParser:
     d = defaults
-    p = OneLineErrorParser(prog=prog, description=description,
-                           formatter_class=HelpFormatter)
+    p = OneLineErrorParser(prog=prog, description=description)
     p.add_argument("--loss", default=d.loss, help=f"training loss: {', '.join(LOSSES)}")
     # SUPPRESS: an absent margin flag leaves the config's None, i.e. the named loss's default.
     p.add_argument("--s", type=float, default=argparse.SUPPRESS, help="scale s of the margin logits (default: the loss's, 30)")
@@ -156,7 +183,8 @@ def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse
     p.add_argument("--m3", type=float, default=argparse.SUPPRESS, help="CosFace additive cosine margin, >= 0 (default: the loss's)")
     p.add_argument("--triplet-margin", type=float, default=d.triplet_margin, help="margin of the batch-hard triplet loss")
     p.add_argument("--latent-dim", type=int, default=d.latent_dim, help="embedding dimension")
-    p.add_argument("--widths", type=_positive_int_list, default=d.widths, help="conv widths per stage, e.g. 64-256-64")
+    p.add_argument("--widths", type=_positive_int_list, default="-".join(map(str, d.widths)),
+                   help="conv widths per stage, e.g. 64-256-64")
     p.add_argument("--convs-per-stage", type=int, default=d.convs_per_stage, help="3x3 convs per stage")
     p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size")
@@ -165,7 +193,8 @@ def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD weight decay")
     p.add_argument("--warmup", type=float, default=d.warmup, help="fraction of steps of linear LR warm-up before linear decay to 0")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of initialisation, shuffling and augmentation")
-    p.add_argument("--device", default=d.device, choices=DEVICE_CHOICES, help="auto picks cuda, then mps, then cpu")
+    p.add_argument("--device", default=d.device, type=device_flag,
+                   help="auto, cpu, cuda, cuda:N or mps; auto picks cuda, then mps, then cpu")
     p.add_argument("--amp", action="store_true", default=d.amp,
                    help="bfloat16 autocast for the backbone (fast on GPUs and AVX512-BF16/AMX CPUs, slow on others)")
     p.add_argument("--threads", type=int, default=d.threads, help="CPU threads for torch (0: torch's default)")
@@ -173,7 +202,9 @@ def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse
                    help="dataset folder: torchvision's layout (downloaded on first use) or train/<class>/*, test/<class>/*")
     p.add_argument("--no-download", dest="download", action="store_false", help="never download; fail if the data is missing")
     p.add_argument("--image-size", type=int, default=d.image_size, help="side length that image-folder images are resized to")
-    p.add_argument("--max-train-samples", type=int, default=d.max_train_samples, help="train on the first N images only")
+    p.add_argument("--max-train-samples", type=int, default=d.max_train_samples,
+                   help="train on N images: a random subset fixed by --seed that keeps every class's share "
+                        "(stratified; taken after --holdout-classes, before --imbalance) (default: all)")
     p.add_argument("--imbalance", type=float, default=d.imbalance,
                    help="long-tailed training set: class sizes fall exponentially from class 0 to the last, "
                         "largest/smallest = this ratio (1: as it is); the test set stays balanced")

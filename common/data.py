@@ -5,7 +5,9 @@ an image folder `ROOT/train/<class>/*` and `ROOT/test/<class>/*` for a user's ow
 """
 from __future__ import annotations
 
+import math
 import os
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +18,11 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-class DataNotFoundError(RuntimeError):
+class DataError(RuntimeError):
+    """The dataset is missing, incomplete or unreadable; the message names the file or folder."""
+
+
+class DataNotFoundError(DataError):
     """The dataset is not under the data root and could not be downloaded."""
 
 
@@ -36,11 +42,12 @@ class ImageData:
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         return ImageData(move(self.train_x), move(self.train_y), move(self.test_x), move(self.test_y), self.classes)
 
-    def first_train(self, n: int | None) -> "ImageData":
-        """The first n training images only (all when n is None); the test set is unchanged."""
-        if n is None:
+    def subset_train(self, n: int | None, seed: int) -> "ImageData":
+        """A seeded random subset of n training images that keeps every class's share (stratified, see
+        `stratified_counts`); all of them when n is None or >= the training set. The test set is unchanged."""
+        if n is None or n >= len(self.train_y):
             return self
-        return ImageData(self.train_x[:n], self.train_y[:n], self.test_x, self.test_y, self.classes)
+        return self._keep_per_class(stratified_counts(self.train_class_counts(), n), seed)
 
     def train_class_counts(self) -> list[int]:
         return torch.bincount(self.train_y.cpu(), minlength=self.num_classes).tolist()
@@ -53,11 +60,15 @@ class ImageData:
         """
         if ratio == 1:
             return self
+        return self._keep_per_class(long_tailed_counts(self.train_class_counts(), ratio), seed)
+
+    def _keep_per_class(self, counts: list[int], seed: int) -> "ImageData":
+        """Keep counts[c] training images of class c, a uniform random choice fixed by `seed`, in their
+        original order; the test set is unchanged."""
         generator = torch.Generator().manual_seed(seed)
         labels = self.train_y.cpu()
-        targets = long_tailed_counts(self.train_class_counts(), ratio)
-        keep = [members[torch.randperm(len(members), generator=generator)[:n]]
-                for members, n in zip((torch.nonzero(labels == c).flatten() for c in range(self.num_classes)), targets)]
+        members = (torch.nonzero(labels == c).flatten() for c in range(self.num_classes))
+        keep = [m[torch.randperm(len(m), generator=generator)[:n]] for m, n in zip(members, counts)]
         index = torch.cat(keep).sort().values.to(self.train_y.device)
         return ImageData(self.train_x[index], self.train_y[index], self.test_x, self.test_y, self.classes)
 
@@ -90,6 +101,24 @@ def long_tailed_counts(available: list[int], ratio: float) -> list[int]:
     return [max(1, round(n * ratio ** (-c / (classes - 1)))) for c in range(classes)]
 
 
+def stratified_counts(available: list[int], n: int) -> list[int]:
+    """Per-class sizes proportional to `available` that sum to min(n, total), by largest remainder.
+
+    Class c gets floor(n * a_c / total), and the images still missing go one each to the classes with
+    the largest fractional parts (ties to the lower class index). So every class's share of the
+    subset is within one image of its share of the whole set, and no class gets more than it has.
+    """
+    total = sum(available)
+    if n >= total:
+        return list(available)
+    quotas = [n * a / total for a in available]
+    counts = [math.floor(q) for q in quotas]
+    by_remainder = sorted(range(len(available)), key=lambda c: (counts[c] - quotas[c], c))
+    for c in by_remainder[:n - sum(counts)]:
+        counts[c] += 1
+    return counts
+
+
 def is_image_folder(root: str) -> bool:
     return os.path.isdir(os.path.join(root, "train")) and os.path.isdir(os.path.join(root, "test"))
 
@@ -100,13 +129,39 @@ def _torchvision_split(dataset_class, root: str, train: bool, download: bool, na
     except RuntimeError:
         if not download:
             raise DataNotFoundError(f"{name} not found under {os.path.abspath(root)} and --no-download is set; {how}") from None
+    created = _missing_paths(root, [os.path.join(root, dataset_class.__name__, "raw"),  # MNIST's folders
+                                    os.path.join(root, "cifar-10-python.tar.gz"), os.path.join(root, "cifar-10-batches-py")])
     try:
         return dataset_class(root, train=train, download=True)
     except Exception as exc:  # no network, proxy, checksum: all mean the same to the user
+        _remove(created)  # a failed download leaves no empty folders or partial archives behind
         raise DataNotFoundError(
             f"{name} not found under {os.path.abspath(root)} and the download failed "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); {how}"
         ) from None
+
+
+def _missing_paths(root: str, inside: list[str]) -> list[str]:
+    """The paths a download may create that do not exist yet: `root` and its missing parents, and
+    each path in `inside` with its missing parents; outermost first."""
+    missing = []
+    for path in [root, *inside]:
+        path = os.path.abspath(path)
+        chain = []
+        while not os.path.lexists(path):
+            chain.append(path)
+            path = os.path.dirname(path)
+        missing += [p for p in reversed(chain) if p not in missing]
+    return missing
+
+
+def _remove(paths: list[str]) -> None:
+    """Delete what exists of `paths` (files, or folders with everything in them)."""
+    for path in paths:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            os.unlink(path)
 
 
 def load_mnist(root: str, download: bool = True) -> ImageData:
@@ -129,49 +184,66 @@ def load_cifar10(root: str, download: bool = True) -> ImageData:
     return ImageData(*tensors[0], *tensors[1], list(splits[0].classes))
 
 
-def _list_images(split_dir: str, classes: list[str]) -> tuple[list[str], list[int]]:
-    paths, labels = [], []
-    for label, name in enumerate(classes):
-        class_dir = os.path.join(split_dir, name)
-        if not os.path.isdir(class_dir):
-            continue
-        for file in sorted(os.listdir(class_dir)):
-            if file.lower().endswith(IMAGE_EXTENSIONS):
-                paths.append(os.path.join(class_dir, file))
-                labels.append(label)
-    return paths, labels
+def _list_images(class_dir: str) -> list[str]:
+    return [os.path.join(class_dir, f) for f in sorted(os.listdir(class_dir)) if f.lower().endswith(IMAGE_EXTENSIONS)]
+
+
+def list_image_folder(root: str) -> tuple[list[str], dict[str, tuple[list[str], list[int]]]]:
+    """Class names and, per split ("train", "test"), the image paths and labels of ROOT/<split>/<class>/*.
+
+    Reads no image. Raises DataError naming the folder when there is no class, when a class has no
+    image in train/ or in test/ (a missing or empty folder), or when test/ has a class that train/ lacks.
+    """
+    train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
+    classes = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
+    if not classes:
+        raise DataError(f"no class folders under {os.path.abspath(train_dir)}; expected train/<class>/<image>")
+    unknown = sorted(set(d for d in os.listdir(test_dir) if os.path.isdir(os.path.join(test_dir, d))) - set(classes))
+    if unknown:
+        raise DataError(f"test classes {unknown} have no folder under {os.path.abspath(train_dir)}; "
+                        "every test class needs training images")
+    splits = {}
+    for split, split_dir in (("train", train_dir), ("test", test_dir)):
+        paths, labels = [], []
+        for label, name in enumerate(classes):
+            class_dir = os.path.join(split_dir, name)
+            found = _list_images(class_dir) if os.path.isdir(class_dir) else []
+            if not found:
+                what = "has no images" if os.path.isdir(class_dir) else "is missing"
+                raise DataError(f"class {name!r}: {os.path.abspath(class_dir)} {what} ({', '.join(IMAGE_EXTENSIONS)}); "
+                                f"every class needs images in both train/ and test/")
+            paths += found
+            labels += [label] * len(found)
+        splits[split] = (paths, labels)
+    return classes, splits
 
 
 def _decode(paths: list[str], mode: str, size: int) -> torch.Tensor:
+    """Decode images to (N, C, size, size) uint8; DataError naming the first file that cannot be read."""
     from PIL import Image
 
     images = np.empty((len(paths), size, size, len(mode)), dtype=np.uint8)
     for i, path in enumerate(paths):
-        with Image.open(path) as image:
-            image = image.convert(mode)
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.BILINEAR)
-            images[i] = np.asarray(image).reshape(size, size, len(mode))
+        try:
+            with Image.open(path) as image:
+                image = image.convert(mode)  # decodes the pixels: a truncated file fails here
+                if image.size != (size, size):
+                    image = image.resize((size, size), Image.BILINEAR)
+                images[i] = np.asarray(image).reshape(size, size, len(mode))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise DataError(f"cannot read image {os.path.abspath(path)} ({type(exc).__name__}: {exc}); "
+                            "replace or delete the file") from None
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N, C, size, size)
 
 
 def load_image_folder(root: str, channels: int, size: int) -> ImageData:
     """Decode ROOT/{train,test}/<class>/* once, as `channels` (1 or 3) x size x size uint8."""
-    train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
-    classes = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
-    if not classes:
-        raise DataNotFoundError(f"no class folders under {os.path.abspath(train_dir)}; expected train/<class>/<image>")
-    unknown = sorted(set(d for d in os.listdir(test_dir) if os.path.isdir(os.path.join(test_dir, d))) - set(classes))
-    if unknown:
-        raise DataNotFoundError(f"test classes {unknown} have no folder under {os.path.abspath(train_dir)}")
+    classes, splits = list_image_folder(root)
     mode = "L" if channels == 1 else "RGB"
-    splits = []
-    for split_dir in (train_dir, test_dir):
-        paths, labels = _list_images(split_dir, classes)
-        if not paths:
-            raise DataNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {os.path.abspath(split_dir)}")
-        splits += [_decode(paths, mode, size), torch.tensor(labels, dtype=torch.long)]
-    return ImageData(*splits, classes)
+    tensors = []
+    for paths, labels in splits.values():
+        tensors += [_decode(paths, mode, size), torch.tensor(labels, dtype=torch.long)]
+    return ImageData(*tensors, classes)
 
 
 class Normalize:

@@ -16,9 +16,13 @@ EVAL_SEED = 0  # fixes the corrupted subset and the noise, identical for every r
 
 
 def tail_recall(per_class_recall: list[float]) -> float:
-    """Mean recall over the last ceil(TAIL_FRACTION * C) classes."""
-    tail = per_class_recall[-math.ceil(TAIL_FRACTION * len(per_class_recall)):]
-    return sum(tail) / len(tail)
+    """Mean recall over the last ceil(TAIL_FRACTION * C) classes that are present in the test set.
+
+    A class absent from the test set has recall NaN (`classification_metrics`) and is left out of
+    the mean; NaN when no tail class is present.
+    """
+    tail = [r for r in per_class_recall[-math.ceil(TAIL_FRACTION * len(per_class_recall)):] if not math.isnan(r)]
+    return sum(tail) / len(tail) if tail else float("nan")
 
 
 def subsample(images: torch.Tensor, labels: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -126,20 +126,23 @@ def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, marg
 
     For each anchor: the farthest same-class sample and the nearest other-class sample in
     the batch; loss = mean over anchors having both of relu(d_pos - d_neg + margin), with
-    Euclidean distances on the unit sphere (in [0, 2]). Squared distances are clamped
-    at 1e-12 before the square root so identical embeddings give finite gradients.
+    Euclidean distances on the unit sphere (in [0, 2]). Safeguards: squared distances are
+    clamped at 1e-12 before the square root so identical embeddings give finite gradients;
+    anchors without a positive or a negative are masked out (a masked mean, with no data-
+    dependent branch, so a GPU step needs no host synchronisation); a batch with no valid
+    anchor gives 0 with a zero gradient.
     """
     x = F.normalize(embeddings.float(), dim=1)  # (B, D)
     dist = (2.0 - 2.0 * (x @ x.t())).clamp_min(1e-12).sqrt()  # (B, B)
     same = labels.view(-1, 1) == labels.view(1, -1)  # (B, B)
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
     positive = same & ~eye
-    hardest_pos = dist.masked_fill(~positive, float("-inf")).amax(dim=1)
-    hardest_neg = dist.masked_fill(same, float("inf")).amin(dim=1)
-    valid = positive.any(dim=1) & (~same).any(dim=1)
-    if not valid.any():
-        return embeddings.sum() * 0.0  # keeps the graph; no anchor has a triplet
-    return F.relu(hardest_pos[valid] - hardest_neg[valid] + margin).mean()
+    valid = positive.any(dim=1) & (~same).any(dim=1)  # (B,) anchors with a positive and a negative
+    # masked rows take 0 rather than -inf / inf, so no inf ever enters the arithmetic or its gradient
+    hardest_pos = torch.where(positive, dist, torch.zeros_like(dist)).amax(dim=1)
+    hardest_neg = torch.where(same, torch.full_like(dist, 4.0), dist).amin(dim=1)  # 4 > any distance (<= 2)
+    per_anchor = F.relu(hardest_pos - hardest_neg + margin) * valid  # (B,) 0 for invalid anchors
+    return per_anchor.sum() / valid.sum().clamp_min(1)
 
 
 class CentroidHead(nn.Module):

@@ -31,12 +31,58 @@ def environment_info() -> dict:
             "python_version": platform.python_version(), "git_commit": git_commit()}
 
 
+def check_writable(path: str, flag: str, folder: bool = False) -> None:
+    """ValueError naming `flag` unless a file (or, with folder=True, a folder) can be created at `path`.
+
+    Creates nothing that stays: walks up to the nearest existing ancestor, which must be a folder,
+    and creates and deletes one temporary file in it. Run before any data is read, so that a run
+    never trains to the end and then fails to write its result.
+    """
+    target = os.path.abspath(path)
+    if folder:
+        if os.path.exists(target) and not os.path.isdir(target):
+            raise ValueError(f"{flag} {path} is a file; give a folder")
+        existing = target
+    else:
+        if os.path.isdir(target):
+            raise ValueError(f"{flag} {path} is a folder; give a file path")
+        if os.path.exists(target) and not os.access(target, os.W_OK):
+            raise ValueError(f"{flag} {path} cannot be written: no permission to write that file")
+        existing = os.path.dirname(target)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{flag} {path} cannot be written: {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".tmp-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{flag} {path} cannot be written: creating a file in {existing} failed "
+                         f"({exc.strerror or exc}); choose another location") from None
+
+
+def _new_file_mode(path: str) -> int:
+    """The mode a file at `path` should have: the existing file's, else 0o666 less the umask (as open())."""
+    if os.path.exists(path):
+        return os.stat(path).st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_text(path: str, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    """Write to a temporary file beside `path`, then rename: readers never see half a file.
+
+    The file gets the usual permissions (an existing file keeps its mode; a new one 0666 less the
+    umask), not mkstemp's private 0600.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     try:
+        if hasattr(os, "fchmod"):  # POSIX
+            os.fchmod(fd, _new_file_mode(path))
         with os.fdopen(fd, "w", newline="") as handle:
             handle.write(text)
         os.replace(tmp, path)
@@ -48,19 +94,36 @@ def atomic_write_text(path: str, text: str) -> None:
 
 @contextlib.contextmanager
 def file_lock(path: str):
-    """Exclusive advisory lock on PATH.lock (POSIX), so parallel runs can share one CSV."""
+    """Exclusive advisory lock on PATH.lock (POSIX), so parallel runs can share one CSV; the lock
+    file is removed again when the lock is released.
+
+    Removing a lock file is safe only if every locker checks, once it holds the lock, that the
+    name still points at the file it locked (another process may have removed it meanwhile and a
+    third created a new one); if not, it locks again.
+    """
     try:
         import fcntl
     except ImportError:  # Windows: no locking, single writer assumed
         yield
         return
+    lock_path = path + ".lock"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    while True:
+        handle = open(lock_path, "a")
+        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            same = os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()  # releases the stale lock; try again on the current file
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)  # while still locked: the next locker sees the name gone and retries
+        handle.close()
 
 
 def read_rows(path: str) -> list[dict]:
@@ -82,11 +145,18 @@ def rows_to_csv(rows: list[dict], columns: list[str] | None = None) -> str:
     return sink.getvalue()
 
 
-def append_row(path: str, row: dict) -> None:
-    """Append one row to the CSV at `path` atomically; new columns widen the header."""
+def append_row(path: str, row: dict, unique: str | None = None) -> bool:
+    """Append one row to the CSV at `path` atomically; new columns widen the header.
+
+    With `unique` (a column name), a row whose value in that column is already in the file is not
+    appended again; returns whether the row was appended.
+    """
     with file_lock(path):
-        rows = read_rows(path) + [row]
-        atomic_write_text(path, rows_to_csv(rows))
+        rows = read_rows(path)
+        if unique is not None and any(r.get(unique) == str(row[unique]) for r in rows):
+            return False
+        atomic_write_text(path, rows_to_csv(rows + [row]))
+        return True
 
 
 def write_csv(path: str, rows: list[dict], columns: list[str] | None = None) -> None:

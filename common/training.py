@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoints import check_resume, save_checkpoint
 from .config import TrainConfig, fail, parse_config
-from .data import DataNotFoundError, ImageData, Normalize
-from .device import autocast, cpu_has_fast_bf16, device_name, pick_device
+from .data import DataError, ImageData, Normalize
+from .device import autocast, configure_backends, cpu_has_fast_bf16, device_name, pick_device
 from .evaluation import (VERIFY_MAX_IMAGES, corruption_accuracy, corruption_columns, open_set_metrics, subsample,
                          tail_recall)
 from .heads import CentroidHead, build_head
@@ -65,11 +66,16 @@ def check_finite(losses: torch.Tensor, start: int, stop: int, epoch: int) -> Non
         raise DivergedError(f"loss became {losses[step].item()} at epoch {epoch + 1}, step {step + 1}")
 
 
+def as_float(x: torch.Tensor) -> torch.Tensor:
+    """bfloat16 / float16 (what the backbone returns under --amp) -> float32; float32 and float64 as they are."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 @torch.no_grad()
 def embed(net: nn.Module, images: torch.Tensor, normalize, amp: bool) -> torch.Tensor:
-    """Embeddings (N, D) float32 of uint8 images (N, C, H, W), in eval mode, in batches."""
+    """Embeddings (N, D), float32 (float64 for a float64 model), of uint8 images (N, C, H, W), in eval mode, in batches."""
     net.eval()
-    out = [net_forward(net, normalize(chunk), amp).float() for chunk in images.split(EVAL_BATCH)]
+    out = [as_float(net_forward(net, normalize(chunk), amp)) for chunk in images.split(EVAL_BATCH)]
     return torch.cat(out)
 
 
@@ -111,28 +117,9 @@ def evaluate_extras(config: TrainConfig, setup: "RunSetup", metrics: dict) -> tu
     return columns, corrupted
 
 
-def save_checkpoint(path: str, **state) -> None:
-    """torch.save to a temporary file, then rename, so a crash never leaves half a checkpoint."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-# Settings that must match for a checkpoint to be resumed under a config.
-RESUME_KEYS = ("dataset", "loss", "s", "m1", "m2", "m3", "triplet_margin", "latent_dim", "widths",
-               "convs_per_stage", "epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup",
-               "seed", "image_size", "max_train_samples", "imbalance", "holdout_classes")
-
-
 def load_checkpoint(path: str, config: TrainConfig) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    saved, wanted = state["config"], config.as_row()
-    mismatched = [k for k in RESUME_KEYS if str(saved.get(k)) != str(wanted.get(k))]
-    if mismatched:
-        details = ", ".join(f"{k}: {saved.get(k)} vs {wanted.get(k)}" for k in mismatched)
-        raise ValueError(f"--resume {path} was trained with other settings ({details})")
-    return state
+    """The checkpoint at `path` if `config` can resume it on its device; ValueError saying why not."""
+    return check_resume(path, config.as_row(), pick_device(config.device))
 
 
 def run_id(config: TrainConfig) -> str:
@@ -143,10 +130,11 @@ def run_id(config: TrainConfig) -> str:
 def write_results(config: TrainConfig, setup: "RunSetup", metrics: dict, confusion: torch.Tensor,
                   extras: tuple[dict, list[dict]]) -> dict:
     """Append the run's row to config.out; history.csv, confusion.csv (and corruptions.csv) go to a
-    folder beside it. `extras` is what `evaluate_extras` returns."""
+    folder beside it. `extras` is what `evaluate_extras` returns. A run whose row (same run_id, as a
+    resumed finished checkpoint has) is already in config.out is not appended twice."""
     columns, corrupted = extras
     history, train_seconds, device, classes = setup.history, setup.train_seconds, setup.device, setup.data.classes
-    rid = run_id(config)
+    rid = setup.run_id
     row = {**config.as_row(), "test_acc": metrics["accuracy"], "test_precision": metrics["precision"],
            "test_recall": metrics["recall"], "test_f1": metrics["f1"],
            "per_class_recall": ";".join(f"{r:.4f}" for r in metrics["per_class_recall"]), **columns,
@@ -161,7 +149,8 @@ def write_results(config: TrainConfig, setup: "RunSetup", metrics: dict, confusi
               [{"true": name, **{p: int(n) for p, n in zip(classes, counts)}} for name, counts in zip(classes, confusion.tolist())])
     if corrupted:
         write_csv(os.path.join(run_dir, "corruptions.csv"), corrupted)
-    append_row(config.out, row)
+    if not append_row(config.out, row, unique="run_id"):
+        print(f"run {rid} already has its row in {config.out}: not appended again")
     return row
 
 
@@ -176,10 +165,11 @@ def steps_per_epoch(num_train: int, batch_size: int) -> int:
 
 
 def load_resume_state(config: TrainConfig, net: nn.Module, head: nn.Module, optimizer, scheduler,
-                      generator: torch.Generator) -> tuple[int, list[dict], float]:
-    """Restore a --resume checkpoint into the given objects; returns (next epoch, history, seconds so far)."""
+                      generator: torch.Generator) -> tuple[int, list[dict], float, str]:
+    """Restore a --resume checkpoint into the given objects; returns (next epoch, history, seconds so far,
+    run id). Without --resume: (0, [], 0.0, a new run id)."""
     if config.resume is None:
-        return 0, [], 0.0
+        return 0, [], 0.0, run_id(config)
     state = load_checkpoint(config.resume, config)
     net.load_state_dict(state["net"])
     head.load_state_dict(state["head"])
@@ -187,7 +177,8 @@ def load_resume_state(config: TrainConfig, net: nn.Module, head: nn.Module, opti
     scheduler.load_state_dict(state["scheduler"])
     generator.set_state(state["generator"])
     print(f"resumed from {config.resume} after epoch {state['epoch']}")
-    return state["epoch"], state["history"], state["train_seconds"]
+    # checkpoints from before run ids were saved get a new one
+    return state["epoch"], state["history"], state["train_seconds"], state.get("run_id") or run_id(config)
 
 
 def warn_if_slow_amp(config: TrainConfig, device: torch.device) -> None:
@@ -200,7 +191,7 @@ def cli_main(run, defaults: TrainConfig, prog: str, description: str, argv: list
     config = parse_config(argv, defaults, prog, description)
     try:
         return run(config)
-    except (DataNotFoundError, ValueError) as exc:
+    except (DataError, ValueError) as exc:
         fail(prog, str(exc), 2)
     except DivergedError as exc:
         kept = f"; the last good checkpoint is {config.checkpoint}" if config.checkpoint else ""
@@ -226,7 +217,8 @@ def save_training_state(config: TrainConfig, setup: "RunSetup", epochs_done: int
         save_checkpoint(config.checkpoint, net=setup.net.state_dict(), head=setup.head.state_dict(),
                         optimizer=setup.optimizer.state_dict(), scheduler=setup.scheduler.state_dict(),
                         generator=setup.generator.get_state(), epoch=epochs_done, history=setup.history,
-                        train_seconds=setup.train_seconds, config=config.as_row())
+                        train_seconds=setup.train_seconds, config=config.as_row(), run_id=setup.run_id,
+                        device=setup.device.type)
 
 
 @dataclass
@@ -247,6 +239,7 @@ class RunSetup:
     train_seconds: float
     environment: dict  # versions and git commit, read when the run starts
     open_set: tuple[torch.Tensor, torch.Tensor]  # held-out classes' test images and labels (empty without --holdout-classes)
+    run_id: str  # names the row and its folder; kept across --resume
 
 
 def build_model(config: TrainConfig, in_channels: int, num_classes: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
@@ -259,15 +252,17 @@ def build_model(config: TrainConfig, in_channels: int, num_classes: int, device:
 
 def start_run(config: TrainConfig, load_data) -> tuple[torch.device, ImageData, tuple[torch.Tensor, torch.Tensor]]:
     """Validate, pick the device, set threads, seed, and load the training data as `config` shapes it
-    (first N images, held-out classes, long tail), on the device: (device, data, held-out test set)."""
+    (held-out classes, then a stratified subset of N images, then a long tail), on the device:
+    (device, data, held-out test set)."""
     config.validate()
     device = pick_device(config.device)
+    configure_backends(device)
     warn_if_slow_amp(config, device)
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
-    data, open_x, open_y = load_data(config).first_train(config.max_train_samples).hold_out_classes(config.holdout_classes)
-    data = data.long_tailed(config.imbalance, config.seed).to(device)
+    data, open_x, open_y = load_data(config).hold_out_classes(config.holdout_classes)
+    data = data.subset_train(config.max_train_samples, config.seed).long_tailed(config.imbalance, config.seed).to(device)
     return device, data, (open_x.to(device), open_y.to(device))
 
 
@@ -278,6 +273,6 @@ def prepare_run(config: TrainConfig, load_data, in_channels: int, mean: tuple, s
     steps = steps_per_epoch(len(data.train_y), config.batch_size)
     optimizer, scheduler = make_optimizer(config, [net, head], steps * config.epochs)
     generator = torch.Generator(device).manual_seed(config.seed)
-    first_epoch, history, train_seconds = load_resume_state(config, net, head, optimizer, scheduler, generator)
+    first_epoch, history, train_seconds, rid = load_resume_state(config, net, head, optimizer, scheduler, generator)
     return RunSetup(device, data, Normalize(mean, std, device), net, head, optimizer, scheduler, generator, steps,
-                    first_epoch, history, train_seconds, environment_info(), open_set)
+                    first_epoch, history, train_seconds, environment_info(), open_set, rid)

@@ -8,7 +8,7 @@ import torch
 
 import train_mnist
 from common.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from common.data import ImageData, long_tailed_counts
+from common.data import ImageData, long_tailed_counts, stratified_counts
 from common.evaluation import corruption_accuracy, tail_recall
 from common.results import read_rows
 from common.retrieval import pair_scores, retrieval_metrics, roc_auc, tar_at_far, verification_metrics
@@ -23,6 +23,37 @@ def fake_data(per_class, classes=10, test_per_class=3):
     test_y = torch.arange(classes).repeat_interleave(test_per_class)
     return ImageData(images.contiguous(), labels, torch.zeros(len(test_y), 1, 4, 4, dtype=torch.uint8), test_y,
                      [str(c) for c in range(classes)])
+
+
+# --- shortened training sets ------------------------------------------------------------------------
+
+def test_stratified_counts_keep_each_class_share_and_sum_to_n():
+    assert stratified_counts([5000] * 10, 2000) == [200] * 10
+    assert stratified_counts([10, 20, 30], 30) == [5, 10, 15]
+    # 7 * (4, 4, 2) / 10 = (2.8, 2.8, 1.4): floors (2, 2, 1), the largest remainders get the 2 left over
+    assert stratified_counts([4, 4, 2], 7) == [3, 3, 1]
+    assert stratified_counts([3, 3, 3], 4) == [2, 1, 1]  # equal remainders: lower class index first
+    assert stratified_counts([3, 4], 100) == [3, 4] and sum(stratified_counts([977, 13, 10], 101)) == 101
+
+
+def test_subset_train_is_stratified_random_and_fixed_by_the_seed():
+    data = fake_data([30] * 10)  # class-sorted, as an image folder is read: the first N would be one class
+    subset = data.subset_train(20, seed=1)
+    assert subset.train_class_counts() == [2] * 10 and torch.equal(subset.test_y, data.test_y)
+    again, other = data.subset_train(20, seed=1), data.subset_train(20, seed=2)
+    assert torch.equal(again.train_x, subset.train_x) and not torch.equal(other.train_x, subset.train_x)
+    ids = subset.train_x[:, 0, 0, 0].long()
+    assert len(set(ids.tolist())) == 20 and not torch.equal(ids[:2], torch.tensor([0, 1]))  # not the first images
+    assert data.subset_train(None, seed=0) is data and data.subset_train(300, seed=0) is data
+
+
+@pytest.mark.parametrize("script_name", ["train_mnist", "train_cifar10"])
+def test_max_train_samples_on_a_class_sorted_folder_trains_on_every_class(script_name, gray_folder, rgb_folder, tmp_path):
+    import train_cifar10
+
+    script, folder = (train_mnist, gray_folder) if script_name == "train_mnist" else (train_cifar10, rgb_folder)
+    row = script.main([*TINY, "--data-root", folder, "--out", str(tmp_path / "r.csv"), "--max-train-samples", "30"])
+    assert row["train_class_counts"] == "10;10;10" and row["train_subset"] == "stratified"
 
 
 # --- class imbalance -------------------------------------------------------------------------------

@@ -85,12 +85,16 @@ def test_resume_continues_exactly_where_the_checkpoint_left(rgb_folder, tmp_path
     assert _history(tmp_path / "full", full) == _history(tmp_path / "resumed", resumed)
 
 
-def test_resume_refuses_a_checkpoint_of_other_settings(gray_folder, tmp_path, capsys):
+def test_resume_refuses_a_checkpoint_of_other_settings_before_reading_data(gray_folder, tmp_path, capsys, monkeypatch):
     ckpt = str(tmp_path / "run.pt")
     train(train_mnist, gray_folder, tmp_path / "r.csv", "--epochs", "1", "--checkpoint", ckpt)
+    capsys.readouterr()
+    monkeypatch.setattr(train_mnist, "load_data", lambda config: pytest.fail("data was read before the check"))
     with pytest.raises(SystemExit) as exit_info:
         train(train_mnist, gray_folder, tmp_path / "r.csv", "--epochs", "1", "--resume", ckpt, "--loss", "softmax")
-    assert exit_info.value.code == 2 and "loss: arcface vs softmax" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert "loss arcface (here softmax)" in err and "m2 0.5 (here none)" in err and " vs " not in err, err
 
 
 def test_nan_loss_stops_names_epoch_and_step_keeps_checkpoint_writes_no_row(gray_folder, tmp_path, monkeypatch, capsys):
@@ -111,7 +115,7 @@ def test_nan_loss_stops_names_epoch_and_step_keeps_checkpoint_writes_no_row(gray
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 1 and "epoch 2, step 2" in err and len(err.splitlines()) == 1
     assert not out.exists()
-    assert torch.load(ckpt, weights_only=False)["epoch"] == 1
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
 
 
 BAD_INPUTS = [

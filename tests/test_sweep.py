@@ -75,6 +75,26 @@ def test_other_run_settings_are_not_taken_for_done(gray_folder, tmp_path):
     assert len(read_rows(str(out))) == 2
 
 
+def test_amp_and_device_are_part_of_a_runs_signature(gray_folder, tmp_path, capsys):
+    """A row of the same setting and seed trained with --amp, or on another device, is not this run."""
+    out = tmp_path / "sweep.csv"
+    flags = ["--m2", "0.5", "--data-root", gray_folder, "--out", str(out), *TINY]
+    sweep_margins.main(flags)
+    (row,) = read_rows(str(out))
+    assert row["amp"] == "False" and row["device"] == "cpu"
+    capsys.readouterr()
+    sweep_margins.main(flags + ["--dry-run"])
+    assert "1 already in" in capsys.readouterr().out
+    for changed in ({"amp": "True"}, {"device": "cuda"}, {"momentum": "0.5"}, {"train_subset": "stratified"}):
+        write_csv(str(out), [{**row, **changed}])
+        sweep_margins.main(flags + ["--dry-run"])
+        assert "0 already in" in capsys.readouterr().out, changed
+    older = {k: v for k, v in row.items() if k not in ("train_subset", "momentum", "warmup")}  # a row from before them
+    write_csv(str(out), [older])
+    sweep_margins.main(flags + ["--dry-run"])
+    assert "1 already in" in capsys.readouterr().out
+
+
 def test_diverged_run_is_recorded_as_diverged(gray_folder, tmp_path, monkeypatch):
     from common.training import DivergedError
 
@@ -86,6 +106,7 @@ def test_diverged_run_is_recorded_as_diverged(gray_folder, tmp_path, monkeypatch
     sweep_margins.main(["--m2", "0.5", "--seeds", "0", "1", "--data-root", gray_folder, "--out", str(out), *TINY])
     rows = read_rows(str(out))
     assert [r["diverged"] for r in rows] == ["1", "1"] and all("test_acc" not in r or r["test_acc"] == "" for r in rows)
+    assert all(r["device"] == "cpu" for r in rows)  # part of the signature: a resumed sweep skips them
     summary = read_rows(str(tmp_path / "sweep_summary.csv"))
     assert summary[0]["diverged"] == "2" and summary[0]["runs"] == "0"
 

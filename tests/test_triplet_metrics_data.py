@@ -6,6 +6,7 @@ import torch
 
 from common import (CentroidHead, Normalize, batch_hard_triplet_loss, classification_metrics, confusion_matrix,
                     random_crop_flip)
+from common.evaluation import tail_recall
 from common.training import DivergedError, check_finite
 
 
@@ -50,20 +51,83 @@ def test_centroid_head_classifies_by_nearest_normalised_class_mean():
     assert predicted.tolist() == [0, 1, 2, 0]  # 70 degrees: 60 from class 0's 10, 60.0001+ from class 1's 130
 
 
+def test_batch_hard_triplet_without_any_valid_anchor_is_zero_with_zero_gradient():
+    x = torch.randn(4, 3, requires_grad=True)
+    loss = batch_hard_triplet_loss(x, torch.tensor([0, 1, 2, 3]), 0.2)  # no anchor has a positive
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(x.grad, torch.zeros(4, 3))
+
+
+def test_training_step_pieces_need_no_host_synchronisation():
+    """Under FakeTensorMode every tensor is shapes only: a data-dependent branch (`if t.any()`, `.item()`)
+    or boolean indexing raises. The losses and the batched augmentation must run there, so that a GPU
+    training step never waits on the host."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
+
+    from common import ArcNet
+
+    heads = [ArcNet(4, 3, 30.0, m1, m2, m3) for m1, m2, m3 in ((1.0, 0.5, 0.0), (1.35, 0.0, 0.0), (1.0, 0.0, 0.35))]
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+        with pytest.raises(DataDependentOutputException):
+            bool(x.sum() > 0)  # the mode does catch a synchronisation
+        assert batch_hard_triplet_loss(x, y, 0.2).shape == ()
+        assert all(head.loss(x, y).shape == () for head in heads)
+        images = torch.randint(0, 256, (8, 3, 12, 12), dtype=torch.uint8)
+        assert random_crop_flip(images, 4, torch.Generator().manual_seed(0)).shape == (8, 3, 12, 12)
+
+
 def test_metrics_against_hand_computed_values():
     targets = torch.tensor([0, 0, 0, 1, 1, 2])
     predictions = torch.tensor([0, 0, 1, 1, 2, 2])
     cm = confusion_matrix(targets, predictions, 4)
     assert cm.tolist() == [[2, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
     m = classification_metrics(cm)
-    precision = [1.0, 0.5, 0.5, 0.0]  # class 3 never predicted nor present: counts as 0
-    recall = [2 / 3, 0.5, 1.0, 0.0]
-    f1 = [2 * p * r / (p + r) if p + r else 0.0 for p, r in zip(precision, recall)]
+    precision = [1.0, 0.5, 0.5]  # class 3 has no test image: left out of every macro average
+    recall = [2 / 3, 0.5, 1.0]
+    f1 = [2 * p * r / (p + r) for p, r in zip(precision, recall)]
     assert m["accuracy"] == pytest.approx(4 / 6)
-    assert m["precision"] == pytest.approx(sum(precision) / 4)
-    assert m["recall"] == pytest.approx(sum(recall) / 4)
-    assert m["f1"] == pytest.approx(sum(f1) / 4)
-    assert m["per_class_recall"] == pytest.approx(recall)
+    assert m["precision"] == pytest.approx(sum(precision) / 3)
+    assert m["recall"] == pytest.approx(sum(recall) / 3)
+    assert m["f1"] == pytest.approx(sum(f1) / 3)
+    assert m["per_class_recall"][:3] == pytest.approx(recall) and math.isnan(m["per_class_recall"][3])
+
+
+def test_macro_f1_divides_by_fractional_precision_plus_recall():
+    # The issue's case: P = R = 0.25 for both classes, so P + R = 0.5 < 1; scikit-learn's macro F1 is 0.25.
+    cm = confusion_matrix(torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), torch.tensor([0, 1, 1, 1, 0, 0, 0, 1]), 2)
+    m = classification_metrics(cm)
+    assert m["precision"] == pytest.approx(0.25) and m["recall"] == pytest.approx(0.25)
+    assert m["f1"] == pytest.approx(0.25)
+
+
+def test_macro_f1_of_a_weak_predictor_matches_the_per_class_formula():
+    # 4 classes, predictions mostly wrong: every class has P + R < 1; class 3 is present but never predicted.
+    targets = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3])
+    predictions = torch.tensor([0, 1, 1, 2, 2, 1, 0, 0, 2, 2, 0, 1, 1, 0, 1, 2])
+    cm = confusion_matrix(targets, predictions, 4).double()
+    m = classification_metrics(cm.long())
+    tp, predicted, support = cm.diag(), cm.sum(0), cm.sum(1)
+    expected = []
+    for c in range(4):
+        p = (tp[c] / predicted[c]).item() if predicted[c] else 0.0
+        r = (tp[c] / support[c]).item()
+        expected.append(2 * p * r / (p + r) if p + r else 0.0)
+    assert all(0 < x < 1 for x in expected[:3]) and expected[3] == 0.0
+    assert m["f1"] == pytest.approx(sum(expected) / 4)
+    # by hand: F1 = 2PR / (P + R) = 0.2 (P = R = 1/5), 0.2 (P = 1/6, R = 1/4), 2/9 (P = 1/5, R = 1/4), 0
+    assert m["f1"] == pytest.approx((0.2 + 0.2 + 2 / 9 + 0.0) / 4)
+
+
+def test_a_class_absent_from_the_test_set_is_left_out_of_macro_averages_and_tail_recall():
+    targets = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])  # classes 4..9 have no test image
+    m = classification_metrics(confusion_matrix(targets, targets, 10))  # a perfect predictor
+    assert m["accuracy"] == 1.0 and m["precision"] == 1.0 and m["recall"] == 1.0 and m["f1"] == 1.0
+    assert m["per_class_recall"][:4] == [1.0] * 4 and all(math.isnan(r) for r in m["per_class_recall"][4:])
+    assert math.isnan(tail_recall(m["per_class_recall"]))  # the tail (classes 7-9) has no test image
+    m = classification_metrics(confusion_matrix(torch.tensor([0, 8, 9, 9]), torch.tensor([0, 8, 9, 0]), 10))
+    assert tail_recall(m["per_class_recall"]) == pytest.approx((1.0 + 0.5) / 2)  # class 7 absent: left out
+    assert math.isnan(classification_metrics(torch.zeros(3, 3, dtype=torch.long))["f1"])
 
 
 def test_random_crop_flip_returns_shifted_windows_of_the_zero_padded_image():

@@ -1,0 +1,70 @@
+"""Training checkpoints: atomic saves, and reading one back for --resume with every check up front.
+
+A checkpoint is a dict of tensors, state dicts and plain values (the run's config as a row, its
+history, the run id, the device type), so it loads with torch.load(weights_only=True): no pickled
+code runs when a file is opened.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+# Settings that must match for a checkpoint to be resumed under a config.
+RESUME_KEYS = ("dataset", "loss", "s", "m1", "m2", "m3", "triplet_margin", "latent_dim", "widths",
+               "convs_per_stage", "epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup",
+               "seed", "image_size", "max_train_samples", "train_subset", "imbalance", "holdout_classes")
+REQUIRED = ("net", "head", "optimizer", "scheduler", "generator", "epoch", "history", "train_seconds", "config")
+
+
+def save_checkpoint(path: str, **state) -> None:
+    """torch.save to a temporary file, then rename, so a crash never leaves half a checkpoint."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: str) -> dict:
+    """The checkpoint at `path`, on the CPU; ValueError naming the flag if it is not one of ours."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any file torch cannot read back (text, truncated, foreign pickle)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"--resume {path} is not a checkpoint written by --checkpoint ({reason[:120]})") from None
+    missing = [k for k in REQUIRED if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"--resume {path} is not a checkpoint written by --checkpoint (no {missing[0]!r} entry)")
+    return state
+
+
+def _shown(value) -> str:
+    return "none" if value in ("", None) else str(value)
+
+
+def check_resume(path: str, config_row: dict, device: torch.device) -> dict:
+    """Read the checkpoint and check that `config_row` (TrainConfig.as_row()) can continue it on `device`.
+
+    ValueError naming --resume when the settings differ (each difference as 'key saved (here now)') or
+    when the checkpoint was made on another kind of device: its shuffling generator's state (CPU:
+    Mersenne twister, CUDA: Philox seed and offset) cannot be restored there, so the run could not
+    continue bit for bit.
+    """
+    state = read_checkpoint(path)
+    saved = state["config"]
+    mismatched = [k for k in RESUME_KEYS if str(saved.get(k, "")) != str(config_row.get(k, ""))]
+    if mismatched:
+        details = ", ".join(f"{k} {_shown(saved.get(k))} (here {_shown(config_row.get(k))})" for k in mismatched)
+        raise ValueError(f"--resume {path} was trained with other settings: {details}; "
+                         "pass the checkpoint's settings or start without --resume")
+    saved_device = state.get("device") or _generator_device(state["generator"])
+    fresh = torch.Generator(device).get_state()
+    if saved_device != device.type or state["generator"].numel() != fresh.numel():
+        raise ValueError(f"--resume {path} was saved on {saved_device}, this run is on {device.type}: the shuffling "
+                         f"generator cannot be moved between them; resume with --device {saved_device}")
+    return state
+
+
+def _generator_device(generator_state: torch.Tensor) -> str:
+    """Checkpoints without a 'device' entry: a CPU generator's state is far larger than a CUDA one's."""
+    return "cpu" if generator_state.numel() == torch.Generator().get_state().numel() else "cuda"

@@ -1,0 +1,277 @@
+"""Every bad input is one line on stderr and exit code 2, before any data is read where a flag is at
+fault; failures leave nothing behind; and the small things a user trips over (file modes, lock files,
+--help, abbreviations, --device cuda:N)."""
+import os
+import re
+import shutil
+import stat
+import sys
+from urllib.error import URLError
+
+import pytest
+import torch
+
+import plot_embeddings
+import sweep_margins
+import train_cifar10
+import train_mnist
+from common.checkpoints import read_checkpoint
+from common.results import append_row, read_rows
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+import throughput  # noqa: E402
+
+TINY = ["--widths", "8-16-8", "--latent-dim", "8", "--epochs", "1", "--batch-size", "12", "--device", "cpu",
+        "--no-progress", "--no-download"]
+SCRIPTS = {"mnist": (train_mnist, "gray_folder"), "cifar10": (train_cifar10, "rgb_folder")}
+
+
+def one_line_exit_2(main, argv, capsys) -> str:
+    """Run main(argv); assert it exits with 2 and one line on stderr; return that line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2, err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def no_data_reads(monkeypatch):
+    for script in (train_mnist, train_cifar10):
+        monkeypatch.setattr(script, "load_data", lambda config: pytest.fail("data was read before validation"))
+
+
+def copy_folder(folder, tmp_path):
+    target = tmp_path / "data"
+    shutil.copytree(folder, target)
+    return target
+
+
+# --- where results go ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_unwritable_out_or_checkpoint_is_refused_before_training(name, tmp_path, capsys, monkeypatch):
+    script = SCRIPTS[name][0]
+    no_data_reads(monkeypatch)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    cases = [(["--out", str(a_file / "r.csv")], "--out"), (["--out", str(tmp_path)], "--out"),
+             (["--checkpoint", str(a_file / "deeper" / "c.pt")], "--checkpoint")]
+    if os.path.isdir("/proc/self"):  # Linux: a folder where no file can be created, even by root
+        cases.append((["--out", "/proc/x.csv"], "--out"))
+    for flags, flag in cases:
+        err = one_line_exit_2(script.main, [*TINY, "--data-root", str(tmp_path), *flags], capsys)
+        assert flag in err and "cannot be written" in err or "is a folder" in err, err
+    assert sorted(os.listdir(tmp_path)) == ["file.txt"]  # the probe left nothing
+
+
+def test_other_scripts_check_their_output_paths_up_front(tmp_path, capsys):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    err = one_line_exit_2(sweep_margins.main, ["--out", str(a_file / "s.csv"), "--data-root", str(tmp_path), *TINY[:-2]],
+                          capsys)
+    assert "--out" in err and "is a file" in err
+    err = one_line_exit_2(plot_embeddings.main, ["--results", str(a_file), "--out-dir", str(a_file / "plots")], capsys)
+    assert "--out-dir" in err
+    err = one_line_exit_2(throughput.main, ["--out", str(a_file / "b.json"), "--device", "cpu"], capsys)
+    assert "--out" in err
+
+
+# --- broken image folders --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_truncated_image_is_named(name, tmp_path, capsys, request):
+    script, fixture = SCRIPTS[name]
+    data = copy_folder(request.getfixturevalue(fixture), tmp_path)
+    broken = data / "train" / "class1" / "005.png"
+    broken.write_bytes(broken.read_bytes()[:60])  # header only: decoding fails
+    err = one_line_exit_2(script.main, [*TINY, "--data-root", str(data), "--out", str(tmp_path / "r.csv")], capsys)
+    assert str(broken) in err and "cannot read image" in err
+
+
+def test_an_empty_class_folder_and_a_class_without_test_images_are_named(gray_folder, tmp_path, capsys):
+    data = copy_folder(gray_folder, tmp_path)
+    (data / "train" / "class9").mkdir()
+    flags = [*TINY, "--data-root", str(data), "--out", str(tmp_path / "r.csv")]
+    err = one_line_exit_2(train_mnist.main, flags, capsys)
+    assert "class 'class9'" in err and "has no images" in err and str(data / "train" / "class9") in err
+    (data / "train" / "class9").rmdir()
+    shutil.rmtree(data / "test" / "class2")
+    err = one_line_exit_2(train_mnist.main, flags, capsys)
+    assert "class 'class2'" in err and "is missing" in err and str(data / "test" / "class2") in err
+
+
+# --- datasets that are not there ---------------------------------------------------------------------------
+
+@pytest.fixture
+def failing_download(monkeypatch):
+    """The MNIST download as it fails offline: torchvision makes MNIST/raw, then every mirror fails."""
+    import torchvision.datasets.mnist as mnist
+
+    def offline(url, download_root, **kwargs):
+        os.makedirs(download_root, exist_ok=True)
+        with open(os.path.join(download_root, kwargs.get("filename") or "partial"), "wb") as handle:
+            handle.write(b"\x1f\x8b")  # the start of a download cut short
+        raise URLError("no network")
+
+    monkeypatch.setattr(mnist, "download_and_extract_archive", offline)
+
+
+def test_a_failed_download_leaves_nothing_behind(tmp_path, capsys, failing_download):
+    root = tmp_path / "new" / "data"
+    err = one_line_exit_2(train_mnist.main, [*TINY[:-1], "--data-root", str(root), "--out", str(tmp_path / "r.csv")],
+                          capsys)
+    assert "download failed" in err and os.listdir(tmp_path) == []
+    existing = tmp_path / "kept"
+    (existing / "other").mkdir(parents=True)
+    one_line_exit_2(train_mnist.main, [*TINY[:-1], "--data-root", str(existing), "--out", str(tmp_path / "r.csv")], capsys)
+    assert os.listdir(existing) == ["other"]  # what was there stays, what the download made goes
+
+
+def test_sweep_with_a_missing_dataset_is_one_line(tmp_path, capsys, failing_download):
+    err = one_line_exit_2(sweep_margins.main, ["--m2", "0.5", "--data-root", str(tmp_path / "nonexistent"),
+                                               "--out", str(tmp_path / "s.csv"), *TINY[:-2]], capsys)
+    assert "MNIST not found" in err and not (tmp_path / "nonexistent").exists() and not (tmp_path / "s.csv").exists()
+
+
+# --- --resume --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content", [b"", b"epoch,loss\n1,0.5\n", b"PK\x03\x04 not really a zip"])
+def test_resume_of_a_file_that_is_not_a_checkpoint(content, tmp_path, capsys, monkeypatch):
+    no_data_reads(monkeypatch)
+    bogus = tmp_path / "notes.pt"
+    bogus.write_bytes(content)
+    err = one_line_exit_2(train_mnist.main, [*TINY, "--resume", str(bogus), "--out", str(tmp_path / "r.csv")], capsys)
+    assert f"--resume {bogus} is not a checkpoint written by --checkpoint" in err
+
+
+def test_resume_of_a_dict_that_is_not_a_checkpoint(tmp_path, capsys, monkeypatch):
+    no_data_reads(monkeypatch)
+    path = tmp_path / "weights.pt"
+    torch.save({"net": {}}, path)
+    err = one_line_exit_2(train_mnist.main, [*TINY, "--resume", str(path), "--out", str(tmp_path / "r.csv")], capsys)
+    assert "is not a checkpoint written by --checkpoint (no 'head' entry)" in err
+
+
+@pytest.fixture
+def checkpoint(gray_folder, tmp_path):
+    path = tmp_path / "run.pt"
+    train_mnist.main([*TINY, "--data-root", gray_folder, "--out", str(tmp_path / "r.csv"), "--checkpoint", str(path)])
+    return path
+
+
+def test_resume_of_a_checkpoint_from_another_device_is_refused(checkpoint, tmp_path, capsys, monkeypatch):
+    state = torch.load(checkpoint, weights_only=True)
+    state.update(device="cuda", generator=torch.zeros(16, dtype=torch.uint8))  # a CUDA Philox state
+    torch.save(state, tmp_path / "cuda.pt")
+    no_data_reads(monkeypatch)
+    err = one_line_exit_2(train_mnist.main, [*TINY, "--resume", str(tmp_path / "cuda.pt"), "--out", str(tmp_path / "r.csv")],
+                          capsys)
+    assert "was saved on cuda, this run is on cpu" in err and "--device cuda" in err
+    del state["device"]  # an older checkpoint: the generator state alone tells
+    torch.save(state, tmp_path / "old.pt")
+    err = one_line_exit_2(train_mnist.main, [*TINY, "--resume", str(tmp_path / "old.pt"), "--out", str(tmp_path / "r.csv")],
+                          capsys)
+    assert "was saved on cuda" in err
+
+
+def test_checkpoints_load_without_unpickling_code(checkpoint):
+    state = read_checkpoint(str(checkpoint))  # torch.load(weights_only=True) inside
+    assert state["epoch"] == 1 and state["device"] == "cpu" and state["run_id"]
+
+
+def test_resuming_a_finished_run_adds_no_second_row(checkpoint, gray_folder, tmp_path, capsys):
+    out = tmp_path / "r.csv"
+    first = read_rows(str(out))
+    assert len(first) == 1
+    row = train_mnist.main([*TINY, "--data-root", gray_folder, "--out", str(out), "--resume", str(checkpoint)])
+    assert len(read_rows(str(out))) == 1 and row["run_id"] == first[0]["run_id"]
+    assert "already has its row" in capsys.readouterr().out
+
+
+# --- flags ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("main, argv", [
+    (train_mnist.main, ["--epoch", "1"]), (train_cifar10.main, ["--lat", "8"]),
+    (sweep_margins.main, ["--seed", "3", "--dry-run"]), (plot_embeddings.main, ["--result", "x.csv"]),
+    (throughput.main, ["--step", "1"]),
+])
+def test_abbreviated_flags_are_refused(main, argv, capsys, monkeypatch):
+    no_data_reads(monkeypatch)
+    err = one_line_exit_2(main, argv, capsys)
+    assert "unrecognized arguments" in err and argv[0] in err
+
+
+@pytest.mark.parametrize("parser", [
+    lambda: train_mnist_parser(), lambda: sweep_margins.build_parser(), lambda: plot_embeddings.build_parser(),
+    lambda: throughput.build_parser(),
+])
+def test_help_shows_defaults_as_a_user_types_them(parser):
+    text = " ".join(parser().format_help().split())  # unwrap argparse's line breaks
+    assert "(default: True)" not in text and "(default: False)" not in text and "(default: None)" not in text
+    assert "(default: (" not in text and "(default: [" not in text and "(default: )" not in text
+    assert not re.search(r"\(default:[^)]*\) \(default:", text), text  # never two defaults in a row
+
+
+def train_mnist_parser():
+    from common.config import build_parser
+
+    return build_parser("train_mnist.py", train_mnist.DEFAULTS, "")
+
+
+def test_help_of_the_scripts_names_typed_values():
+    text = " ".join(train_mnist_parser().format_help().split())
+    assert "e.g. 64-256-64 (default: 64-256-64)" in text and "fail if the data is missing (default: off)" in text
+    assert "no tqdm progress bars (default: off)" in text
+    sweep = " ".join(sweep_margins.build_parser().format_help().split())
+    assert "(a job-array index) (default: 0/1)" in sweep and "each setting runs once per seed (default: 0)" in sweep
+
+
+def test_device_accepts_cuda_with_an_index(capsys, monkeypatch):
+    no_data_reads(monkeypatch)
+    if not torch.cuda.is_available():
+        err = one_line_exit_2(train_mnist.main, ["--device", "cuda:1"], capsys)
+        assert "--device cuda:1: CUDA is not available" in err
+    err = one_line_exit_2(train_mnist.main, ["--device", "cuda:one"], capsys)
+    assert "expected auto, cpu, cuda, cuda:N or mps" in err
+
+
+# --- result files -----------------------------------------------------------------------------------------------
+
+def test_result_csvs_get_the_usual_mode_and_leave_no_lock_file(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "r.csv"
+        append_row(str(path), {"a": 1})
+        append_row(str(path), {"a": 2, "b": 3})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    assert os.listdir(tmp_path) == ["r.csv"] and [r["a"] for r in read_rows(str(path))] == ["1", "2"]
+    os.chmod(path, 0o664)
+    append_row(str(path), {"a": 4})
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o664  # an existing file keeps its mode
+
+
+def test_parallel_appends_keep_every_row(tmp_path):
+    """Processes appending to one CSV while the lock file comes and goes: no row is lost."""
+    import multiprocessing
+
+    path = str(tmp_path / "r.csv")
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        pool.starmap(append_row, [(path, {"i": i}) for i in range(40)])
+    assert sorted(int(r["i"]) for r in read_rows(path)) == list(range(40)) and os.listdir(tmp_path) == ["r.csv"]
+
+
+def test_plot_and_benchmark_with_a_missing_dataset_are_one_line(tmp_path, capsys, failing_download):
+    missing = str(tmp_path / "nowhere")
+    err = one_line_exit_2(plot_embeddings.main, ["--train", "--losses", "softmax", "--data-root", missing, "--device", "cpu",
+                                                 "--checkpoint-dir", str(tmp_path / "ckpt"), "--out-dir", str(tmp_path / "out"),
+                                                 "--no-progress"], capsys)
+    assert "MNIST not found" in err and not os.path.exists(missing)
+    err = one_line_exit_2(throughput.main, ["--datasets", "mnist", "--mnist-root", missing, "--device", "cpu",
+                                            "--out", str(tmp_path / "b.json")], capsys)
+    assert "MNIST not found" in err
