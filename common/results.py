@@ -15,11 +15,21 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def git_commit() -> str:
-    """Commit of this checkout, with '-dirty' for uncommitted changes; 'unknown' outside git."""
+    """Commit of this checkout, with '-dirty' when tracked code differs from it; 'unknown' outside git.
+
+    Changes under results/ and to Markdown files do not count as dirty: a sweep appending its own
+    rows, or a README being edited, leaves the code that runs unchanged.
+    """
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=REPO_ROOT,
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
+        head = git("rev-parse", "--short=12", "HEAD")
+        if head.returncode != 0 or not head.stdout.strip():
+            return "unknown"
+        code_changes = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                           ":(top,exclude)results", ":(top,exclude,glob)**/*.md")
+        return head.stdout.strip() + ("-dirty" if code_changes.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

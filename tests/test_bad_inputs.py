@@ -275,3 +275,39 @@ def test_plot_and_benchmark_with_a_missing_dataset_are_one_line(tmp_path, capsys
     err = one_line_exit_2(throughput.main, ["--datasets", "mnist", "--mnist-root", missing, "--device", "cpu",
                                             "--out", str(tmp_path / "b.json")], capsys)
     assert "MNIST not found" in err
+
+
+def test_git_commit_is_dirty_only_when_code_changed(tmp_path, monkeypatch):
+    import subprocess
+
+    import common.results as results
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "docs").mkdir()
+    for name, text in (("code.py", "x = 1\n"), ("README.md", "# r\n"), ("docs/notes.md", "n\n"),
+                       ("results/r.csv", "a\n1\n")):
+        (tmp_path / name).write_text(text)
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "first")
+    monkeypatch.setattr(results, "REPO_ROOT", str(tmp_path))
+    clean = results.git_commit()
+    assert len(clean) == 12 and not clean.endswith("-dirty")
+    (tmp_path / "README.md").write_text("# edited\n")
+    (tmp_path / "docs" / "notes.md").write_text("edited\n")
+    (tmp_path / "results" / "r.csv").write_text("a\n1\n2\n")
+    assert results.git_commit() == clean  # rows and prose written meanwhile: the code is the commit's
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert results.git_commit() == clean + "-dirty"
+    monkeypatch.setattr(results, "REPO_ROOT", str(tmp_path / "results"))  # any folder of the checkout
+    assert results.git_commit() == clean + "-dirty"
+    (tmp_path / "code.py").write_text("x = 1\n")
+    assert results.git_commit() == clean
+    outside = tmp_path.parent / "not-a-repo"
+    outside.mkdir(exist_ok=True)
+    monkeypatch.setattr(results, "REPO_ROOT", str(outside))
+    assert results.git_commit() == "unknown" or not results.git_commit().endswith("-dirty")
