@@ -30,8 +30,9 @@ def read_checkpoint(path: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any file torch cannot read back (text, truncated, foreign pickle)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"--resume {path} is not a checkpoint written by --checkpoint ({reason[:120]})") from None
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = type(exc).__name__ + (f": {first_line}" if first_line and len(first_line) <= 80 else "")
+        raise ValueError(f"--resume {path} is not a checkpoint written by --checkpoint ({reason})") from None
     missing = [k for k in REQUIRED if not isinstance(state, dict) or k not in state]
     if missing:
         raise ValueError(f"--resume {path} is not a checkpoint written by --checkpoint (no {missing[0]!r} entry)")
