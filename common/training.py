@@ -84,6 +84,33 @@ def net_forward(net: nn.Module, images: torch.Tensor, amp: bool) -> torch.Tensor
         return net(images)
 
 
+def training_flops_per_image(net: nn.Module, head: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                             amp: bool) -> float:
+    """FLOPs of one training step (forward and backward through backbone and head) per image, as
+    torch.utils.flop_counter counts them (matrix products and convolutions) on this batch.
+
+    Counted on deep copies, so the models' weights, gradients and BatchNorm statistics are left as
+    they were, and no random number is drawn: counting never changes a run. images: normalised
+    (B, C, H, W); FLOPs are linear in B, so any batch size gives the same per-image count.
+    """
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net, head = copy.deepcopy(net).train(), copy.deepcopy(head).train()
+    with FlopCounterMode(display=False) as counter:
+        head.loss(as_float(net_forward(net, images, amp)), labels).backward()
+    return counter.get_total_flops() / len(labels)
+
+
+def count_training_tflop(config: TrainConfig, net: nn.Module, head: nn.Module, data: ImageData, normalize) -> float:
+    """TFLOP of the whole run's training: FLOPs per image, counted on the first batch of the training
+    set (unaugmented: cropping and flipping do not change the count), times images per epoch, times epochs."""
+    images = normalize(data.train_x[:config.batch_size])
+    per_image = training_flops_per_image(net, head, images, data.train_y[:config.batch_size], config.amp)
+    return per_image * len(data.train_y) * config.epochs / 1e12
+
+
 @torch.no_grad()
 def evaluate(net: nn.Module, head: nn.Module, data: ImageData, normalize, amp: bool) -> tuple[dict, torch.Tensor]:
     """Test-set metrics and (C, C) confusion matrix. A triplet head's centres are refitted first."""
@@ -138,6 +165,7 @@ def write_results(config: TrainConfig, setup: "RunSetup", metrics: dict, confusi
     row = {**config.as_row(), "test_acc": metrics["accuracy"], "test_precision": metrics["precision"],
            "test_recall": metrics["recall"], "test_f1": metrics["f1"],
            "per_class_recall": ";".join(f"{r:.4f}" for r in metrics["per_class_recall"]), **columns,
+           "train_tflop": setup.train_tflop,
            "train_seconds": round(train_seconds, 2), "seconds_per_epoch": round(train_seconds / config.epochs, 2),
            "device": device.type, "device_name": device_name(device), **setup.environment, "run_id": rid,
            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -149,7 +177,10 @@ def write_results(config: TrainConfig, setup: "RunSetup", metrics: dict, confusi
               [{"true": name, **{p: int(n) for p, n in zip(classes, counts)}} for name, counts in zip(classes, confusion.tolist())])
     if corrupted:
         write_csv(os.path.join(run_dir, "corruptions.csv"), corrupted)
-    if not append_row(config.out, row, unique="run_id"):
+    if append_row(config.out, row, unique="run_id"):
+        print(f"{config.dataset} {config.loss}: test acc {metrics['accuracy']:.4f}, macro F1 {metrics['f1']:.4f}, "
+              f"{setup.train_tflop:.3g} TFLOP and {train_seconds:.0f} s to train; row appended to {config.out}", flush=True)
+    else:
         print(f"run {rid} already has its row in {config.out}: not appended again")
     return row
 
@@ -240,6 +271,7 @@ class RunSetup:
     environment: dict  # versions and git commit, read when the run starts
     open_set: tuple[torch.Tensor, torch.Tensor]  # held-out classes' test images and labels (empty without --holdout-classes)
     run_id: str  # names the row and its folder; kept across --resume
+    train_tflop: float  # the whole run's training compute (count_training_tflop)
 
 
 def build_model(config: TrainConfig, in_channels: int, num_classes: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
@@ -274,5 +306,7 @@ def prepare_run(config: TrainConfig, load_data, in_channels: int, mean: tuple, s
     optimizer, scheduler = make_optimizer(config, [net, head], steps * config.epochs)
     generator = torch.Generator(device).manual_seed(config.seed)
     first_epoch, history, train_seconds, rid = load_resume_state(config, net, head, optimizer, scheduler, generator)
-    return RunSetup(device, data, Normalize(mean, std, device), net, head, optimizer, scheduler, generator, steps,
-                    first_epoch, history, train_seconds, environment_info(), open_set, rid)
+    normalize = Normalize(mean, std, device)
+    tflop = count_training_tflop(config, net, head, data, normalize)
+    return RunSetup(device, data, normalize, net, head, optimizer, scheduler, generator, steps,
+                    first_epoch, history, train_seconds, environment_info(), open_set, rid, tflop)

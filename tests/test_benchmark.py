@@ -9,7 +9,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import throughput  # noqa: E402
 
 FIELDS = ["recipe_images_per_s", "fast_images_per_s", "speedup", "recipe_epoch_s", "fast_epoch_s",
-          "train_gflop_per_image", "fast_tflops", "fast_fraction_of_fp32_peak", "fast_fraction_of_bf16_peak"]
+          "train_gflop_per_image", "fast_tflops", "fast_fraction_of_fp32_peak", "fast_fraction_of_bf16_peak",
+          "run_tflop", "recipe_run_s", "fast_run_s"]
 
 
 def test_throughput_reports_both_recipes_for_both_datasets(tmp_path):
@@ -21,6 +22,8 @@ def test_throughput_reports_both_recipes_for_both_datasets(tmp_path):
     for row in saved["runs"]:
         assert all(row[f] > 0 for f in FIELDS), row
         assert row["speedup"] == pytest.approx(row["fast_images_per_s"] / row["recipe_images_per_s"])
+        images = {"mnist": 60000, "cifar10": 50000}[row["dataset"]]
+        assert row["run_tflop"] == pytest.approx(row["train_gflop_per_image"] * images * row["run_epochs"] / 1e3)
     # the report's 64-256-64 net: ~37M multiply-adds forward per MNIST image, x3 for forward + backward
     assert 0.15 < saved["runs"][0]["train_gflop_per_image"] < 0.3
     assert saved["fp32_matmul_tflops"] > 0 and saved["bf16_matmul_tflops"] > 0 and result["amp"] in (True, False)
@@ -42,3 +45,25 @@ def test_bad_flags_exit_2(flags, capsys):
     with pytest.raises(SystemExit) as exit_info:
         throughput.main(flags)
     assert exit_info.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_training_flops_are_counted_without_touching_the_model():
+    import torch
+
+    from common import ArcNet, Network
+    from common.training import training_flops_per_image
+
+    torch.manual_seed(0)
+    net, head = Network(1, 8, (4, 8), 1), ArcNet(8, 3)
+    before = {k: v.clone() for k, v in [*net.state_dict().items(), *head.state_dict().items()]}
+    images, labels = torch.randn(8, 1, 12, 12), torch.randint(0, 3, (8,))
+    per_image = training_flops_per_image(net, head, images, labels, amp=False)
+    after = [*net.state_dict().items(), *head.state_dict().items()]
+    assert all(torch.equal(before[k], v) for k, v in after)  # BatchNorm statistics included
+    assert all(p.grad is None for p in [*net.parameters(), *head.parameters()])
+    assert training_flops_per_image(net, head, images[:4], labels[:4], amp=False) == pytest.approx(per_image)
+    # by hand: conv 1->4 (3x3, 12x12), conv 4->8 (3x3, 6x6), linear 8->8, cosines 8x3; forward 2 FLOPs per
+    # multiply-add, backward twice that except the first conv (no gradient for the images)
+    conv1, conv2 = 2 * 1 * 4 * 9 * 144, 2 * 4 * 8 * 9 * 36
+    linear, cosines = 2 * 8 * 8, 2 * 8 * 3
+    assert per_image == pytest.approx(conv1 * 2 + (conv2 + linear + cosines) * 3)

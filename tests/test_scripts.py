@@ -45,6 +45,14 @@ def test_scripts_train_and_write_results(name, loss, tmp_path, request):
     assert len(confusion) == 3 and sum(int(v) for r in confusion for k, v in r.items() if k != "true") == 12
 
 
+def test_every_run_records_its_training_compute(rgb_folder, tmp_path, capsys):
+    one = train(train_cifar10, rgb_folder, tmp_path / "r.csv", "--epochs", "1")
+    two = train(train_cifar10, rgb_folder, tmp_path / "r.csv", "--epochs", "2")
+    assert one["train_tflop"] > 0 and two["train_tflop"] == pytest.approx(2 * one["train_tflop"], rel=1e-3)
+    assert [float(r["train_tflop"]) for r in read_rows(str(tmp_path / "r.csv"))] == [one["train_tflop"], two["train_tflop"]]
+    assert f"{two['train_tflop']:.3g} TFLOP and" in capsys.readouterr().out
+
+
 def test_the_tiny_task_is_learned(gray_folder, tmp_path):
     row = train(train_mnist, gray_folder, tmp_path / "r.csv", "--epochs", "12", "--lr", "0.2", "--loss", "softmax")
     assert row["test_acc"] >= 0.75  # 3 classes: chance is 0.33
@@ -106,7 +114,8 @@ def test_nan_loss_stops_names_epoch_and_step_keeps_checkpoint_writes_no_row(gray
     def loss_that_diverges_in_epoch_two(self, embeddings, labels):
         calls["n"] += 1
         value = real_loss(self, embeddings, labels)
-        return value * float("nan") if calls["n"] == 8 else value  # 6 steps per epoch: epoch 2, step 2
+        # call 1 counts the training FLOPs (on a copy) at set-up; then 6 steps per epoch: epoch 2, step 2
+        return value * float("nan") if calls["n"] == 9 else value
 
     monkeypatch.setattr(ArcNet, "loss", loss_that_diverges_in_epoch_two)
     ckpt, out = tmp_path / "run.pt", tmp_path / "r.csv"
