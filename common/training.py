@@ -17,7 +17,7 @@ from torch import nn
 from .checkpoints import check_resume, save_checkpoint
 from .config import TrainConfig, fail, parse_config
 from .data import DataError, ImageData, Normalize
-from .device import autocast, configure_backends, cpu_has_fast_bf16, device_name, pick_device
+from .device import autocast, configure_backends, device_name, has_native_bf16, pick_device
 from .evaluation import (VERIFY_MAX_IMAGES, corruption_accuracy, corruption_columns, open_set_metrics, subsample,
                          tail_recall)
 from .heads import CentroidHead, build_head
@@ -213,8 +213,9 @@ def load_resume_state(config: TrainConfig, net: nn.Module, head: nn.Module, opti
 
 
 def warn_if_slow_amp(config: TrainConfig, device: torch.device) -> None:
-    if config.amp and device.type == "cpu" and not cpu_has_fast_bf16():
-        print("warning: --amp on a CPU without AVX512-BF16/AMX: bfloat16 is emulated and much slower than float32")
+    if config.amp and device.type in ("cpu", "cuda") and not has_native_bf16(device):
+        what = "a CPU without AVX512-BF16/AMX" if device.type == "cpu" else "a GPU older than Ampere"
+        print(f"warning: --amp on {what}: bfloat16 is emulated and much slower than float32")
 
 
 def cli_main(run, defaults: TrainConfig, prog: str, description: str, argv: list[str] | None = None) -> dict:
