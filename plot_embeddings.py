@@ -22,9 +22,9 @@ from common import ArcNet, CentroidHead, Network, Normalize, TrainConfig
 from common.config import OneLineErrorParser
 from common.device import device_flag
 from common.geometry import angles_to_centres, angular_statistics, target_and_nearest_other, to_sphere_3d
-from common.results import check_writable, read_rows, write_csv
 from common.checkpoints import read_checkpoint
 from common.data import DataError
+from common.results import check_writable, read_rows, write_csv
 from common.training import DivergedError, build_model, embed, load_checkpoint
 
 SCRIPTS = {"mnist": train_mnist, "cifar10": train_cifar10}
@@ -263,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     # At the 128-D learning rate (0.05) the 3-D ArcFace, normalised-softmax and triplet models collapsed;
     # likely cause: a 3-D embedding has a small norm and the gradient through L2 normalisation scales as 1/norm.
     p.add_argument("--lr", type=float, default=0.005, help="peak learning rate that --train uses")
-    p.add_argument("--max-train-samples", type=int, default=None, help="--train trains on N images: a random subset fixed by --seed that keeps every class's share "
+    p.add_argument("--max-train-samples", type=int, default=None,
+                   help="--train trains on N images: a random subset fixed by --seed that keeps every class's share "
                         "(default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed that --train uses")
     p.add_argument("--checkpoint-dir", default="checkpoints/embeddings", help="where --train keeps its checkpoints")

@@ -34,7 +34,7 @@ from common.heads import LOSSES  # noqa: E402
 from common.data import DataError, ImageData  # noqa: E402
 from common.device import configure_backends, device_flag, device_name, has_native_bf16, synchronize  # noqa: E402
 from common.results import atomic_write_text, check_writable, environment_info  # noqa: E402
-from common.training import as_float, build_model, net_forward, prepare_run, training_flops_per_image  # noqa: E402
+from common.training import as_float, build_model, net_forward, prepare_run  # noqa: E402
 
 SCRIPTS = {"mnist": train_mnist, "cifar10": train_cifar10}
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
@@ -176,8 +176,7 @@ def benchmark_dataset(name: str, data: ImageData, args, device: torch.device, am
     for loss in args.other_losses:
         per_loss[loss] = images_per_second(fast_step_fn(name, data, replace(config, loss=loss))[0], args.batch_size,
                                            device, *timing)
-    images = setup.normalize(setup.data.train_x[:args.batch_size])
-    flops = training_flops_per_image(setup.net, setup.head, images, setup.data.train_y[:args.batch_size], amp)
+    flops = setup.flops_per_image  # counted by prepare_run on the first batch
     epoch_images = {"mnist": 60000, "cifar10": 50000}[name]
     epochs = SCRIPTS[name].DEFAULTS.epochs  # a default run of the training script
     return {"dataset": name, "images": "synthetic" if getattr(args, f"{name}_root") is None else "real",

@@ -30,9 +30,9 @@ from .data import Normalize
 from .heads import ArcNet, margin_target
 from .network import Network
 from .results import environment_info
-from .training import (DivergedError, RunSetup, as_float, build_model, check_finite, count_training_tflop, evaluate,
-                       evaluate_extras, make_optimizer, net_forward, record_epoch, run_id, seed_everything, start_run,
-                       steps_per_epoch, write_results)
+from .training import (DivergedError, RunSetup, as_float, build_model, check_finite, evaluate, evaluate_extras,
+                       first_batch_flops_per_image, make_optimizer, net_forward, record_epoch, run_id, seed_everything,
+                       start_run, steps_per_epoch, write_results)
 
 CHECK_EVERY = 50  # steps between checks for a non-finite loss (one host sync each)
 
@@ -175,14 +175,14 @@ def run_group(configs: list[TrainConfig], script) -> list[dict | DivergedError]:
 
     results = []
     environment = environment_info()
-    tflop = count_training_tflop(base, nets[0], heads[0], data, normalize)  # each model's own, as if alone
+    flops = first_batch_flops_per_image(base, nets[0], heads[0], data, normalize)  # each model's own, as if alone
     for i, config in enumerate(configs):
         if failed[i] is not None:
             results.append(failed[i])
             continue
         net, head = unstack(group_net, group_head, i, nets[i], heads[i])
         setup = RunSetup(device, data, normalize, net, head, optimizer, scheduler, generator, steps, base.epochs,
-                         histories[i], train_seconds / k, environment, open_set, run_id(config), tflop)
+                         histories[i], train_seconds / k, environment, open_set, run_id(config), flops)
         extras = evaluate_extras(config, setup, metrics[i])
         extras[0]["group_size"] = k
         results.append(write_results(config, setup, metrics[i], confusions[i], extras))

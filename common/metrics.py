@@ -10,7 +10,7 @@ def confusion_matrix(targets: torch.Tensor, predictions: torch.Tensor, num_class
     return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes).cpu()
 
 
-def safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+def _safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
     """numerator / denominator elementwise, 0 where the denominator is 0 (scikit-learn's zero_division=0).
 
     The denominator is replaced by 1 only where it is 0, so fractional denominators (precision +
@@ -33,9 +33,9 @@ def classification_metrics(confusion: torch.Tensor) -> dict:
     true_positives = confusion.diag()
     support = confusion.sum(dim=1)  # (C,) test images per true class
     present = support > 0
-    precision = safe_divide(true_positives, confusion.sum(dim=0))
-    recall = safe_divide(true_positives, support)
-    f1 = safe_divide(2 * precision * recall, precision + recall)
+    precision = _safe_divide(true_positives, confusion.sum(dim=0))
+    recall = _safe_divide(true_positives, support)
+    f1 = _safe_divide(2 * precision * recall, precision + recall)
     macro = lambda values: values[present].mean().item() if present.any() else float("nan")  # noqa: E731
     return {
         "accuracy": (true_positives.sum() / confusion.sum().clamp_min(1)).item(),

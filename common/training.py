@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoints import check_resume, save_checkpoint
+from .checkpoints import check_resume, read_checkpoint, save_checkpoint
 from .config import TrainConfig, fail, parse_config
 from .data import DataError, ImageData, Normalize
 from .device import autocast, configure_backends, device_name, has_native_bf16, pick_device
@@ -103,12 +103,12 @@ def training_flops_per_image(net: nn.Module, head: nn.Module, images: torch.Tens
     return counter.get_total_flops() / len(labels)
 
 
-def count_training_tflop(config: TrainConfig, net: nn.Module, head: nn.Module, data: ImageData, normalize) -> float:
-    """TFLOP of the whole run's training: FLOPs per image, counted on the first batch of the training
-    set (unaugmented: cropping and flipping do not change the count), times images per epoch, times epochs."""
+def first_batch_flops_per_image(config: TrainConfig, net: nn.Module, head: nn.Module, data: ImageData,
+                                normalize) -> float:
+    """`training_flops_per_image` on the first training batch, unaugmented (cropping and flipping do not
+    change the count). A run's `train_tflop` is this times images per epoch times epochs."""
     images = normalize(data.train_x[:config.batch_size])
-    per_image = training_flops_per_image(net, head, images, data.train_y[:config.batch_size], config.amp)
-    return per_image * len(data.train_y) * config.epochs / 1e12
+    return training_flops_per_image(net, head, images, data.train_y[:config.batch_size], config.amp)
 
 
 @torch.no_grad()
@@ -162,10 +162,11 @@ def write_results(config: TrainConfig, setup: "RunSetup", metrics: dict, confusi
     columns, corrupted = extras
     history, train_seconds, device, classes = setup.history, setup.train_seconds, setup.device, setup.data.classes
     rid = setup.run_id
+    train_tflop = setup.flops_per_image * len(setup.data.train_y) * config.epochs / 1e12
     row = {**config.as_row(), "test_acc": metrics["accuracy"], "test_precision": metrics["precision"],
            "test_recall": metrics["recall"], "test_f1": metrics["f1"],
            "per_class_recall": ";".join(f"{r:.4f}" for r in metrics["per_class_recall"]), **columns,
-           "train_tflop": setup.train_tflop,
+           "train_tflop": train_tflop,
            "train_seconds": round(train_seconds, 2), "seconds_per_epoch": round(train_seconds / config.epochs, 2),
            "device": device.type, "device_name": device_name(device), **setup.environment, "run_id": rid,
            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -179,7 +180,7 @@ def write_results(config: TrainConfig, setup: "RunSetup", metrics: dict, confusi
         write_csv(os.path.join(run_dir, "corruptions.csv"), corrupted)
     if append_row(config.out, row, unique="run_id"):
         print(f"{config.dataset} {config.loss}: test acc {metrics['accuracy']:.4f}, macro F1 {metrics['f1']:.4f}, "
-              f"{setup.train_tflop:.3g} TFLOP and {train_seconds:.0f} s to train; row appended to {config.out}", flush=True)
+              f"{train_tflop:.3g} TFLOP and {train_seconds:.0f} s to train; row appended to {config.out}", flush=True)
     else:
         print(f"run {rid} already has its row in {config.out}: not appended again")
     return row
@@ -201,7 +202,7 @@ def load_resume_state(config: TrainConfig, net: nn.Module, head: nn.Module, opti
     run id). Without --resume: (0, [], 0.0, a new run id)."""
     if config.resume is None:
         return 0, [], 0.0, run_id(config)
-    state = load_checkpoint(config.resume, config)
+    state = read_checkpoint(config.resume)  # start_run's config.validate() has checked it can be resumed
     net.load_state_dict(state["net"])
     head.load_state_dict(state["head"])
     optimizer.load_state_dict(state["optimizer"])
@@ -272,7 +273,7 @@ class RunSetup:
     environment: dict  # versions and git commit, read when the run starts
     open_set: tuple[torch.Tensor, torch.Tensor]  # held-out classes' test images and labels (empty without --holdout-classes)
     run_id: str  # names the row and its folder; kept across --resume
-    train_tflop: float  # the whole run's training compute (count_training_tflop)
+    flops_per_image: float  # training FLOPs (forward + backward) per image, first_batch_flops_per_image
 
 
 def build_model(config: TrainConfig, in_channels: int, num_classes: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
@@ -308,6 +309,6 @@ def prepare_run(config: TrainConfig, load_data, in_channels: int, mean: tuple, s
     generator = torch.Generator(device).manual_seed(config.seed)
     first_epoch, history, train_seconds, rid = load_resume_state(config, net, head, optimizer, scheduler, generator)
     normalize = Normalize(mean, std, device)
-    tflop = count_training_tflop(config, net, head, data, normalize)
+    flops = first_batch_flops_per_image(config, net, head, data, normalize)
     return RunSetup(device, data, normalize, net, head, optimizer, scheduler, generator, steps,
-                    first_epoch, history, train_seconds, environment_info(), open_set, rid, tflop)
+                    first_epoch, history, train_seconds, environment_info(), open_set, rid, flops)
