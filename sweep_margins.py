@@ -32,7 +32,7 @@ from common.data import DataError, is_image_folder, list_image_folder
 from common.heads import check_margins
 from common.results import append_row, atomic_write_text, environment_info, read_rows, write_csv
 from common.device import pick_device
-from common.grouped import run_group
+from common.grouped import UNGROUPED, run_group
 from common.training import DivergedError
 
 SCRIPTS = {"mnist": train_mnist, "cifar10": train_cifar10}
@@ -132,10 +132,12 @@ def row_key(row: dict) -> tuple:
 # sweep can move folders; what it holds is the user's to keep the same.
 SIGNATURE_KEYS = ("dataset", "epochs", "max_train_samples", "train_subset", "latent_dim", "widths", "convs_per_stage",
                   "batch_size", "lr", "momentum", "weight_decay", "warmup", "triplet_margin", "image_size", "amp",
-                  "corruption_samples", "device")
+                  "corruption_samples", "device", "head_weight_decay", "label_smoothing", "embedding_bn",
+                  "margin_warmup")
 # Values of columns that rows from before the column existed lack (the value they were run with).
 SIGNATURE_DEFAULTS = {"train_subset": "", "momentum": "0.9", "weight_decay": "0.0005", "warmup": "0.2",
-                      "triplet_margin": "0.2", "amp": "False"}
+                      "triplet_margin": "0.2", "amp": "False", "head_weight_decay": "0.0005", "label_smoothing": "0.0",
+                      "embedding_bn": "False", "margin_warmup": "0.0"}
 
 
 def signature(row: dict) -> tuple:
@@ -463,6 +465,13 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+# Training-script flags the sweep passes on when given (default: the script's).
+PASS_THROUGH = ("--data-root", "--max-train-samples", "--device", "--latent-dim", "--widths", "--convs-per-stage",
+                "--batch-size", "--lr", "--weight-decay", "--head-weight-decay", "--label-smoothing", "--margin-warmup",
+                "--imbalance", "--holdout-classes", "--corruption-samples")
+SWITCHES = ("--embedding-bn",)  # on/off flags passed on as --flag / --no-flag when given
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(prog="sweep_margins.py", description=__doc__)
     p.add_argument("--preset", choices=["table1", "claims"], default=None,
@@ -485,9 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="results CSV (default results/sweep/<dataset>.csv); rows already in it are skipped")
     p.add_argument("--summarize", nargs="+", default=None, metavar="CSV",
                    help="train nothing: merge these CSVs into --out and summarise them")
-    for flag in ("--data-root", "--max-train-samples", "--device", "--latent-dim", "--widths", "--convs-per-stage",
-                 "--batch-size", "--lr", "--imbalance", "--holdout-classes", "--corruption-samples"):
+    for flag in PASS_THROUGH:
         p.add_argument(flag, default=None, help=f"passed to the training script's {flag} (default: the script's)")
+    for flag in SWITCHES:
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                       help=f"passed to the training script's {flag} (default: the script's)")
     p.add_argument("--corruptions", action="store_true", help="passed to the training script's --corruptions")
     p.add_argument("--amp", action="store_true", help="passed to the training script's --amp")
     p.add_argument("--dry-run", action="store_true", help="print the jobs this shard would run, and stop")
@@ -500,10 +511,14 @@ def base_config(args):
     epochs = args.epochs if args.epochs is not None else (script.DEFAULTS.epochs if args.preset == "claims" else 20)
     flags = ["--epochs", str(epochs), "--out", args.out] + (["--amp"] if args.amp else [])
     flags += ["--corruptions"] if args.corruptions else []
-    for name in ("data_root", "max_train_samples", "device", "latent_dim", "widths", "convs_per_stage", "batch_size", "lr",
-                 "imbalance", "holdout_classes", "corruption_samples"):
-        if getattr(args, name) is not None:
-            flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    for flag in PASS_THROUGH:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            flags += [flag, str(value)]
+    for flag in SWITCHES:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            flags += [flag if value else f"--no-{flag[2:]}"]
     return parse_config(flags, script.DEFAULTS, "sweep_margins.py", "")
 
 
@@ -532,6 +547,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             except ValueError as exc:
                 parser.error(str(exc))
     base = base_config(args)  # exits 2 on a bad pass-through flag, before any data is read
+    ungrouped = [name for name in UNGROUPED if getattr(base, name)]
+    if args.group_size > 1 and ungrouped:
+        parser.error(f"--group-size > 1 cannot train --{ungrouped[0].replace('_', '-')} (common/grouped.py does not "
+                     "implement it); use --group-size 1")
 
     base_row = {k: "" if v is None else v for k, v in base.as_row().items()}
     scenarios = list(CLAIM_SCENARIOS.values()) if args.preset == "claims" else [scenario_of(base_row)]

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from common import (CIFAR10_MEAN, CIFAR10_STD, TrainConfig, is_image_folder, load_cifar10, load_image_folder,
                     random_crop_flip)
 from common.training import (as_float, check_finite, cli_main, evaluate, evaluate_extras, net_forward, prepare_run,
-                             record_epoch, save_training_state, write_results)
+                             record_epoch, save_training_state, set_margin_ramp, write_results)
 
 # Two convs per stage, widths 64-128-256: the report's conv-BN-ReLU design, deep enough for CIFAR-10.
 DEFAULTS = TrainConfig(dataset="cifar10", widths=(64, 128, 256), convs_per_stage=2, epochs=20, lr=0.05,
@@ -54,6 +54,7 @@ def run(config: TrainConfig) -> dict:
         batches = tqdm(order.split(config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
                        disable=not config.progress, leave=False)
         for step, batch in enumerate(batches):
+            set_margin_ramp(head, config, epoch * steps + step, config.epochs * steps)  # --margin-warmup
             images, labels = normalize(augment(data.train_x[batch], generator)), data.train_y[batch]  # uint8 in
             embeddings = net_forward(net, images, config.amp)  # (B, D), bf16 under --amp
             loss = head.loss(as_float(embeddings), labels)

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from common import MNIST_MEAN, MNIST_STD, TrainConfig, is_image_folder, load_image_folder, load_mnist
 from common.training import (as_float, check_finite, cli_main, evaluate, evaluate_extras, net_forward, prepare_run,
-                             record_epoch, save_training_state, write_results)
+                             record_epoch, save_training_state, set_margin_ramp, write_results)
 
 DEFAULTS = TrainConfig(dataset="mnist", widths=(64, 256, 64), convs_per_stage=1, epochs=5, lr=0.05,
                        image_size=28, out="results/train_mnist.csv")
@@ -49,6 +49,7 @@ def run(config: TrainConfig) -> dict:
         batches = tqdm(order.split(config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
                        disable=not config.progress, leave=False)
         for step, batch in enumerate(batches):
+            set_margin_ramp(head, config, epoch * steps + step, config.epochs * steps)  # --margin-warmup
             images, labels = normalize(augment(data.train_x[batch], generator)), data.train_y[batch]
             embeddings = net_forward(net, images, config.amp)  # (B, D), bf16 under --amp
             loss = head.loss(as_float(embeddings), labels)

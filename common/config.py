@@ -38,6 +38,10 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup: float = 0.2
+    head_weight_decay: float | None = None  # weight decay of the head (class centres); None: --weight-decay
+    label_smoothing: float = 0.0  # of the cross-entropy heads (softmax and the margin losses)
+    embedding_bn: bool = False  # BatchNorm1d on the embedding, as insightface's backbones
+    margin_warmup: float = 0.0  # fraction of the steps over which the margins grow linearly from none to full
     seed: int = 0
     device: str = "auto"
     amp: bool = False
@@ -60,6 +64,10 @@ class TrainConfig:
         defaults = MARGIN_DEFAULTS.get(self.loss, (30.0, 1.0, 0.0, 0.0))
         chosen = (self.s, self.m1, self.m2, self.m3)
         return tuple(float(d if c is None else c) for c, d in zip(chosen, defaults))
+
+    def head_decay(self) -> float:
+        """The head's weight decay: --head-weight-decay, or --weight-decay when that is not given."""
+        return self.weight_decay if self.head_weight_decay is None else self.head_weight_decay
 
     def validate(self) -> None:
         """Raise ValueError naming the offending flag; reads no data."""
@@ -92,6 +100,12 @@ class TrainConfig:
             raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"--warmup must be in [0, 1), got {self.warmup}")
+        if self.head_weight_decay is not None and not 0 <= self.head_weight_decay:
+            raise ValueError(f"--head-weight-decay must be >= 0, got {self.head_weight_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.margin_warmup <= 1:
+            raise ValueError(f"--margin-warmup must be in [0, 1], got {self.margin_warmup}")
         if self.resume is not None and not os.path.isfile(self.resume):
             raise ValueError(f"--resume: no checkpoint file at {self.resume}")
         device = pick_device(self.device)  # raises for an unavailable device
@@ -107,6 +121,7 @@ class TrainConfig:
         margins = self.margins() if self.loss in MARGIN_DEFAULTS else ("",) * 4
         row["s"], row["m1"], row["m2"], row["m3"] = margins
         row["widths"] = "-".join(map(str, self.widths))
+        row["head_weight_decay"] = self.head_decay()
         # how --max-train-samples picks its images; rows and checkpoints from before it was stratified lack it
         row["train_subset"] = "" if self.max_train_samples is None else "stratified"
         return row
@@ -192,6 +207,15 @@ def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse
     p.add_argument("--momentum", type=float, default=d.momentum, help="SGD Nesterov momentum")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD weight decay")
     p.add_argument("--warmup", type=float, default=d.warmup, help="fraction of steps of linear LR warm-up before linear decay to 0")
+    p.add_argument("--head-weight-decay", type=float, default=d.head_weight_decay,
+                   help="weight decay of the head's parameters (the class centres) (default: --weight-decay)")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
+                   help="label smoothing of the cross-entropy losses (softmax and margin heads; not triplet)")
+    p.add_argument("--embedding-bn", action=argparse.BooleanOptionalAction, default=d.embedding_bn,
+                   help="BatchNorm1d on the embedding, as in insightface's backbones")
+    p.add_argument("--margin-warmup", type=float, default=d.margin_warmup,
+                   help="fraction of the training steps over which the margins grow linearly from none to full "
+                        "(0: full margins from the first step)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of initialisation, shuffling and augmentation")
     p.add_argument("--device", default=d.device, type=device_flag,
                    help="auto, cpu, cuda, cuda:N or mps; auto picks cuda, then mps, then cpu")

@@ -114,10 +114,16 @@ class GroupedArcHead(nn.Module):
         return template
 
 
+# Settings the grouped model does not implement; configs using them train alone.
+UNGROUPED = ("embedding_bn", "margin_warmup", "label_smoothing")
+
+
 def groupable(configs: list[TrainConfig]) -> bool:
     """True when the configs differ only in ArcNet margins (and the loss's name): one architecture,
-    data, schedule and seed, and no checkpoint or resume."""
+    data, schedule and seed, no checkpoint or resume, and none of the UNGROUPED settings on."""
     first = configs[0]
+    if any(getattr(first, name) for name in UNGROUPED):
+        return False
     same = [replace(c, loss="arcface", s=None, m1=None, m2=None, m3=None, out=first.out) for c in configs]
     return (all(c.loss not in ("softmax", "triplet") for c in configs) and all(c == same[0] for c in same)
             and first.checkpoint is None and first.resume is None)
@@ -143,7 +149,7 @@ def run_group(configs: list[TrainConfig], script) -> list[dict | DivergedError]:
     group_net = GroupedNetwork(nets).to(device, memory_format=torch.channels_last)
     group_head = GroupedArcHead(heads).to(device)
     steps = steps_per_epoch(len(data.train_y), base.batch_size)
-    optimizer, scheduler = make_optimizer(base, [group_net, group_head], steps * base.epochs)
+    optimizer, scheduler = make_optimizer(base, group_net, group_head, steps * base.epochs)
     generator = torch.Generator(device).manual_seed(base.seed)
     normalize = Normalize(script.MEAN, script.STD, device)
     k = len(configs)

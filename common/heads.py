@@ -66,10 +66,12 @@ class ArcNet(nn.Module):
     """
 
     def __init__(self, in_features: int, num_classes: int, s: float = 30.0,
-                 m1: float = 1.0, m2: float = 0.5, m3: float = 0.0):
+                 m1: float = 1.0, m2: float = 0.5, m3: float = 0.0, label_smoothing: float = 0.0):
         super().__init__()
         check_margins(s, m1, m2, m3)
         self.s, self.m1, self.m2, self.m3 = float(s), float(m1), float(m2), float(m3)
+        self.label_smoothing = float(label_smoothing)
+        self.ramp = 1.0  # margin warm-up: the fraction of the margins applied (set by the training loop)
         self.weight = nn.Parameter(torch.empty(num_classes, in_features))
         nn.init.xavier_uniform_(self.weight)
 
@@ -85,11 +87,16 @@ class ArcNet(nn.Module):
         if labels is None:
             return self.s * cos
         target = labels.view(-1, 1)
-        psi = margin_target(cos.gather(1, target), self.m1, self.m2, self.m3)  # (B, 1)
+        psi = margin_target(cos.gather(1, target), *self.current_margins())  # (B, 1)
         return self.s * cos.scatter(1, target, psi)
 
+    def current_margins(self) -> tuple[float, float, float]:
+        """(m1, m2, m3) scaled by `ramp` in [0, 1]: none at 0 (normalised softmax), all of them at 1."""
+        r = self.ramp
+        return 1.0 + r * (self.m1 - 1.0), r * self.m2, r * self.m3
+
     def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self(embeddings, labels), labels)
+        return F.cross_entropy(self(embeddings, labels), labels, label_smoothing=self.label_smoothing)
 
     def extra_repr(self) -> str:
         return f"s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}"
@@ -110,15 +117,16 @@ def check_margins(s: float, m1: float, m2: float, m3: float) -> None:
 class SoftmaxHead(nn.Module):
     """The 'traditional softmax' baseline: a linear layer with bias and cross-entropy."""
 
-    def __init__(self, in_features: int, num_classes: int):
+    def __init__(self, in_features: int, num_classes: int, label_smoothing: float = 0.0):
         super().__init__()
         self.linear = nn.Linear(in_features, num_classes)
+        self.label_smoothing = float(label_smoothing)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.linear(embeddings)
 
     def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self(embeddings), labels)
+        return F.cross_entropy(self(embeddings), labels, label_smoothing=self.label_smoothing)
 
 
 def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
@@ -171,11 +179,13 @@ class CentroidHead(nn.Module):
 
 
 def build_head(loss: str, latent_dim: int, num_classes: int, s: float = 30.0, m1: float = 1.0,
-               m2: float = 0.5, m3: float = 0.0, triplet_margin: float = 0.2) -> nn.Module:
+               m2: float = 0.5, m3: float = 0.0, triplet_margin: float = 0.2,
+               label_smoothing: float = 0.0) -> nn.Module:
+    """The head of a named loss; label smoothing applies to the cross-entropy heads (not triplet)."""
     if loss == "softmax":
-        return SoftmaxHead(latent_dim, num_classes)
+        return SoftmaxHead(latent_dim, num_classes, label_smoothing)
     if loss == "triplet":
         return CentroidHead(latent_dim, num_classes, triplet_margin)
     if loss in MARGIN_DEFAULTS:
-        return ArcNet(latent_dim, num_classes, s, m1, m2, m3)
+        return ArcNet(latent_dim, num_classes, s, m1, m2, m3, label_smoothing)
     raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")

@@ -23,7 +23,8 @@ class Network(nn.Module):
     `convs_per_stage - 1` more 3x3 convs at the pooled resolution; every conv is followed by
     BatchNorm and ReLU. After the last stage a global average pool, a flatten and a linear
     layer give the embedding. The default (64, 256, 64) with one conv per stage is the
-    report's network; any image size of at least 2**len(widths) pixels works.
+    report's network; any image size of at least 2**len(widths) pixels works. `embedding_bn` adds
+    a BatchNorm1d after the linear layer (off in the report's network).
     """
 
     def __init__(
@@ -32,6 +33,7 @@ class Network(nn.Module):
         latent_dim: int,
         widths: Sequence[int] = (64, 256, 64),
         convs_per_stage: int = 1,
+        embedding_bn: bool = False,
     ):
         super().__init__()
         if in_channels < 1 or latent_dim < 1 or not widths or convs_per_stage < 1:
@@ -47,8 +49,11 @@ class Network(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.embed = nn.Linear(channels, latent_dim)
+        # insightface's backbones end in a BatchNorm on the embedding: it keeps the embedding's scale and
+        # centre fixed, so the normalised heads see well-spread directions from the first step.
+        self.embed_bn = nn.BatchNorm1d(latent_dim) if embedding_bn else nn.Identity()
         self.latent_dim = latent_dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.pool(self.features(images))  # (B, widths[-1], 1, 1)
-        return self.embed(torch.flatten(features, 1))  # (B, latent_dim)
+        return self.embed_bn(self.embed(torch.flatten(features, 1)))  # (B, latent_dim)

@@ -39,11 +39,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(config: TrainConfig, modules: list[nn.Module], total_steps: int):
-    """SGD with Nesterov momentum; LR warms up linearly for `warmup` of the steps, then decays linearly to 0."""
-    params = [p for m in modules for p in m.parameters()]
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                                nesterov=config.momentum > 0, weight_decay=config.weight_decay)
+def make_optimizer(config: TrainConfig, net: nn.Module, head: nn.Module, total_steps: int):
+    """SGD with Nesterov momentum; LR warms up linearly for `warmup` of the steps, then decays linearly to 0.
+    The head's parameters take --head-weight-decay (default: --weight-decay)."""
+    groups = [{"params": list(net.parameters()), "weight_decay": config.weight_decay},
+              {"params": list(head.parameters()), "weight_decay": config.head_decay()}]
+    groups = [g for g in groups if g["params"]]  # a triplet head has no parameters
+    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
     warmup_steps = max(1, round(config.warmup * total_steps))
 
     def factor(step: int) -> float:
@@ -52,6 +54,19 @@ def make_optimizer(config: TrainConfig, modules: list[nn.Module], total_steps: i
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def margin_ramp(config: TrainConfig, step: int, total_steps: int) -> float:
+    """Fraction of the margins applied at optimiser step `step` (0-based) of `total_steps`: grows linearly
+    to 1 over the first --margin-warmup of the steps; 1 throughout without warm-up."""
+    ramp_steps = config.margin_warmup * total_steps
+    return 1.0 if ramp_steps < 1 else min(1.0, (step + 1) / ramp_steps)
+
+
+def set_margin_ramp(head: nn.Module, config: TrainConfig, step: int, total_steps: int) -> None:
+    """Apply `margin_ramp` to a margin head (other heads have no margins)."""
+    if hasattr(head, "ramp"):
+        head.ramp = margin_ramp(config, step, total_steps)
 
 
 def check_finite(losses: torch.Tensor, start: int, stop: int, epoch: int) -> None:
@@ -279,8 +294,9 @@ class RunSetup:
 def build_model(config: TrainConfig, in_channels: int, num_classes: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
     """The backbone (channels-last) and the loss's head that `config` describes, on `device`."""
     s, m1, m2, m3 = config.margins()
-    net = Network(in_channels, config.latent_dim, config.widths, config.convs_per_stage)
-    head = build_head(config.loss, config.latent_dim, num_classes, s, m1, m2, m3, config.triplet_margin)
+    net = Network(in_channels, config.latent_dim, config.widths, config.convs_per_stage, config.embedding_bn)
+    head = build_head(config.loss, config.latent_dim, num_classes, s, m1, m2, m3, config.triplet_margin,
+                      config.label_smoothing)
     return net.to(device, memory_format=torch.channels_last), head.to(device)
 
 
@@ -305,7 +321,7 @@ def prepare_run(config: TrainConfig, load_data, in_channels: int, mean: tuple, s
     device, data, open_set = start_run(config, load_data)
     net, head = build_model(config, in_channels, data.num_classes, device)
     steps = steps_per_epoch(len(data.train_y), config.batch_size)
-    optimizer, scheduler = make_optimizer(config, [net, head], steps * config.epochs)
+    optimizer, scheduler = make_optimizer(config, net, head, steps * config.epochs)
     generator = torch.Generator(device).manual_seed(config.seed)
     first_epoch, history, train_seconds, rid = load_resume_state(config, net, head, optimizer, scheduler, generator)
     normalize = Normalize(mean, std, device)
