@@ -9,32 +9,29 @@ metrics to a results CSV.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 from tqdm import tqdm
 
-from common import (CIFAR10_MEAN, CIFAR10_STD, TrainConfig, is_image_folder, load_cifar10, load_image_folder,
-                    random_crop_flip)
+from common import CIFAR10_MEAN, CIFAR10_STD, TrainConfig, augment, is_image_folder, load_cifar10, load_image_folder
 from common.training import (as_float, check_finite, cli_main, evaluate, evaluate_extras, net_forward, prepare_run,
                              record_epoch, save_training_state, set_margin_ramp, write_results)
 
 # Two convs per stage, widths 64-128-256: the report's conv-BN-ReLU design, deep enough for CIFAR-10.
+# The report's random crop (zero padding 4) and horizontal flip.
 DEFAULTS = TrainConfig(dataset="cifar10", widths=(64, 128, 256), convs_per_stage=2, epochs=20, lr=0.05,
-                       image_size=32, out="results/train_cifar10.csv")
+                       image_size=32, crop_padding=4, flip=True, out="results/train_cifar10.csv")
+# --preset report: the source report's network (64-256-64, one conv per stage), batch 100, crop and flip.
+REPORT = replace(DEFAULTS, preset="report", widths=(64, 256, 64), convs_per_stage=1, batch_size=100)
 IN_CHANNELS, MEAN, STD = 3, CIFAR10_MEAN, CIFAR10_STD  # read by plot_embeddings.py too
 CHECK_EVERY = 50  # steps between checks for a non-finite loss (one host sync each)
-CROP_PADDING = 4  # pixels of zero padding before the random 32x32 crop, as in the report
 
 
 def load_data(config: TrainConfig):
     if is_image_folder(config.data_root):
         return load_image_folder(config.data_root, channels=3, size=config.image_size)
     return load_cifar10(config.data_root, download=config.download)
-
-
-def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The report's random crop (zero padding CROP_PADDING) and horizontal flip, batched on the device."""
-    return random_crop_flip(images, CROP_PADDING, generator)
 
 
 def run(config: TrainConfig) -> dict:
@@ -55,7 +52,8 @@ def run(config: TrainConfig) -> dict:
                        disable=not config.progress, leave=False)
         for step, batch in enumerate(batches):
             set_margin_ramp(head, config, epoch * steps + step, config.epochs * steps)  # --margin-warmup
-            images, labels = normalize(augment(data.train_x[batch], generator)), data.train_y[batch]  # uint8 in
+            images = normalize(augment(data.train_x[batch], config.crop_padding, config.flip, generator))  # uint8 in
+            labels = data.train_y[batch]
             embeddings = net_forward(net, images, config.amp)  # (B, D), bf16 under --amp
             loss = head.loss(as_float(embeddings), labels)
             optimizer.zero_grad(set_to_none=True)
@@ -69,19 +67,19 @@ def run(config: TrainConfig) -> dict:
         check_finite(losses, steps - steps % CHECK_EVERY, steps, epoch)  # the steps after the last full window
         setup.train_seconds += time.perf_counter() - started
 
-        metrics, confusion = evaluate(net, head, data, normalize, config.amp)
+        metrics, confusion = evaluate(net, head, data, normalize, config)
         record_epoch(history, epoch, config.epochs, losses, metrics, scheduler, setup.train_seconds,
                      time.perf_counter() - started)
         save_training_state(config, setup, epoch + 1)
 
     if metrics is None:  # resumed from a checkpoint of the last epoch: nothing was trained
-        metrics, confusion = evaluate(net, head, data, normalize, config.amp)
+        metrics, confusion = evaluate(net, head, data, normalize, config)
     extras = evaluate_extras(config, setup, metrics)  # retrieval; verification, corruptions when asked
     return write_results(config, setup, metrics, confusion, extras)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return cli_main(run, DEFAULTS, "train_cifar10.py", __doc__, argv)
+    return cli_main(run, DEFAULTS, "train_cifar10.py", __doc__, argv, {"report": REPORT})
 
 
 if __name__ == "__main__":

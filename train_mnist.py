@@ -7,16 +7,19 @@ the combined margin, or triplet loss; append the test metrics to a results CSV.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 from tqdm import tqdm
 
-from common import MNIST_MEAN, MNIST_STD, TrainConfig, is_image_folder, load_image_folder, load_mnist
+from common import MNIST_MEAN, MNIST_STD, TrainConfig, augment, is_image_folder, load_image_folder, load_mnist
 from common.training import (as_float, check_finite, cli_main, evaluate, evaluate_extras, net_forward, prepare_run,
                              record_epoch, save_training_state, set_margin_ramp, write_results)
 
 DEFAULTS = TrainConfig(dataset="mnist", widths=(64, 256, 64), convs_per_stage=1, epochs=5, lr=0.05,
                        image_size=28, out="results/train_mnist.csv")
+# --preset report: the source report's network (64-256-64), batch 100, no augmentation.
+REPORT = replace(DEFAULTS, preset="report", widths=(64, 256, 64), convs_per_stage=1, batch_size=100, crop_padding=0)
 IN_CHANNELS, MEAN, STD = 1, MNIST_MEAN, MNIST_STD  # read by plot_embeddings.py too
 CHECK_EVERY = 50  # steps between checks for a non-finite loss (one host sync each)
 
@@ -25,11 +28,6 @@ def load_data(config: TrainConfig):
     if is_image_folder(config.data_root):
         return load_image_folder(config.data_root, channels=1, size=config.image_size)
     return load_mnist(config.data_root, download=config.download)
-
-
-def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """None for MNIST, as in the report: uint8 (B, 1, H, W) returned as is."""
-    return images
 
 
 def run(config: TrainConfig) -> dict:
@@ -50,7 +48,8 @@ def run(config: TrainConfig) -> dict:
                        disable=not config.progress, leave=False)
         for step, batch in enumerate(batches):
             set_margin_ramp(head, config, epoch * steps + step, config.epochs * steps)  # --margin-warmup
-            images, labels = normalize(augment(data.train_x[batch], generator)), data.train_y[batch]
+            images = normalize(augment(data.train_x[batch], config.crop_padding, config.flip, generator))  # uint8 in
+            labels = data.train_y[batch]
             embeddings = net_forward(net, images, config.amp)  # (B, D), bf16 under --amp
             loss = head.loss(as_float(embeddings), labels)
             optimizer.zero_grad(set_to_none=True)
@@ -64,19 +63,19 @@ def run(config: TrainConfig) -> dict:
         check_finite(losses, steps - steps % CHECK_EVERY, steps, epoch)  # the steps after the last full window
         setup.train_seconds += time.perf_counter() - started
 
-        metrics, confusion = evaluate(net, head, data, normalize, config.amp)
+        metrics, confusion = evaluate(net, head, data, normalize, config)
         record_epoch(history, epoch, config.epochs, losses, metrics, scheduler, setup.train_seconds,
                      time.perf_counter() - started)
         save_training_state(config, setup, epoch + 1)
 
     if metrics is None:  # resumed from a checkpoint of the last epoch: nothing was trained
-        metrics, confusion = evaluate(net, head, data, normalize, config.amp)
+        metrics, confusion = evaluate(net, head, data, normalize, config)
     extras = evaluate_extras(config, setup, metrics)  # retrieval; verification, corruptions when asked
     return write_results(config, setup, metrics, confusion, extras)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return cli_main(run, DEFAULTS, "train_mnist.py", __doc__, argv)
+    return cli_main(run, DEFAULTS, "train_mnist.py", __doc__, argv, {"report": REPORT})
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import train_cifar10  # noqa: E402
 import train_mnist  # noqa: E402
 from common.config import OneLineErrorParser  # noqa: E402
 from common.heads import LOSSES  # noqa: E402
-from common.data import DataError, ImageData  # noqa: E402
+from common.data import DataError, ImageData, augment  # noqa: E402
 from common.device import configure_backends, device_flag, device_name, has_native_bf16, synchronize  # noqa: E402
 from common.results import atomic_write_text, check_writable, environment_info  # noqa: E402
 from common.training import as_float, build_model, net_forward, prepare_run  # noqa: E402
@@ -116,7 +116,8 @@ def fast_step_fn(name: str, data: ImageData, config):
             state["order"] = list(torch.randperm(len(train_y), generator=generator, device=setup.device)
                                   .split(config.batch_size)[:-1])  # full batches only, as (a) drops the last
         batch = state["order"].pop()
-        embeddings = net_forward(net, normalize(script.augment(train_x[batch], generator)), config.amp)
+        images = normalize(augment(train_x[batch], config.crop_padding, config.flip, generator))
+        embeddings = net_forward(net, images, config.amp)
         loss = head.loss(as_float(embeddings), train_y[batch])
         setup.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -189,6 +190,26 @@ def benchmark_dataset(name: str, data: ImageData, args, device: torch.device, am
             "recipe_tflops": flops * recipe_rate / 1e12, "images_per_s_by_loss": per_loss}
 
 
+def compare_presets(name: str, data: ImageData, args, device: torch.device, amp: bool) -> list[dict]:
+    """The old recipe (--preset report) and the new (the script's defaults), each with its own network, batch
+    size and epochs: training FLOPs per run, and time per run from (b)'s measured rate on this machine
+    (training steps only; evaluation left out)."""
+    script = SCRIPTS[name]
+    epoch_images = {"mnist": 60000, "cifar10": 50000}[name]
+    rows = []
+    for preset, defaults in (("report", script.REPORT), ("default", script.DEFAULTS)):
+        config = replace(defaults, device=str(device), amp=amp, progress=False, threads=args.threads, epochs=1)
+        step, setup = fast_step_fn(name, data, config)
+        rate = images_per_second(step, config.batch_size, device, args.warmup, args.steps, args.repeats)
+        flops = setup.flops_per_image
+        rows.append({"dataset": name, "preset": preset, "widths": "-".join(map(str, config.widths)),
+                     "convs_per_stage": config.convs_per_stage, "batch_size": config.batch_size,
+                     "epochs": defaults.epochs, "amp": amp, "train_gflop_per_image": flops / 1e9,
+                     "run_tflop": flops * epoch_images * defaults.epochs / 1e12, "images_per_s": rate,
+                     "run_s": defaults.epochs * epoch_images / rate})
+    return rows
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(prog="throughput.py", description=__doc__)
     p.add_argument("--datasets", nargs="+", choices=sorted(SCRIPTS), default=["mnist", "cifar10"], help="which to time")
@@ -250,6 +271,11 @@ def main(argv: list[str] | None = None) -> dict:
         rates = row["images_per_s_by_loss"]
         print(f"{name}: (b) by loss: " + ", ".join(f"{loss} {rate:.0f} img/s ({rate / rates['arcface']:.2f}x ArcFace)"
                                                  for loss, rate in rates.items()), flush=True)
+        row["presets"] = compare_presets(name, datasets[name], args, device, amp)
+        print(f"{name}: per training run, " + "; ".join(
+            f"--preset {p['preset']} ({p['widths']} x{p['convs_per_stage']}, batch {p['batch_size']}, "
+            f"{p['epochs']} epochs): "
+            f"{p['run_tflop']:.1f} TFLOP, {p['run_s']:.0f} s" for p in row["presets"]), flush=True)
     result = {"device": device.type, "device_name": device_name(device), "amp": amp, **peaks, "runs": rows,
               "command": " ".join(["python benchmarks/throughput.py", *(argv if argv is not None else sys.argv[1:])]),
               **environment_info(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}

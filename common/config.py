@@ -23,6 +23,7 @@ class TrainConfig:
     """
 
     dataset: str = "mnist"
+    preset: str = "default"  # the named set of defaults the flags started from (--preset)
     loss: str = "arcface"
     s: float | None = None
     m1: float | None = None
@@ -42,6 +43,9 @@ class TrainConfig:
     label_smoothing: float = 0.0  # of the cross-entropy heads (softmax and the margin losses)
     embedding_bn: bool = False  # BatchNorm1d on the embedding, as insightface's backbones
     margin_warmup: float = 0.0  # fraction of the steps over which the margins grow linearly from none to full
+    crop_padding: int = 0  # random-crop augmentation: zero padding in pixels (0: no crop)
+    flip: bool = False  # random horizontal flips in training
+    flip_tta: bool = False  # evaluate on the mean embedding of each test image and its mirror image
     seed: int = 0
     device: str = "auto"
     amp: bool = False
@@ -65,6 +69,12 @@ class TrainConfig:
         chosen = (self.s, self.m1, self.m2, self.m3)
         return tuple(float(d if c is None else c) for c, d in zip(chosen, defaults))
 
+    def preset_help(self) -> str:
+        """A one-line description of these defaults for --help: network, epochs, batch and augmentation."""
+        augment = (f"crop {self.crop_padding}" if self.crop_padding else "no crop") + (" + flip" if self.flip else "")
+        return (f"widths {'-'.join(map(str, self.widths))} x{self.convs_per_stage}, {self.epochs} epochs, "
+                f"batch {self.batch_size}, lr {self.lr:g}, {augment}")
+
     def head_decay(self) -> float:
         """The head's weight decay: --head-weight-decay, or --weight-decay when that is not given."""
         return self.weight_decay if self.head_weight_decay is None else self.head_weight_decay
@@ -76,6 +86,7 @@ class TrainConfig:
         check_margins(*self.margins())
         positive_ints = {"--latent-dim": (self.latent_dim, 2), "--epochs": (self.epochs, 1),
                          "--batch-size": (self.batch_size, 1), "--convs-per-stage": (self.convs_per_stage, 1),
+                         "--crop-padding": (self.crop_padding, 0),
                          "--image-size": (self.image_size, 2 ** len(self.widths)), "--threads": (self.threads, 0)}
         for flag, (value, low) in positive_ints.items():
             if value < low:
@@ -216,6 +227,13 @@ def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse
     p.add_argument("--margin-warmup", type=float, default=d.margin_warmup,
                    help="fraction of the training steps over which the margins grow linearly from none to full "
                         "(0: full margins from the first step)")
+    p.add_argument("--crop-padding", type=int, default=d.crop_padding,
+                   help="random-crop augmentation: pad each side by this many zero pixels, crop back (0: no crop)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=d.flip,
+                   help="random horizontal flips in training")
+    p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=d.flip_tta,
+                   help="test-time augmentation: classify (and embed) each test image by the mean embedding of it "
+                        "and its mirror image")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of initialisation, shuffling and augmentation")
     p.add_argument("--device", default=d.device, type=device_flag,
                    help="auto, cpu, cuda, cuda:N or mps; auto picks cuda, then mps, then cpu")
@@ -245,12 +263,23 @@ def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse
     return p
 
 
-def parse_config(argv: list[str] | None, defaults: TrainConfig, prog: str, description: str) -> TrainConfig:
-    """Parse and validate the command line; a bad flag prints one line and exits with 2."""
-    parser = build_parser(prog, defaults, description)
+def parse_config(argv: list[str] | None, defaults: TrainConfig, prog: str, description: str,
+                 presets: dict[str, TrainConfig] | None = None) -> TrainConfig:
+    """Parse and validate the command line; a bad flag prints one line and exits with 2.
+
+    `presets` maps --preset names to other defaults (for example the source report's setting); the
+    other flags given override the chosen preset's values."""
+    presets = {defaults.preset: defaults, **(presets or {})}
+    chooser = OneLineErrorParser(prog=prog, add_help=False)
+    chooser.add_argument("--preset", choices=sorted(presets), default=defaults.preset)
+    chosen = presets[chooser.parse_known_args(argv)[0].preset]
+    parser = build_parser(prog, chosen, description)
+    parser.add_argument("--preset", choices=sorted(presets), default=defaults.preset,
+                        help="named defaults: " + "; ".join(f"{name}: {presets[name].preset_help()}"
+                                                            for name in sorted(presets)))
     args = vars(parser.parse_args(argv))
     known = {f.name for f in fields(TrainConfig)}
-    config = replace(defaults, **{k: v for k, v in args.items() if k in known})
+    config = replace(chosen, **{k: v for k, v in args.items() if k in known})
     try:
         config.validate()
     except ValueError as exc:

@@ -259,8 +259,16 @@ class Normalize:
         return torch.addcmul(self.shift, x, self.scale)
 
 
-def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Per-image random crop (zero padding, as torchvision's RandomCrop) and horizontal flip.
+def augment(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Training augmentation (--crop-padding, --flip) of a uint8 batch (B, C, H, W) on its device; with
+    neither, the images come back as they are and no random number is drawn."""
+    if padding == 0 and not flip:
+        return images
+    return random_crop_flip(images, padding, generator, flip)
+
+
+def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
+    """Per-image random crop (zero padding, as torchvision's RandomCrop) and, if `flip`, horizontal flip.
 
     images: (B, C, H, W) of any dtype; returns the same shape. All on the images' device.
     """
@@ -269,8 +277,9 @@ def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Genera
     offsets = torch.randint(0, 2 * padding + 1, (2, batch), generator=generator, device=images.device)
     rows = offsets[0].view(-1, 1) + torch.arange(height, device=images.device)  # (B, H)
     cols = offsets[1].view(-1, 1) + torch.arange(width, device=images.device)  # (B, W)
-    flip = torch.rand(batch, generator=generator, device=images.device) < 0.5
-    cols = torch.where(flip.view(-1, 1), cols.flip(1), cols)
+    if flip:
+        flipped = torch.rand(batch, generator=generator, device=images.device) < 0.5
+        cols = torch.where(flipped.view(-1, 1), cols.flip(1), cols)
     index = torch.arange(batch, device=images.device).view(-1, 1, 1)
     cropped = padded.permute(0, 2, 3, 1)[index, rows.view(batch, -1, 1), cols.view(batch, 1, -1)]  # (B, H, W, C)
     return cropped.permute(0, 3, 1, 2)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig
-from .data import Normalize
+from .data import Normalize, augment
 from .heads import ArcNet, margin_target
 from .network import Network
 from .results import environment_info
@@ -162,7 +162,7 @@ def run_group(configs: list[TrainConfig], script) -> list[dict | DivergedError]:
         order = torch.randperm(len(data.train_y), generator=generator, device=device)
         losses = torch.zeros(steps, k, device=device)  # (steps, K) per-step losses, on the device
         for step, batch in enumerate(order.split(base.batch_size)):
-            images = normalize(script.augment(data.train_x[batch], generator))
+            images = normalize(augment(data.train_x[batch], base.crop_padding, base.flip, generator))
             per_model = group_head.losses(as_float(net_forward(group_net, images, base.amp)), data.train_y[batch])
             optimizer.zero_grad(set_to_none=True)
             per_model.sum().backward()  # disjoint parameters: each model gets its own gradient
@@ -175,7 +175,7 @@ def run_group(configs: list[TrainConfig], script) -> list[dict | DivergedError]:
         for i, config in enumerate(configs):
             if failed[i] is None:
                 net, head = unstack(group_net, group_head, i, nets[i], heads[i])
-                metrics[i], confusions[i] = evaluate(net, head, data, normalize, base.amp)
+                metrics[i], confusions[i] = evaluate(net, head, data, normalize, base)
                 record_epoch(histories[i], epoch, base.epochs, losses[:, i], metrics[i], scheduler, train_seconds / k,
                              time.perf_counter() - started)
 

@@ -87,11 +87,18 @@ def as_float(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def embed(net: nn.Module, images: torch.Tensor, normalize, amp: bool) -> torch.Tensor:
-    """Embeddings (N, D), float32 (float64 for a float64 model), of uint8 images (N, C, H, W), in eval mode, in batches."""
+def embed(net: nn.Module, images: torch.Tensor, normalize, amp: bool, flip_tta: bool = False) -> torch.Tensor:
+    """Embeddings (N, D), float32 (float64 for a float64 model), of uint8 images (N, C, H, W), in eval mode, in
+    batches. flip_tta: the mean of the embeddings of each image and its mirror image (test-time augmentation;
+    every head and metric then sees that mean)."""
     net.eval()
-    out = [as_float(net_forward(net, normalize(chunk), amp)) for chunk in images.split(EVAL_BATCH)]
-    return torch.cat(out)
+
+    def one(chunk: torch.Tensor) -> torch.Tensor:
+        x = normalize(chunk)
+        out = as_float(net_forward(net, x, amp))
+        return (out + as_float(net_forward(net, x.flip(3), amp))) / 2 if flip_tta else out
+
+    return torch.cat([one(chunk) for chunk in images.split(EVAL_BATCH)])
 
 
 def net_forward(net: nn.Module, images: torch.Tensor, amp: bool) -> torch.Tensor:
@@ -127,12 +134,14 @@ def first_batch_flops_per_image(config: TrainConfig, net: nn.Module, head: nn.Mo
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, head: nn.Module, data: ImageData, normalize, amp: bool) -> tuple[dict, torch.Tensor]:
-    """Test-set metrics and (C, C) confusion matrix. A triplet head's centres are refitted first."""
+def evaluate(net: nn.Module, head: nn.Module, data: ImageData, normalize, config: TrainConfig) -> tuple[dict, torch.Tensor]:
+    """Test-set metrics and (C, C) confusion matrix (with config's --amp and --flip-tta). A triplet head's
+    centres are refitted first."""
     head.eval()
+    amp, tta = config.amp, config.flip_tta
     if isinstance(head, CentroidHead):
-        head.fit_centres(embed(net, data.train_x, normalize, amp), data.train_y)
-    predictions = head(embed(net, data.test_x, normalize, amp)).argmax(dim=1)
+        head.fit_centres(embed(net, data.train_x, normalize, amp, tta), data.train_y)
+    predictions = head(embed(net, data.test_x, normalize, amp, tta)).argmax(dim=1)
     confusion = confusion_matrix(data.test_y, predictions, data.num_classes)
     return classification_metrics(confusion), confusion
 
@@ -147,13 +156,14 @@ def evaluate_extras(config: TrainConfig, setup: "RunSetup", metrics: dict) -> tu
     head.eval()
     columns = {"train_class_counts": ";".join(map(str, data.train_class_counts())),
                "tail_recall": tail_recall(metrics["per_class_recall"]),
-               **retrieval_metrics(embed(net, data.test_x, normalize, config.amp), data.test_y)}
+               **retrieval_metrics(embed(net, data.test_x, normalize, config.amp, config.flip_tta), data.test_y)}
     if config.holdout_classes:
         open_x, open_y = subsample(*setup.open_set, VERIFY_MAX_IMAGES)
-        columns.update(open_set_metrics(embed(net, open_x, normalize, config.amp), open_y))
+        columns.update(open_set_metrics(embed(net, open_x, normalize, config.amp, config.flip_tta), open_y))
     corrupted = []
     if config.corruptions:
-        classify = lambda images: head(embed(net, images, normalize, config.amp)).argmax(dim=1)  # noqa: E731
+        def classify(images: torch.Tensor) -> torch.Tensor:
+            return head(embed(net, images, normalize, config.amp, config.flip_tta)).argmax(dim=1)
         corrupted = corruption_accuracy(classify, data.test_x, data.test_y, config.corruption_samples)
         columns.update(corruption_columns(corrupted))
     return columns, corrupted
@@ -234,9 +244,11 @@ def warn_if_slow_amp(config: TrainConfig, device: torch.device) -> None:
         print(f"warning: --amp on {what}: bfloat16 is emulated and much slower than float32")
 
 
-def cli_main(run, defaults: TrainConfig, prog: str, description: str, argv: list[str] | None = None) -> dict:
-    """Parse flags, call run(config), and turn the expected failures into one-line errors."""
-    config = parse_config(argv, defaults, prog, description)
+def cli_main(run, defaults: TrainConfig, prog: str, description: str, argv: list[str] | None = None,
+             presets: dict[str, TrainConfig] | None = None) -> dict:
+    """Parse flags (--preset picks one of `presets` as the defaults), call run(config), and turn the
+    expected failures into one-line errors."""
+    config = parse_config(argv, defaults, prog, description, presets)
     try:
         return run(config)
     except (DataError, ValueError) as exc:

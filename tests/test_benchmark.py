@@ -28,6 +28,13 @@ def test_throughput_reports_both_recipes_for_both_datasets(tmp_path):
     assert 0.15 < saved["runs"][0]["train_gflop_per_image"] < 0.3
     assert saved["fp32_matmul_tflops"] > 0 and saved["bf16_matmul_tflops"] > 0 and result["amp"] in (True, False)
     assert sorted(saved["runs"][0]["images_per_s_by_loss"]) == ["arcface", "softmax", "triplet"]
+    for row in saved["runs"]:  # the old recipe (--preset report) beside the new (the defaults), per training run
+        presets = {p["preset"]: p for p in row["presets"]}
+        assert sorted(presets) == ["default", "report"] and presets["report"]["widths"] == "64-256-64"
+        images = {"mnist": 60000, "cifar10": 50000}[row["dataset"]]
+        for p in presets.values():
+            assert p["run_tflop"] == pytest.approx(p["train_gflop_per_image"] * images * p["epochs"] / 1e3)
+            assert p["run_s"] == pytest.approx(p["epochs"] * images / p["images_per_s"])
 
 
 def test_recipe_dataset_hands_out_normalised_tensors_like_torchvision():

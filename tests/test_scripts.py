@@ -132,6 +132,9 @@ BAD_INPUTS = [
     (["--m2", "-0.1"], "--m2"), (["--m3", "-1"], "--m3"), (["--latent-dim", "1"], "--latent-dim"),
     (["--epochs", "0"], "--epochs"), (["--batch-size", "-5"], "--batch-size"), (["--epochs", "two"], "--epochs"),
     (["--lr", "0"], "--lr"), (["--resume", "/nonexistent/ckpt.pt"], "--resume"), (["--device", "tpu"], "--device"),
+    (["--margin-warmup", "1.5"], "--margin-warmup"), (["--label-smoothing", "1"], "--label-smoothing"),
+    (["--head-weight-decay", "-1"], "--head-weight-decay"), (["--crop-padding", "-1"], "--crop-padding"),
+    (["--preset", "fast"], "--preset"),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append((["--device", "cuda"], "--device"))
