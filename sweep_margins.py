@@ -331,17 +331,24 @@ def comparison_markdown(table: list[dict]) -> str:
     return "\n".join(lines) + "\n\nmean ± std (number of seeds) over finished runs.\n"
 
 
-def quadratic_features(v: torch.Tensor) -> torch.Tensor:
-    """(N, k) margins -> (N, 1 + k + k(k+1)/2): constant, linear, squares and cross terms."""
+def quadratic_features(v: torch.Tensor, curved: tuple[bool, ...] | None = None) -> torch.Tensor:
+    """(N, k) margins -> (N, features): constant, linear, cross terms, and the square of each margin whose
+    `curved` entry is True (default: all). A margin swept at only two values has no square term: there
+    its square is a linear function of it, and a fit with both is underdetermined."""
+    k = v.shape[1]
+    curved = curved if curved is not None else (True,) * k
     cols = [torch.ones(len(v), dtype=torch.float64), *v.t()]
-    cols += [v[:, a] * v[:, b] for a in range(v.shape[1]) for b in range(a, v.shape[1])]
+    cols += [v[:, a] * v[:, b] for a in range(k) for b in range(a, k) if a != b or curved[a]]
     return torch.stack(cols, 1)
 
 
 def fit_quadratic(points: list[tuple[tuple[float, ...], float]], bootstrap: int = 200, seed: int = 0) -> dict | None:
     """Least-squares quadratic (with cross terms) of accuracy over the margins that vary, its maximiser on
-    a grid spanning the sweep, and the bootstrap (over runs) standard deviation of that maximiser."""
+    a grid spanning the sweep, and the bootstrap (over runs) standard deviation of that maximiser. Only
+    margins swept at three or more values get a square term (`quadratic_features`); None with fewer than
+    3k + 1 runs for k varying margins."""
     names = [i for i in range(len(points[0][0])) if len({p[0][i] for p in points}) > 1] if points else []
+    curved = tuple(len({p[0][i] for p in points}) >= 3 for i in names)
     if not names or len(points) < 3 * len(names) + 1:
         return None
     x = torch.tensor([[p[0][i] for i in names] for p in points], dtype=torch.float64)
@@ -350,16 +357,16 @@ def fit_quadratic(points: list[tuple[tuple[float, ...], float]], bootstrap: int 
     grid = torch.cartesian_prod(*axes).view(-1, len(names))
 
     def best(xs, ys):
-        coef = torch.linalg.lstsq(quadratic_features(xs), ys.view(-1, 1)).solution
-        predicted = (quadratic_features(grid) @ coef).squeeze(1)
+        coef = torch.linalg.lstsq(quadratic_features(xs, curved), ys.view(-1, 1)).solution
+        predicted = (quadratic_features(grid, curved) @ coef).squeeze(1)
         return grid[predicted.argmax()], predicted.max().item(), coef
 
     where, value, coef = best(x, y)
     generator = torch.Generator().manual_seed(seed)
     draws = [best(x[i], y[i])[0] for i in (torch.randint(0, len(y), (len(y),), generator=generator) for _ in range(bootstrap))]
     spread = torch.stack(draws).std(dim=0)
-    return {"varying": names, "best": where.tolist(), "best_std": spread.tolist(), "predicted_acc": value,
-            "coefficients": coef.squeeze(1).tolist()}
+    return {"varying": names, "curved": curved, "best": where.tolist(), "best_std": spread.tolist(),
+            "predicted_acc": value, "coefficients": coef.squeeze(1).tolist()}
 
 
 def recommend(rows: list[dict], loss: str) -> str | None:
@@ -372,7 +379,8 @@ def recommend(rows: list[dict], loss: str) -> str | None:
     names = [SETTING_KEYS[1 + i] for i in fit["varying"]]
     default = setting(loss)
     default_x = torch.tensor([[default[1 + i] for i in fit["varying"]]], dtype=torch.float64)
-    at_default = (quadratic_features(default_x) @ torch.tensor(fit["coefficients"], dtype=torch.float64)).item()
+    features = quadratic_features(default_x, fit["curved"])
+    at_default = (features @ torch.tensor(fit["coefficients"], dtype=torch.float64)).item()
     swept = [sorted({p[0][i] for p in points}) for i in fit["varying"]]
     outside = any(not lo[0] <= v <= lo[-1] for lo, v in zip(swept, default_x[0].tolist()))
     best = ", ".join(f"{n} = {b:.3f} ± {e:.3f}" for n, b, e in zip(names, fit["best"], fit["best_std"]))

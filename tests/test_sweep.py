@@ -162,6 +162,17 @@ def test_regression_recovers_the_best_margins():
     assert recommended(sweep_margins.recommend(rows, "arcface"), "m2") == pytest.approx(0.47, abs=0.004)
 
 
+def test_a_margin_swept_at_two_values_gets_no_square_term():
+    # accuracy quadratic in m2 (five values), linear in m3 (two values): the fit must recover both,
+    # where a square term for m3 would leave the least-squares problem underdetermined
+    points = [((30.0, 1.0, m2, m3), 99.0 - 40 * (m2 - 0.42) ** 2 + 4 * (m3 - 0.2))
+              for m2 in (0.40, 0.41, 0.42, 0.43, 0.44) for m3 in (0.2, 0.3) for _ in range(2)]
+    fit = sweep_margins.fit_quadratic(points)
+    assert fit["varying"] == [2, 3] and fit["curved"] == (True, False)
+    assert fit["best"] == pytest.approx([0.42, 0.3], abs=1e-9)
+    assert fit["predicted_acc"] == pytest.approx(99.4, abs=1e-6)
+
+
 def recommended(line, name):
     """The value that a `recommend` line gives for margin `name`."""
     return float(re.search(rf"recommends .*?{name} = ([0-9.]+)", line).group(1))
