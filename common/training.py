@@ -20,7 +20,7 @@ from .data import DataError, ImageData, Normalize
 from .device import autocast, configure_backends, device_name, has_native_bf16, pick_device
 from .evaluation import (VERIFY_MAX_IMAGES, corruption_accuracy, corruption_columns, open_set_metrics, subsample,
                          tail_recall)
-from .heads import CentroidHead, build_head
+from .heads import ArcNet, CentroidHead, build_head
 from .metrics import classification_metrics, confusion_matrix
 from .network import Network
 from .results import append_row, environment_info, write_csv
@@ -136,14 +136,21 @@ def first_batch_flops_per_image(config: TrainConfig, net: nn.Module, head: nn.Mo
 @torch.no_grad()
 def evaluate(net: nn.Module, head: nn.Module, data: ImageData, normalize, config: TrainConfig) -> tuple[dict, torch.Tensor]:
     """Test-set metrics and (C, C) confusion matrix (with config's --amp and --flip-tta). A triplet head's
-    centres are refitted first."""
+    centres are refitted first. Two diagnostics of the geometry go with the metrics: `embedding_norm`,
+    the mean length of the test embeddings before any normalisation, and, for a margin head,
+    `target_angle`, the mean angle in degrees between a test embedding and its own class centre."""
     head.eval()
     amp, tta = config.amp, config.flip_tta
     if isinstance(head, CentroidHead):
         head.fit_centres(embed(net, data.train_x, normalize, amp, tta), data.train_y)
-    predictions = head(embed(net, data.test_x, normalize, amp, tta)).argmax(dim=1)
+    embeddings = embed(net, data.test_x, normalize, amp, tta)  # (N, D)
+    predictions = head(embeddings).argmax(dim=1)
     confusion = confusion_matrix(data.test_y, predictions, data.num_classes)
-    return classification_metrics(confusion), confusion
+    metrics = {**classification_metrics(confusion), "embedding_norm": embeddings.norm(dim=1).mean().item()}
+    if isinstance(head, ArcNet):
+        cos = head.cosines(embeddings).gather(1, data.test_y.view(-1, 1)).clamp(-1.0, 1.0)  # (N, 1)
+        metrics["target_angle"] = torch.rad2deg(torch.acos(cos)).mean().item()
+    return metrics, confusion
 
 
 @torch.no_grad()
@@ -267,7 +274,8 @@ def record_epoch(history: list[dict], epoch: int, epochs: int, losses: torch.Ten
     """Append the epoch's summary to `history` and print its one-line report."""
     mean_loss = losses.mean().item()
     history.append({"epoch": epoch + 1, "train_loss": mean_loss, "test_acc": metrics["accuracy"],
-                    "test_f1": metrics["f1"], "lr": scheduler.get_last_lr()[0], "train_seconds": train_seconds})
+                    "test_f1": metrics["f1"], "lr": scheduler.get_last_lr()[0], "train_seconds": train_seconds,
+                    "embedding_norm": metrics["embedding_norm"], "target_angle": metrics.get("target_angle", "")})
     print(format_epoch(epoch, epochs, mean_loss, metrics, epoch_seconds), flush=True)
 
 

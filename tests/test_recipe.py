@@ -124,3 +124,24 @@ def test_recipe_flags_reach_the_model_and_the_row(gray_folder, tmp_path):
     assert (row["embedding_bn"], row["margin_warmup"], row["label_smoothing"], row["head_weight_decay"],
             row["crop_padding"], row["flip"], row["flip_tta"]) == (True, 0.5, 0.1, 0.0, 2, False, True)
     assert math.isfinite(row["test_acc"])
+
+
+def test_evaluation_reports_embedding_length_and_angle_to_the_own_class_centre():
+    from torch import nn
+
+    from common.data import ImageData
+    from common.training import evaluate
+
+    # the "network" flattens (N, 1, 1, 2) images into 2-D embeddings: (3, 0), (0, 4), (3, 0) labelled 0, 1, 1
+    images = torch.tensor([[3, 0], [0, 4], [3, 0]], dtype=torch.uint8).view(3, 1, 1, 2)
+    labels = torch.tensor([0, 1, 1])
+    data = ImageData(images, labels, images, labels, ["a", "b"])
+    head = ArcNet(2, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[2.0, 0.0], [0.0, 0.5]]))  # centres along the axes
+    metrics, confusion = evaluate(nn.Flatten(), head, data, lambda x: x.float(), TrainConfig())
+    assert metrics["accuracy"] == pytest.approx(2 / 3) and confusion.tolist() == [[1, 0], [1, 1]]
+    assert metrics["embedding_norm"] == pytest.approx((3 + 4 + 3) / 3)
+    assert metrics["target_angle"] == pytest.approx((0 + 0 + 90) / 3)
+    metrics, _ = evaluate(nn.Flatten(), SoftmaxHead(2, 2), data, lambda x: x.float(), TrainConfig())
+    assert "target_angle" not in metrics and metrics["embedding_norm"] == pytest.approx(10 / 3)
