@@ -11,7 +11,7 @@ import torch
 
 from .checkpoints import check_resume
 from .device import device_flag, pick_device
-from .heads import LOSSES, MARGIN_DEFAULTS, check_margins
+from .heads import LOSSES, MARGIN_DEFAULTS, TAILS, check_margins
 from .results import check_writable
 
 
@@ -43,6 +43,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # of the cross-entropy heads (softmax and the margin losses)
     embedding_bn: bool = False  # BatchNorm1d on the embedding, as insightface's backbones
     margin_warmup: float = 0.0  # fraction of the steps over which the margins grow linearly from none to full
+    margin_tail: str = "sphereface"  # psi beyond (pi - m2) / m1: see heads.margin_target
     crop_padding: int = 0  # random-crop augmentation: zero padding in pixels (0: no crop)
     flip: bool = False  # random horizontal flips in training
     flip_tta: bool = False  # evaluate on the mean embedding of each test image and its mirror image
@@ -115,6 +116,8 @@ class TrainConfig:
             raise ValueError(f"--head-weight-decay must be >= 0, got {self.head_weight_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.margin_tail not in TAILS:
+            raise ValueError(f"--margin-tail must be one of {', '.join(TAILS)}, got {self.margin_tail!r}")
         if not 0 <= self.margin_warmup <= 1:
             raise ValueError(f"--margin-warmup must be in [0, 1], got {self.margin_warmup}")
         if self.resume is not None and not os.path.isfile(self.resume):
@@ -224,6 +227,10 @@ def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse
                    help="label smoothing of the cross-entropy losses (softmax and margin heads; not triplet)")
     p.add_argument("--embedding-bn", action=argparse.BooleanOptionalAction, default=d.embedding_bn,
                    help="BatchNorm1d on the embedding, as in insightface's backbones")
+    p.add_argument("--margin-tail", choices=TAILS, default=d.margin_tail,
+                   help="target logit beyond theta_b = (pi - m2) / m1, where cos(m1*theta + m2) bottoms out: "
+                        "sphereface: its periodic extension (slope 0 at theta_b); cosine: cos(theta) minus a constant "
+                        "(slope 1)")
     p.add_argument("--margin-warmup", type=float, default=d.margin_warmup,
                    help="fraction of the training steps over which the margins grow linearly from none to full "
                         "(0: full margins from the first step)")

@@ -25,15 +25,25 @@ LOSSES = ("softmax", *MARGIN_DEFAULTS, "triplet")
 CLAMP_EPS = 1e-5
 
 
-def margin_target(cos: torch.Tensor, m1: float, m2: float, m3: float, eps: float = CLAMP_EPS) -> torch.Tensor:
+# What psi does beyond theta_b = (pi - m2) / m1, where m1*theta + m2 reaches pi (see `margin_target`).
+TAILS = ("sphereface", "cosine")
+
+
+def margin_target(cos: torch.Tensor, m1: float, m2: float, m3: float, eps: float = CLAMP_EPS,
+                  tail: str = "sphereface") -> torch.Tensor:
     """Target-class cosine with the combined margin, psi(theta), elementwise on `cos`.
 
-    psi(theta) = (-1)**k * cos(m1*theta + m2) - 2*k - m3,  k = floor((m1*theta + m2) / pi)
-
-    For k = 0 (m1*theta + m2 <= pi) this is the combined margin cos(m1*theta + m2) - m3.
-    Beyond pi the SphereFace-style extension keeps psi continuous and strictly decreasing on
-    every branch, so the target logit is non-increasing over the whole of theta in [0, pi]
-    and no wrong prediction can earn a bonus. Safeguards:
+    Up to theta_b = (pi - m2) / m1 this is the combined margin cos(m1*theta + m2) - m3. There
+    cos(m1*theta + m2) has its minimum, so its slope d psi / d cos(theta) falls to 0 as theta
+    approaches theta_b: an embedding near theta_b gets almost no pull towards its class centre,
+    while the other classes still push it away. Beyond theta_b, `tail` says what psi does:
+      * "sphereface": psi = (-1)**k * cos(m1*theta + m2) - 2*k - m3, k = floor((m1*theta + m2) / pi),
+        SphereFace's extension: continuous and decreasing, but its slope returns to 0 at every
+        multiple of pi;
+      * "cosine": psi = cos(theta) - m3 - (1 + cos(theta_b)), CosFace-like: continuous at theta_b
+        (both sides equal -1 - m3) and of slope exactly 1 in cos(theta) from there on.
+    Both keep psi non-increasing over the whole of theta in [0, pi], so no wrong prediction can earn a
+    bonus. Safeguards:
       * cos is clamped to [-1 + eps, 1 - eps] before acos with a straight-through clamp: the
         value is clamped, the gradient passes as identity, so inputs at, or a hair outside,
         +-1 (rounding of normalised dot products) give finite, bounded gradients;
@@ -42,14 +52,21 @@ def margin_target(cos: torch.Tensor, m1: float, m2: float, m3: float, eps: float
       * (m1, m2) == (1, 0) skips the acos round trip: plain CosFace, exactly cos - m3.
     Callers pass float32 (or float64) `cos`; ArcNet does so even under autocast.
     """
+    if tail not in TAILS:
+        raise ValueError(f"--margin-tail must be one of {', '.join(TAILS)}, got {tail!r}")
     if m1 == 1.0 and m2 == 0.0:
         return cos - m3
     clamped = cos + (cos.clamp(-1.0 + eps, 1.0 - eps) - cos).detach()
     theta = torch.acos(clamped)  # radians in (0, pi)
     phi = m1 * theta + m2
-    k = torch.floor(phi / math.pi).detach()  # branch index, piecewise constant
-    sign = 1.0 - 2.0 * torch.remainder(k, 2.0)  # (-1)**k
-    psi = sign * torch.cos(phi) - 2.0 * k - m3
+    if tail == "cosine":
+        theta_b = (math.pi - m2) / m1
+        beyond = cos - m3 - (1.0 + math.cos(theta_b))  # used only where phi > pi, i.e. theta > theta_b
+        psi = torch.where(phi > math.pi, beyond, torch.cos(phi) - m3)
+    else:
+        k = torch.floor(phi / math.pi).detach()  # branch index, piecewise constant
+        sign = 1.0 - 2.0 * torch.remainder(k, 2.0)  # (-1)**k
+        psi = sign * torch.cos(phi) - 2.0 * k - m3
     return torch.minimum(psi, cos - m3)
 
 
@@ -66,9 +83,13 @@ class ArcNet(nn.Module):
     """
 
     def __init__(self, in_features: int, num_classes: int, s: float = 30.0,
-                 m1: float = 1.0, m2: float = 0.5, m3: float = 0.0, label_smoothing: float = 0.0):
+                 m1: float = 1.0, m2: float = 0.5, m3: float = 0.0, label_smoothing: float = 0.0,
+                 tail: str = "sphereface"):
         super().__init__()
         check_margins(s, m1, m2, m3)
+        if tail not in TAILS:
+            raise ValueError(f"--margin-tail must be one of {', '.join(TAILS)}, got {tail!r}")
+        self.tail = tail
         self.s, self.m1, self.m2, self.m3 = float(s), float(m1), float(m2), float(m3)
         self.label_smoothing = float(label_smoothing)
         self.ramp = 1.0  # margin warm-up: the fraction of the margins applied (set by the training loop)
@@ -87,7 +108,7 @@ class ArcNet(nn.Module):
         if labels is None:
             return self.s * cos
         target = labels.view(-1, 1)
-        psi = margin_target(cos.gather(1, target), *self.current_margins())  # (B, 1)
+        psi = margin_target(cos.gather(1, target), *self.current_margins(), tail=self.tail)  # (B, 1)
         return self.s * cos.scatter(1, target, psi)
 
     def current_margins(self) -> tuple[float, float, float]:
@@ -99,7 +120,7 @@ class ArcNet(nn.Module):
         return F.cross_entropy(self(embeddings, labels), labels, label_smoothing=self.label_smoothing)
 
     def extra_repr(self) -> str:
-        return f"s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}"
+        return f"s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}, tail={self.tail}"
 
 
 def check_margins(s: float, m1: float, m2: float, m3: float) -> None:
@@ -180,12 +201,12 @@ class CentroidHead(nn.Module):
 
 def build_head(loss: str, latent_dim: int, num_classes: int, s: float = 30.0, m1: float = 1.0,
                m2: float = 0.5, m3: float = 0.0, triplet_margin: float = 0.2,
-               label_smoothing: float = 0.0) -> nn.Module:
+               label_smoothing: float = 0.0, tail: str = "sphereface") -> nn.Module:
     """The head of a named loss; label smoothing applies to the cross-entropy heads (not triplet)."""
     if loss == "softmax":
         return SoftmaxHead(latent_dim, num_classes, label_smoothing)
     if loss == "triplet":
         return CentroidHead(latent_dim, num_classes, triplet_margin)
     if loss in MARGIN_DEFAULTS:
-        return ArcNet(latent_dim, num_classes, s, m1, m2, m3, label_smoothing)
+        return ArcNet(latent_dim, num_classes, s, m1, m2, m3, label_smoothing, tail)
     raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")

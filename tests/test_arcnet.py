@@ -21,15 +21,45 @@ def head_at_angles(thetas, s=30.0, margins=(1.0, 0.5, 0.0), dtype=torch.float32)
     return head.to(dtype), embeddings
 
 
+@pytest.mark.parametrize("tail", ["sphereface", "cosine"])
 @pytest.mark.parametrize("margins", MARGINS)
-def test_target_logit_monotone_continuous_and_never_a_bonus(margins):
+def test_target_logit_monotone_continuous_and_never_a_bonus(margins, tail):
     theta = torch.linspace(0, math.pi, 100_001, dtype=torch.float64)
-    psi = margin_target(torch.cos(theta), *margins)
+    psi = margin_target(torch.cos(theta), *margins, tail=tail)
     steps = psi.diff()
     assert steps.max() <= 1e-12, "psi must be non-increasing in theta"
     slope_bound = max(margins[0], 1.0) * (theta[1] - theta[0]).item() * 1.01
     assert steps.abs().max() <= slope_bound, "psi must be continuous (no jump between grid points)"
     assert (psi <= torch.cos(theta) + 1e-12).all(), "the margin must never make the target logit larger"
+
+
+@pytest.mark.parametrize("m1,m2,m3", [(1.0, 0.5, 0.0), (1.35, 0.0, 0.0), (1.0, 0.3, 0.2), (1.2, 0.4, 0.1)])
+def test_cosine_tail_keeps_the_pull_where_the_sphereface_extension_loses_it(m1, m2, m3):
+    """d psi / d cos(theta) at theta_b = (pi - m2) / m1, where cos(m1*theta + m2) bottoms out: 0 for the
+    SphereFace extension (no pull towards the class centre), exactly 1 beyond theta_b for the cosine tail,
+    which equals cos(theta) - m3 - (1 + cos(theta_b)) there and meets the margin curve at theta_b."""
+    theta_b = (math.pi - m2) / m1
+    theta = torch.tensor([theta_b - 1e-3, theta_b + 1e-3, theta_b + 0.1, (theta_b + math.pi) / 2], dtype=torch.float64)
+    slopes = {}
+    for tail in ("sphereface", "cosine"):
+        cos = torch.cos(theta).requires_grad_()
+        psi = margin_target(cos, m1, m2, m3, tail=tail)
+        psi.sum().backward()
+        slopes[tail] = cos.grad
+        if tail == "cosine":
+            expected = torch.cos(theta[1:]) - m3 - (1 + math.cos(theta_b))
+            assert torch.allclose(psi[1:].detach(), expected, atol=1e-12)
+    assert slopes["sphereface"][:2].abs().max() < 0.02  # the dead zone around theta_b
+    assert torch.allclose(slopes["cosine"][1:], torch.ones(3, dtype=torch.float64), atol=1e-12)
+    at_b = margin_target(torch.tensor([math.cos(theta_b)], dtype=torch.float64), m1, m2, m3, tail="cosine")
+    assert at_b.item() == pytest.approx(-1 - m3, abs=1e-9)
+
+
+def test_unknown_tail_is_refused():
+    with pytest.raises(ValueError, match="--margin-tail"):
+        margin_target(torch.zeros(2), 1.0, 0.5, 0.0, tail="linear")
+    with pytest.raises(ValueError, match="--margin-tail"):
+        ArcNet(4, 3, tail="linear")
 
 
 def test_closed_form_values_at_chosen_angles():
