@@ -11,7 +11,7 @@ import torch
 
 from .checkpoints import check_resume
 from .device import device_flag, pick_device
-from .heads import LOSSES, MARGIN_DEFAULTS, TAILS, check_margins
+from .heads import LOSSES, MARGIN_DEFAULTS, MARGIN_GRADS, TAILS, check_margins
 from .results import check_writable
 
 
@@ -44,6 +44,7 @@ class TrainConfig:
     embedding_bn: bool = False  # BatchNorm1d on the embedding, as insightface's backbones
     margin_warmup: float = 0.0  # fraction of the steps over which the margins grow linearly from none to full
     margin_tail: str = "sphereface"  # psi beyond (pi - m2) / m1: see heads.margin_target
+    margin_grad: str = "exact"  # "unit": the margin is a constant in the backward pass (heads.ArcNet)
     crop_padding: int = 0  # random-crop augmentation: zero padding in pixels (0: no crop)
     flip: bool = False  # random horizontal flips in training
     flip_tta: bool = False  # evaluate on the mean embedding of each test image and its mirror image
@@ -118,6 +119,8 @@ class TrainConfig:
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.margin_tail not in TAILS:
             raise ValueError(f"--margin-tail must be one of {', '.join(TAILS)}, got {self.margin_tail!r}")
+        if self.margin_grad not in MARGIN_GRADS:
+            raise ValueError(f"--margin-grad must be one of {', '.join(MARGIN_GRADS)}, got {self.margin_grad!r}")
         if not 0 <= self.margin_warmup <= 1:
             raise ValueError(f"--margin-warmup must be in [0, 1], got {self.margin_warmup}")
         if self.resume is not None and not os.path.isfile(self.resume):
@@ -231,6 +234,9 @@ def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse
                    help="target logit beyond theta_b = (pi - m2) / m1, where cos(m1*theta + m2) bottoms out: "
                         "sphereface: its periodic extension (slope 0 at theta_b); cosine: cos(theta) minus a constant "
                         "(slope 1)")
+    p.add_argument("--margin-grad", choices=MARGIN_GRADS, default=d.margin_grad,
+                   help="exact: differentiate the margin logit; unit: hold the margin cos(theta) - psi(theta) constant "
+                        "in the backward pass, so the target's gradient is that of cos(theta), as for CosFace")
     p.add_argument("--margin-warmup", type=float, default=d.margin_warmup,
                    help="fraction of the training steps over which the margins grow linearly from none to full "
                         "(0: full margins from the first step)")

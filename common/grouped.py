@@ -91,7 +91,8 @@ class GroupedArcHead(nn.Module):
     def __init__(self, heads: list[ArcNet]):
         super().__init__()
         self.margins = [(h.s, h.m1, h.m2, h.m3) for h in heads]
-        self.tail = heads[0].tail  # one setting for the group: groupable() checks the configs agree
+        # one setting for the group: groupable() checks that the configs agree
+        self.tail, self.margin_grad = heads[0].tail, heads[0].margin_grad
         self.weight = nn.Parameter(torch.stack([h.weight.detach() for h in heads]))  # (K, C, D)
 
     def losses(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -105,7 +106,10 @@ class GroupedArcHead(nn.Module):
             target = labels.view(-1, 1)
             out = []
             for k, (s, m1, m2, m3) in enumerate(self.margins):
-                psi = margin_target(cos[k].gather(1, target), m1, m2, m3, tail=self.tail)  # (B, 1)
+                cos_y = cos[k].gather(1, target)  # (B, 1)
+                psi = margin_target(cos_y, m1, m2, m3, tail=self.tail)
+                if self.margin_grad == "unit":  # as ArcNet
+                    psi = cos_y - (cos_y - psi).detach()
                 out.append(F.cross_entropy(s * cos[k].scatter(1, target, psi), labels))
             return torch.stack(out)
 

@@ -27,6 +27,9 @@ CLAMP_EPS = 1e-5
 
 # What psi does beyond theta_b = (pi - m2) / m1, where m1*theta + m2 reaches pi (see `margin_target`).
 TAILS = ("sphereface", "cosine")
+# How the gradient passes through psi (see `ArcNet`): "exact" differentiates psi, "unit" holds the margin
+# cos(theta) - psi(theta) constant in the backward pass, so d psi / d cos(theta) = 1 as for CosFace.
+MARGIN_GRADS = ("exact", "unit")
 
 
 def margin_target(cos: torch.Tensor, m1: float, m2: float, m3: float, eps: float = CLAMP_EPS,
@@ -84,12 +87,14 @@ class ArcNet(nn.Module):
 
     def __init__(self, in_features: int, num_classes: int, s: float = 30.0,
                  m1: float = 1.0, m2: float = 0.5, m3: float = 0.0, label_smoothing: float = 0.0,
-                 tail: str = "sphereface"):
+                 tail: str = "sphereface", margin_grad: str = "exact"):
         super().__init__()
         check_margins(s, m1, m2, m3)
         if tail not in TAILS:
             raise ValueError(f"--margin-tail must be one of {', '.join(TAILS)}, got {tail!r}")
-        self.tail = tail
+        if margin_grad not in MARGIN_GRADS:
+            raise ValueError(f"--margin-grad must be one of {', '.join(MARGIN_GRADS)}, got {margin_grad!r}")
+        self.tail, self.margin_grad = tail, margin_grad
         self.s, self.m1, self.m2, self.m3 = float(s), float(m1), float(m2), float(m3)
         self.label_smoothing = float(label_smoothing)
         self.ramp = 1.0  # margin warm-up: the fraction of the margins applied (set by the training loop)
@@ -108,7 +113,10 @@ class ArcNet(nn.Module):
         if labels is None:
             return self.s * cos
         target = labels.view(-1, 1)
-        psi = margin_target(cos.gather(1, target), *self.current_margins(), tail=self.tail)  # (B, 1)
+        cos_y = cos.gather(1, target)  # (B, 1)
+        psi = margin_target(cos_y, *self.current_margins(), tail=self.tail)  # (B, 1)
+        if self.margin_grad == "unit":  # the value of psi, the gradient of cos_y
+            psi = cos_y - (cos_y - psi).detach()
         return self.s * cos.scatter(1, target, psi)
 
     def current_margins(self) -> tuple[float, float, float]:
@@ -120,7 +128,7 @@ class ArcNet(nn.Module):
         return F.cross_entropy(self(embeddings, labels), labels, label_smoothing=self.label_smoothing)
 
     def extra_repr(self) -> str:
-        return f"s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}, tail={self.tail}"
+        return f"s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}, tail={self.tail}, margin_grad={self.margin_grad}"
 
 
 def check_margins(s: float, m1: float, m2: float, m3: float) -> None:
@@ -201,12 +209,12 @@ class CentroidHead(nn.Module):
 
 def build_head(loss: str, latent_dim: int, num_classes: int, s: float = 30.0, m1: float = 1.0,
                m2: float = 0.5, m3: float = 0.0, triplet_margin: float = 0.2,
-               label_smoothing: float = 0.0, tail: str = "sphereface") -> nn.Module:
+               label_smoothing: float = 0.0, tail: str = "sphereface", margin_grad: str = "exact") -> nn.Module:
     """The head of a named loss; label smoothing applies to the cross-entropy heads (not triplet)."""
     if loss == "softmax":
         return SoftmaxHead(latent_dim, num_classes, label_smoothing)
     if loss == "triplet":
         return CentroidHead(latent_dim, num_classes, triplet_margin)
     if loss in MARGIN_DEFAULTS:
-        return ArcNet(latent_dim, num_classes, s, m1, m2, m3, label_smoothing, tail)
+        return ArcNet(latent_dim, num_classes, s, m1, m2, m3, label_smoothing, tail, margin_grad)
     raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")

@@ -55,6 +55,25 @@ def test_cosine_tail_keeps_the_pull_where_the_sphereface_extension_loses_it(m1, 
     assert at_b.item() == pytest.approx(-1 - m3, abs=1e-9)
 
 
+def test_unit_margin_gradient_keeps_the_logits_and_treats_the_margin_as_a_constant_offset():
+    torch.manual_seed(0)
+    unit = ArcNet(4, 3, s=10.0, m1=1.2, m2=0.4, m3=0.1, margin_grad="unit").double()
+    exact = ArcNet(4, 3, s=10.0, m1=1.2, m2=0.4, m3=0.1).double()
+    exact.load_state_dict(unit.state_dict())
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    assert torch.equal(unit(x, y), exact(x, y))  # same logits, so the same loss value
+    with torch.no_grad():  # the margin each sample gets, cos(theta_y) - psi(theta_y), as fixed numbers
+        cos_y = unit.cosines(x).gather(1, y.view(-1, 1))
+        offset = cos_y - margin_target(cos_y, 1.2, 0.4, 0.1)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    unit.loss(x1, y).backward()
+    cos = unit.cosines(x2)
+    F.cross_entropy(unit.s * (cos - F.one_hot(y, 3) * offset), y).backward()  # CosFace with per-sample margins
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-12)
+    with pytest.raises(ValueError, match="--margin-grad"):
+        ArcNet(4, 3, margin_grad="none")
+
+
 def test_unknown_tail_is_refused():
     with pytest.raises(ValueError, match="--margin-tail"):
         margin_target(torch.zeros(2), 1.0, 0.5, 0.0, tail="linear")
