@@ -143,5 +143,15 @@ def test_evaluation_reports_embedding_length_and_angle_to_the_own_class_centre()
     assert metrics["accuracy"] == pytest.approx(2 / 3) and confusion.tolist() == [[1, 0], [1, 1]]
     assert metrics["embedding_norm"] == pytest.approx((3 + 4 + 3) / 3)
     assert metrics["target_angle"] == pytest.approx((0 + 0 + 90) / 3)
+    assert metrics["centre_angle"] == pytest.approx(90)
     metrics, _ = evaluate(nn.Flatten(), SoftmaxHead(2, 2), data, lambda x: x.float(), TrainConfig())
     assert "target_angle" not in metrics and metrics["embedding_norm"] == pytest.approx(10 / 3)
+
+
+def test_mean_pairwise_angle():
+    from common.training import mean_pairwise_angle
+
+    assert mean_pairwise_angle(torch.eye(3)) == pytest.approx(90)
+    assert mean_pairwise_angle(torch.tensor([[1.0, 0.0], [2.0, 0.0], [-1.0, 0.0]])) == pytest.approx((0 + 180 + 180) / 3)
+    simplex = torch.eye(10) - 0.1  # 10 centred unit-simplex vertices: pairwise cosine -1/9
+    assert mean_pairwise_angle(simplex) == pytest.approx(math.degrees(math.acos(-1 / 9)), abs=1e-4)
