@@ -13,7 +13,8 @@ import torch
 # Settings that must match for a checkpoint to be resumed under a config.
 RESUME_KEYS = ("dataset", "loss", "s", "m1", "m2", "m3", "triplet_margin", "latent_dim", "widths",
                "convs_per_stage", "epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup",
-               "head_weight_decay", "label_smoothing", "embedding_bn", "margin_warmup", "margin_tail", "margin_grad", "crop_padding", "flip",
+               "head_weight_decay", "label_smoothing", "embedding_bn", "margin_warmup", "margin_tail", "margin_grad",
+               "crop_padding", "flip",
                "seed", "image_size", "max_train_samples", "train_subset", "imbalance", "holdout_classes")
 REQUIRED = ("net", "head", "optimizer", "scheduler", "generator", "epoch", "history", "train_seconds", "config")
 

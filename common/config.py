@@ -11,7 +11,7 @@ import torch
 
 from .checkpoints import check_resume
 from .device import device_flag, pick_device
-from .heads import LOSSES, MARGIN_DEFAULTS, MARGIN_GRADS, TAILS, check_margins
+from .heads import LOSSES, MARGIN_DEFAULTS, MARGIN_GRADS, TAILS, check_margin_options, check_margins
 from .results import check_writable
 
 
@@ -117,10 +117,7 @@ class TrainConfig:
             raise ValueError(f"--head-weight-decay must be >= 0, got {self.head_weight_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.margin_tail not in TAILS:
-            raise ValueError(f"--margin-tail must be one of {', '.join(TAILS)}, got {self.margin_tail!r}")
-        if self.margin_grad not in MARGIN_GRADS:
-            raise ValueError(f"--margin-grad must be one of {', '.join(MARGIN_GRADS)}, got {self.margin_grad!r}")
+        check_margin_options(self.margin_tail, self.margin_grad)
         if not 0 <= self.margin_warmup <= 1:
             raise ValueError(f"--margin-warmup must be in [0, 1], got {self.margin_warmup}")
         if self.resume is not None and not os.path.isfile(self.resume):

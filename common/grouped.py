@@ -106,10 +106,7 @@ class GroupedArcHead(nn.Module):
             target = labels.view(-1, 1)
             out = []
             for k, (s, m1, m2, m3) in enumerate(self.margins):
-                cos_y = cos[k].gather(1, target)  # (B, 1)
-                psi = margin_target(cos_y, m1, m2, m3, tail=self.tail)
-                if self.margin_grad == "unit":  # as ArcNet
-                    psi = cos_y - (cos_y - psi).detach()
+                psi = margin_target(cos[k].gather(1, target), m1, m2, m3, tail=self.tail, grad=self.margin_grad)
                 out.append(F.cross_entropy(s * cos[k].scatter(1, target, psi), labels))
             return torch.stack(out)
 

@@ -32,8 +32,16 @@ TAILS = ("sphereface", "cosine")
 MARGIN_GRADS = ("exact", "unit")
 
 
+def check_margin_options(tail: str, grad: str) -> None:
+    """Raise ValueError, naming the flag, for a --margin-tail or --margin-grad that is not one of TAILS / MARGIN_GRADS."""
+    if tail not in TAILS:
+        raise ValueError(f"--margin-tail must be one of {', '.join(TAILS)}, got {tail!r}")
+    if grad not in MARGIN_GRADS:
+        raise ValueError(f"--margin-grad must be one of {', '.join(MARGIN_GRADS)}, got {grad!r}")
+
+
 def margin_target(cos: torch.Tensor, m1: float, m2: float, m3: float, eps: float = CLAMP_EPS,
-                  tail: str = "sphereface") -> torch.Tensor:
+                  tail: str = "sphereface", grad: str = "exact") -> torch.Tensor:
     """Target-class cosine with the combined margin, psi(theta), elementwise on `cos`.
 
     Up to theta_b = (pi - m2) / m1 this is the combined margin cos(m1*theta + m2) - m3. There
@@ -46,7 +54,9 @@ def margin_target(cos: torch.Tensor, m1: float, m2: float, m3: float, eps: float
       * "cosine": psi = cos(theta) - m3 - (1 + cos(theta_b)), CosFace-like: continuous at theta_b
         (both sides equal -1 - m3) and of slope exactly 1 in cos(theta) from there on.
     Both keep psi non-increasing over the whole of theta in [0, pi], so no wrong prediction can earn a
-    bonus. Safeguards:
+    bonus. `grad` = "unit" returns the same values but holds the margin cos - psi constant in the
+    backward pass, so d psi / d cos = 1 everywhere, as for CosFace ("exact" differentiates psi).
+    Safeguards:
       * cos is clamped to [-1 + eps, 1 - eps] before acos with a straight-through clamp: the
         value is clamped, the gradient passes as identity, so inputs at, or a hair outside,
         +-1 (rounding of normalised dot products) give finite, bounded gradients;
@@ -55,8 +65,7 @@ def margin_target(cos: torch.Tensor, m1: float, m2: float, m3: float, eps: float
       * (m1, m2) == (1, 0) skips the acos round trip: plain CosFace, exactly cos - m3.
     Callers pass float32 (or float64) `cos`; ArcNet does so even under autocast.
     """
-    if tail not in TAILS:
-        raise ValueError(f"--margin-tail must be one of {', '.join(TAILS)}, got {tail!r}")
+    check_margin_options(tail, grad)
     if m1 == 1.0 and m2 == 0.0:
         return cos - m3
     clamped = cos + (cos.clamp(-1.0 + eps, 1.0 - eps) - cos).detach()
@@ -70,7 +79,8 @@ def margin_target(cos: torch.Tensor, m1: float, m2: float, m3: float, eps: float
         k = torch.floor(phi / math.pi).detach()  # branch index, piecewise constant
         sign = 1.0 - 2.0 * torch.remainder(k, 2.0)  # (-1)**k
         psi = sign * torch.cos(phi) - 2.0 * k - m3
-    return torch.minimum(psi, cos - m3)
+    psi = torch.minimum(psi, cos - m3)
+    return cos - (cos - psi).detach() if grad == "unit" else psi
 
 
 class ArcNet(nn.Module):
@@ -90,10 +100,7 @@ class ArcNet(nn.Module):
                  tail: str = "sphereface", margin_grad: str = "exact"):
         super().__init__()
         check_margins(s, m1, m2, m3)
-        if tail not in TAILS:
-            raise ValueError(f"--margin-tail must be one of {', '.join(TAILS)}, got {tail!r}")
-        if margin_grad not in MARGIN_GRADS:
-            raise ValueError(f"--margin-grad must be one of {', '.join(MARGIN_GRADS)}, got {margin_grad!r}")
+        check_margin_options(tail, margin_grad)
         self.tail, self.margin_grad = tail, margin_grad
         self.s, self.m1, self.m2, self.m3 = float(s), float(m1), float(m2), float(m3)
         self.label_smoothing = float(label_smoothing)
@@ -113,10 +120,8 @@ class ArcNet(nn.Module):
         if labels is None:
             return self.s * cos
         target = labels.view(-1, 1)
-        cos_y = cos.gather(1, target)  # (B, 1)
-        psi = margin_target(cos_y, *self.current_margins(), tail=self.tail)  # (B, 1)
-        if self.margin_grad == "unit":  # the value of psi, the gradient of cos_y
-            psi = cos_y - (cos_y - psi).detach()
+        psi = margin_target(cos.gather(1, target), *self.current_margins(), tail=self.tail,
+                            grad=self.margin_grad)  # (B, 1)
         return self.s * cos.scatter(1, target, psi)
 
     def current_margins(self) -> tuple[float, float, float]:

@@ -49,8 +49,8 @@ class Network(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.embed = nn.Linear(channels, latent_dim)
-        # insightface's backbones end in a BatchNorm on the embedding: it keeps the embedding's scale and
-        # centre fixed, so the normalised heads see well-spread directions from the first step.
+        # insightface's backbones end in a BatchNorm on the embedding (--embedding-bn); here it collapsed the
+        # angular-margin losses on CIFAR-10 (README, "Why the margin losses trained worse"), so it is off.
         self.embed_bn = nn.BatchNorm1d(latent_dim) if embedding_bn else nn.Identity()
         self.latent_dim = latent_dim
 

@@ -145,11 +145,11 @@ def evaluate(net: nn.Module, head: nn.Module, data: ImageData, normalize, config
     if isinstance(head, CentroidHead):
         head.fit_centres(embed(net, data.train_x, normalize, amp, tta), data.train_y)
     embeddings = embed(net, data.test_x, normalize, amp, tta)  # (N, D)
-    predictions = head(embeddings).argmax(dim=1)
-    confusion = confusion_matrix(data.test_y, predictions, data.num_classes)
+    logits = head(embeddings)  # (N, C); s * cos for a margin head (no labels: no margin)
+    confusion = confusion_matrix(data.test_y, logits.argmax(dim=1), data.num_classes)
     metrics = {**classification_metrics(confusion), "embedding_norm": embeddings.norm(dim=1).mean().item()}
     if isinstance(head, ArcNet):
-        cos = head.cosines(embeddings).gather(1, data.test_y.view(-1, 1)).clamp(-1.0, 1.0)  # (N, 1)
+        cos = (logits.gather(1, data.test_y.view(-1, 1)) / head.s).clamp(-1.0, 1.0)  # (N, 1)
         metrics["target_angle"] = torch.rad2deg(torch.acos(cos)).mean().item()
         metrics["centre_angle"] = mean_pairwise_angle(head.weight.detach().float())
     return metrics, confusion
