@@ -482,7 +482,7 @@ PASS_THROUGH = ("--data-root", "--max-train-samples", "--device", "--latent-dim"
                 "--batch-size", "--lr", "--weight-decay", "--head-weight-decay", "--label-smoothing", "--margin-warmup",
                 "--crop-padding", "--margin-tail", "--margin-grad",
                 "--imbalance", "--holdout-classes", "--corruption-samples")
-SWITCHES = ("--embedding-bn", "--flip", "--flip-tta")  # on/off flags passed on as --flag / --no-flag when given
+SWITCHES = ("--embedding-bn", "--flip", "--flip-tta", "--amp")  # on/off flags passed on as --flag / --no-flag when given
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -496,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", nargs="+", type=float, default=None, help=f"{what} of a custom grid (default: the loss's)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds; each setting runs once per seed")
     p.add_argument("--epochs", type=int, default=None,
-                   help="epochs per run (default: 20 as in Table 1; with --preset claims, the training script's default)")
+                   help="epochs per run, the schedule scaled to them (default: the training script's; Table 1 used 20)")
     p.add_argument("--workers", type=int, default=1, help="runs at once on this machine; CPU threads are split between them")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads per worker (0: the machine's cores split between the workers)")
@@ -513,7 +513,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                        help=f"passed to the training script's {flag} (default: the script's)")
     p.add_argument("--corruptions", action="store_true", help="passed to the training script's --corruptions")
-    p.add_argument("--amp", action="store_true", help="passed to the training script's --amp")
     p.add_argument("--dry-run", action="store_true", help="print the jobs this shard would run, and stop")
     return p
 
@@ -521,8 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
 def base_config(args):
     """The training script's defaults with the pass-through flags applied, validated up front."""
     script = SCRIPTS[args.dataset]
-    epochs = args.epochs if args.epochs is not None else (script.DEFAULTS.epochs if args.preset == "claims" else 20)
-    flags = ["--epochs", str(epochs), "--out", args.out] + (["--amp"] if args.amp else [])
+    epochs = args.epochs if args.epochs is not None else script.DEFAULTS.epochs
+    flags = ["--epochs", str(epochs), "--out", args.out]
     flags += ["--corruptions"] if args.corruptions else []
     for flag in PASS_THROUGH:
         value = getattr(args, flag[2:].replace("-", "_"))

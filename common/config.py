@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 
 from .checkpoints import check_resume
-from .device import device_flag, pick_device
+from .device import device_flag, has_native_bf16, pick_device
 from .heads import LOSSES, MARGIN_DEFAULTS, MARGIN_GRADS, TAILS, check_margin_options, check_margins
 from .results import check_writable
 
@@ -50,7 +50,7 @@ class TrainConfig:
     flip_tta: bool = False  # evaluate on the mean embedding of each test image and its mirror image
     seed: int = 0
     device: str = "auto"
-    amp: bool = False
+    amp: bool | None = False  # bfloat16 autocast of the backbone; None: on where bfloat16 is native (`resolved`)
     threads: int = 0
     data_root: str = "data"
     download: bool = True
@@ -76,6 +76,14 @@ class TrainConfig:
         augment = (f"crop {self.crop_padding}" if self.crop_padding else "no crop") + (" + flip" if self.flip else "")
         return (f"widths {'-'.join(map(str, self.widths))} x{self.convs_per_stage}, {self.epochs} epochs, "
                 f"batch {self.batch_size}, lr {self.lr:g}, {augment}")
+
+    def resolved(self) -> "TrainConfig":
+        """This config with --amp auto (None) decided for its device: on where bfloat16 runs in hardware
+        (`has_native_bf16`: CUDA from Ampere on, CPUs with AVX512-BF16 or AMX), off elsewhere. Picks the
+        device, so call it after `validate`; a config with amp True or False is returned as it is."""
+        if self.amp is not None:
+            return self
+        return replace(self, amp=has_native_bf16(pick_device(self.device)))
 
     def head_decay(self) -> float:
         """The head's weight decay: --head-weight-decay, or --weight-decay when that is not given."""
@@ -247,8 +255,10 @@ def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse
     p.add_argument("--seed", type=int, default=d.seed, help="seed of initialisation, shuffling and augmentation")
     p.add_argument("--device", default=d.device, type=device_flag,
                    help="auto, cpu, cuda, cuda:N or mps; auto picks cuda, then mps, then cpu")
-    p.add_argument("--amp", action="store_true", default=d.amp,
-                   help="bfloat16 autocast for the backbone (fast on GPUs and AVX512-BF16/AMX CPUs, slow on others)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=d.amp,
+                   help="bfloat16 autocast for the backbone: fast on Ampere+ GPUs and AVX512-BF16/AMX CPUs, emulated "
+                        "and slow on others (default: " + ("on where bfloat16 is native" if d.amp is None
+                                                           else "on" if d.amp else "off") + ")")
     p.add_argument("--threads", type=int, default=d.threads, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--data-root", default=d.data_root,
                    help="dataset folder: torchvision's layout (downloaded on first use) or train/<class>/*, test/<class>/*")
@@ -294,7 +304,7 @@ def parse_config(argv: list[str] | None, defaults: TrainConfig, prog: str, descr
         config.validate()
     except ValueError as exc:
         parser.error(str(exc))
-    return config
+    return config.resolved()
 
 
 def fail(prog: str, message: str, code: int) -> None:

@@ -27,12 +27,12 @@ from torch import nn
 
 from .config import TrainConfig
 from .data import Normalize, augment
-from .heads import ArcNet, margin_target
+from .heads import ArcNet, margin_target, ramped_margins
 from .network import Network
 from .results import environment_info
 from .training import (DivergedError, RunSetup, as_float, build_model, check_finite, evaluate, evaluate_extras,
                        first_batch_flops_per_image, make_optimizer, net_forward, record_epoch, run_id, seed_everything,
-                       start_run, steps_per_epoch, write_results)
+                       set_margin_ramp, start_run, steps_per_epoch, write_results)
 
 CHECK_EVERY = 50  # steps between checks for a non-finite loss (one host sync each)
 
@@ -93,6 +93,8 @@ class GroupedArcHead(nn.Module):
         self.margins = [(h.s, h.m1, h.m2, h.m3) for h in heads]
         # one setting for the group: groupable() checks that the configs agree
         self.tail, self.margin_grad = heads[0].tail, heads[0].margin_grad
+        self.label_smoothing = heads[0].label_smoothing
+        self.ramp = 1.0  # margin warm-up, as ArcNet.ramp (set by the training loop)
         self.weight = nn.Parameter(torch.stack([h.weight.detach() for h in heads]))  # (K, C, D)
 
     def losses(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -106,8 +108,10 @@ class GroupedArcHead(nn.Module):
             target = labels.view(-1, 1)
             out = []
             for k, (s, m1, m2, m3) in enumerate(self.margins):
+                m1, m2, m3 = ramped_margins(m1, m2, m3, self.ramp)
                 psi = margin_target(cos[k].gather(1, target), m1, m2, m3, tail=self.tail, grad=self.margin_grad)
-                out.append(F.cross_entropy(s * cos[k].scatter(1, target, psi), labels))
+                out.append(F.cross_entropy(s * cos[k].scatter(1, target, psi), labels,
+                                           label_smoothing=self.label_smoothing))
             return torch.stack(out)
 
     @torch.no_grad()
@@ -117,7 +121,7 @@ class GroupedArcHead(nn.Module):
 
 
 # Settings the grouped model does not implement; configs using them train alone.
-UNGROUPED = ("embedding_bn", "margin_warmup", "label_smoothing")
+UNGROUPED = ("embedding_bn",)
 
 
 def groupable(configs: list[TrainConfig]) -> bool:
@@ -138,6 +142,7 @@ def run_group(configs: list[TrainConfig], script) -> list[dict | DivergedError]:
     their parameters and BatchNorm channels are disjoint, so a NaN in one never reaches another).
     `train_seconds` in the rows is the group's time divided by K, with `group_size` = K beside it.
     """
+    configs = [config.resolved() for config in configs]  # --amp auto: decided for the device
     if not groupable(configs):
         raise ValueError("run_group: configs must differ only in their margin-loss settings")
     base = configs[0]
@@ -164,6 +169,7 @@ def run_group(configs: list[TrainConfig], script) -> list[dict | DivergedError]:
         order = torch.randperm(len(data.train_y), generator=generator, device=device)
         losses = torch.zeros(steps, k, device=device)  # (steps, K) per-step losses, on the device
         for step, batch in enumerate(order.split(base.batch_size)):
+            set_margin_ramp(group_head, base, epoch * steps + step, base.epochs * steps)  # --margin-warmup
             images = normalize(augment(data.train_x[batch], base.crop_padding, base.flip, generator))
             per_model = group_head.losses(as_float(net_forward(group_net, images, base.amp)), data.train_y[batch])
             optimizer.zero_grad(set_to_none=True)

@@ -125,15 +125,19 @@ class ArcNet(nn.Module):
         return self.s * cos.scatter(1, target, psi)
 
     def current_margins(self) -> tuple[float, float, float]:
-        """(m1, m2, m3) scaled by `ramp` in [0, 1]: none at 0 (normalised softmax), all of them at 1."""
-        r = self.ramp
-        return 1.0 + r * (self.m1 - 1.0), r * self.m2, r * self.m3
+        """(m1, m2, m3) at the current margin warm-up fraction `ramp` (`ramped_margins`)."""
+        return ramped_margins(self.m1, self.m2, self.m3, self.ramp)
 
     def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self(embeddings, labels), labels, label_smoothing=self.label_smoothing)
 
     def extra_repr(self) -> str:
         return f"s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}, tail={self.tail}, margin_grad={self.margin_grad}"
+
+
+def ramped_margins(m1: float, m2: float, m3: float, ramp: float) -> tuple[float, float, float]:
+    """(m1, m2, m3) scaled by `ramp` in [0, 1]: none at 0 (normalised softmax), all of them at 1."""
+    return 1.0 + ramp * (m1 - 1.0), ramp * m2, ramp * m3
 
 
 def check_margins(s: float, m1: float, m2: float, m3: float) -> None:

@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import throughput  # noqa: E402
 
-TINY = ["--widths", "8-16-8", "--latent-dim", "8", "--epochs", "1", "--batch-size", "12", "--device", "cpu",
+TINY = ["--widths", "8-16-8", "--latent-dim", "8", "--epochs", "1", "--batch-size", "12", "--device", "cpu", "--no-amp",
         "--no-progress", "--no-download"]
 SCRIPTS = {"mnist": (train_mnist, "gray_folder"), "cifar10": (train_cifar10, "rgb_folder")}
 
@@ -223,7 +223,7 @@ def train_mnist_parser():
 
 def test_help_of_the_scripts_names_typed_values():
     text = " ".join(train_mnist_parser().format_help().split())
-    assert "e.g. 64-256-64 (default: 64-256-64)" in text and "fail if the data is missing (default: off)" in text
+    assert "e.g. 64-256-64 (default: 32-64-128)" in text and "fail if the data is missing (default: off)" in text
     assert "no tqdm progress bars (default: off)" in text
     sweep = " ".join(sweep_margins.build_parser().format_help().split())
     assert "(a job-array index) (default: 0/1)" in sweep and "each setting runs once per seed (default: 0)" in sweep

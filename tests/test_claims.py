@@ -13,7 +13,7 @@ from common.evaluation import corruption_accuracy, tail_recall
 from common.results import read_rows
 from common.retrieval import pair_scores, retrieval_metrics, roc_auc, tar_at_far, verification_metrics
 
-TINY = ["--widths", "8-16-8", "--latent-dim", "8", "--epochs", "1", "--batch-size", "12", "--device", "cpu",
+TINY = ["--widths", "8-16-8", "--latent-dim", "8", "--epochs", "1", "--batch-size", "12", "--device", "cpu", "--no-amp",
         "--no-progress", "--no-download"]
 
 

@@ -110,7 +110,10 @@ def test_preset_report_is_the_report_setting_and_flags_override_it(script):
     assert report.as_row()["preset"] == "report"
     changed = parse_config(["--preset", "report", "--widths", "8-16"], script.DEFAULTS, prog, doc, {"report": script.REPORT})
     assert changed.widths == (8, 16) and changed.batch_size == 100
-    assert parse_config([], script.DEFAULTS, prog, doc, {"report": script.REPORT}) == script.DEFAULTS
+    assert parse_config([], script.DEFAULTS, prog, doc, {"report": script.REPORT}) == script.DEFAULTS.resolved()
+    # the report preset trains as the defaults did before the recipe: exact margin gradient, no warm-up, float32
+    assert (report.margin_grad, report.margin_warmup, report.amp) == ("exact", 0.0, False)
+    assert (script.DEFAULTS.margin_grad, script.DEFAULTS.amp) == ("unit", None)
     # the report's augmentation: none on MNIST; crop 4 and flip on CIFAR-10
     assert (report.crop_padding, report.flip) == ((0, False) if script is train_mnist else (4, True))
 
@@ -118,7 +121,7 @@ def test_preset_report_is_the_report_setting_and_flags_override_it(script):
 def test_recipe_flags_reach_the_model_and_the_row(gray_folder, tmp_path):
     out = tmp_path / "r.csv"
     row = train_mnist.main(["--data-root", gray_folder, "--widths", "8-16-8", "--latent-dim", "8", "--epochs", "2",
-                            "--batch-size", "12", "--device", "cpu", "--no-progress", "--out", str(out),
+                            "--batch-size", "12", "--device", "cpu", "--no-amp", "--no-progress", "--out", str(out),
                             "--embedding-bn", "--margin-warmup", "0.5", "--label-smoothing", "0.1",
                             "--head-weight-decay", "0", "--crop-padding", "2", "--flip-tta"])
     assert (row["embedding_bn"], row["margin_warmup"], row["label_smoothing"], row["head_weight_decay"],
@@ -155,3 +158,16 @@ def test_mean_pairwise_angle():
     assert mean_pairwise_angle(torch.tensor([[1.0, 0.0], [2.0, 0.0], [-1.0, 0.0]])) == pytest.approx((0 + 180 + 180) / 3)
     simplex = torch.eye(10) - 0.1  # 10 centred unit-simplex vertices: pairwise cosine -1/9
     assert mean_pairwise_angle(simplex) == pytest.approx(math.degrees(math.acos(-1 / 9)), abs=1e-4)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_is_on_exactly_where_bfloat16_is_native(monkeypatch, native):
+    import common.config
+    monkeypatch.setattr(common.config, "has_native_bf16", lambda device: native)
+    auto = TrainConfig(amp=None, device="cpu")
+    assert auto.resolved().amp is native
+    assert TrainConfig(amp=True).resolved().amp is True and TrainConfig(amp=False).resolved().amp is False
+    defaults = TrainConfig(amp=None, out="x.csv")
+    assert parse_config(["--device", "cpu"], defaults, "x.py", "").amp is native  # the command line resolves it
+    assert parse_config(["--device", "cpu", "--no-amp"], defaults, "x.py", "").amp is False
+    assert parse_config(["--device", "cpu", "--amp"], defaults, "x.py", "").amp is True

@@ -14,7 +14,7 @@ from common.results import read_rows
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--widths", "8-16-8", "--latent-dim", "8", "--epochs", "2", "--batch-size", "12", "--lr", "0.05",
-        "--device", "cpu", "--no-progress", "--no-download"]
+        "--device", "cpu", "--no-amp", "--no-progress", "--no-download"]
 REQUIRED_COLUMNS = ["dataset", "loss", "s", "m1", "m2", "m3", "latent_dim", "epochs", "batch_size", "lr", "seed",
                     "test_acc", "test_precision", "test_recall", "test_f1", "train_seconds", "device",
                     "torch_version", "git_commit"]

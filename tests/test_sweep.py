@@ -7,7 +7,7 @@ import pytest
 import sweep_margins
 from common.results import read_rows, write_csv
 
-TINY = ["--widths", "8-16-8", "--latent-dim", "8", "--epochs", "1", "--batch-size", "12", "--device", "cpu"]
+TINY = ["--widths", "8-16-8", "--latent-dim", "8", "--epochs", "1", "--batch-size", "12", "--device", "cpu", "--no-amp"]
 
 
 def test_table1_grid_is_exactly_the_papers_40_settings():
@@ -180,7 +180,8 @@ def recommended(line, name):
 
 @pytest.mark.parametrize("flags,flag", [(["--losses", "hinge"], "--losses"), (["--m2", "4"], "--m2"),
                                         (["--workers", "0"], "--workers"), (["--shard", "2/2"], "--shard"),
-                                        (["--epochs", "0"], "--epochs"), (["--summarize", "/nonexistent.csv"], "--summarize")])
+                                        (["--epochs", "0"], "--epochs"), (["--summarize", "/nonexistent.csv"], "--summarize"),
+                                        (["--group-size", "2", "--embedding-bn"], "--embedding-bn")])
 def test_bad_flags_exit_2_with_one_line(flags, flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
         sweep_margins.main(flags + ["--data-root", "/nonexistent"])
