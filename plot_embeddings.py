@@ -239,11 +239,12 @@ def train_missing(args, device: torch.device) -> list[str]:
     paths = []
     for loss in args.losses:
         path = os.path.join(args.checkpoint_dir, f"{args.dataset}-{loss}-d{args.latent_dim}-seed{args.seed}.pt")
-        config = replace(script.DEFAULTS, loss=loss, latent_dim=args.latent_dim, epochs=args.epochs, seed=args.seed,
+        defaults = script.REPORT if args.preset == "report" else script.DEFAULTS
+        config = replace(defaults, loss=loss, latent_dim=args.latent_dim, epochs=args.epochs, seed=args.seed,
                          lr=args.lr, device=str(device), data_root=args.data_root,
                          max_train_samples=args.max_train_samples, checkpoint=path,
                          out=os.path.join(args.out_dir, "trained_models.csv"), progress=args.progress,
-                         threads=args.threads)
+                         threads=args.threads).resolved()  # --amp auto decided, as the script decides it
         epochs_done = checkpoint_progress(path, config)
         if epochs_done < args.epochs:
             print(f"training {loss} ({args.dataset}, latent dim {args.latent_dim}) -> {path}", flush=True)
@@ -258,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", action="store_true", help="train (or resume) one model per --losses first, then plot them")
     p.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES), help="losses that --train trains")
     p.add_argument("--dataset", default="mnist", choices=sorted(SCRIPTS), help="dataset that --train uses")
+    p.add_argument("--preset", choices=["default", "report"], default="default",
+                   help="the training script's defaults that --train starts from: its recipe, or the source report's "
+                        "setting (its --preset report)")
     p.add_argument("--latent-dim", type=int, default=3, help="embedding dimension that --train uses")
     p.add_argument("--epochs", type=int, default=5, help="epochs that --train uses")
     # At the 128-D learning rate (0.05) the 3-D ArcFace, normalised-softmax and triplet models collapsed;

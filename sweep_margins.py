@@ -133,11 +133,12 @@ def row_key(row: dict) -> tuple:
 SIGNATURE_KEYS = ("dataset", "epochs", "max_train_samples", "train_subset", "latent_dim", "widths", "convs_per_stage",
                   "batch_size", "lr", "momentum", "weight_decay", "warmup", "triplet_margin", "image_size", "amp",
                   "corruption_samples", "device", "head_weight_decay", "label_smoothing", "embedding_bn",
-                  "margin_warmup", "margin_tail", "margin_grad", "crop_padding", "flip", "flip_tta")
+                  "whiten", "dirac_init", "bn_bias_lr", "margin_warmup", "margin_tail", "margin_grad", "crop_padding", "flip", "flip_tta")
 # Values of columns that rows from before the column existed lack (the value they were run with).
 SIGNATURE_DEFAULTS = {"train_subset": "", "momentum": "0.9", "weight_decay": "0.0005", "warmup": "0.2",
                       "triplet_margin": "0.2", "amp": "False", "head_weight_decay": "0.0005", "label_smoothing": "0.0",
-                      "embedding_bn": "False", "margin_warmup": "0.0", "flip_tta": "False",
+                      "embedding_bn": "False", "whiten": "False", "dirac_init": "False", "bn_bias_lr": "1.0",
+                      "margin_warmup": "0.0", "flip_tta": "False",
                       "margin_tail": "sphereface", "margin_grad": "exact"}
 # Rows from before --crop-padding and --flip: the augmentation each script then hard-coded.
 AUGMENT_DEFAULTS = {"mnist": {"crop_padding": "0", "flip": "False"}, "cifar10": {"crop_padding": "4", "flip": "True"}}
@@ -479,10 +480,10 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 # Training-script flags the sweep passes on when given (default: the script's).
 PASS_THROUGH = ("--data-root", "--max-train-samples", "--device", "--latent-dim", "--widths", "--convs-per-stage",
-                "--batch-size", "--lr", "--weight-decay", "--head-weight-decay", "--label-smoothing", "--margin-warmup",
-                "--crop-padding", "--margin-tail", "--margin-grad",
+                "--batch-size", "--lr", "--bn-bias-lr", "--weight-decay", "--head-weight-decay", "--label-smoothing",
+                "--margin-warmup", "--crop-padding", "--margin-tail", "--margin-grad",
                 "--imbalance", "--holdout-classes", "--corruption-samples")
-SWITCHES = ("--embedding-bn", "--flip", "--flip-tta", "--amp")  # on/off flags passed on as --flag / --no-flag when given
+SWITCHES = ("--embedding-bn", "--whiten", "--dirac-init", "--flip", "--flip-tta", "--amp")  # on/off flags passed on as --flag / --no-flag when given
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -193,18 +193,20 @@ def benchmark_dataset(name: str, data: ImageData, args, device: torch.device, am
 def compare_presets(name: str, data: ImageData, args, device: torch.device, amp: bool) -> list[dict]:
     """The old recipe (--preset report) and the new (the script's defaults), each with its own network, batch
     size and epochs: training FLOPs per run, and time per run from (b)'s measured rate on this machine
-    (training steps only; evaluation left out)."""
+    (training steps only; evaluation left out). Each in its own precision: the report preset is float32;
+    the defaults' --amp auto takes `amp`, this benchmark's --amp."""
     script = SCRIPTS[name]
     epoch_images = {"mnist": 60000, "cifar10": 50000}[name]
     rows = []
     for preset, defaults in (("report", script.REPORT), ("default", script.DEFAULTS)):
-        config = replace(defaults, device=str(device), amp=amp, progress=False, threads=args.threads, epochs=1)
+        own_amp = amp if defaults.amp is None else defaults.amp
+        config = replace(defaults, device=str(device), amp=own_amp, progress=False, threads=args.threads, epochs=1)
         step, setup = fast_step_fn(name, data, config)
         rate = images_per_second(step, config.batch_size, device, args.warmup, args.steps, args.repeats)
         flops = setup.flops_per_image
         rows.append({"dataset": name, "preset": preset, "widths": "-".join(map(str, config.widths)),
                      "convs_per_stage": config.convs_per_stage, "batch_size": config.batch_size,
-                     "epochs": defaults.epochs, "amp": amp, "train_gflop_per_image": flops / 1e9,
+                     "epochs": defaults.epochs, "amp": own_amp, "train_gflop_per_image": flops / 1e9,
                      "run_tflop": flops * epoch_images * defaults.epochs / 1e12, "images_per_s": rate,
                      "run_s": defaults.epochs * epoch_images / rate})
     return rows
@@ -274,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
         row["presets"] = compare_presets(name, datasets[name], args, device, amp)
         print(f"{name}: per training run, " + "; ".join(
             f"--preset {p['preset']} ({p['widths']} x{p['convs_per_stage']}, batch {p['batch_size']}, "
-            f"{p['epochs']} epochs): "
+            f"{p['epochs']} epochs{', bf16' if p['amp'] else ''}): "
             f"{p['run_tflop']:.1f} TFLOP, {p['run_s']:.0f} s" for p in row["presets"]), flush=True)
     result = {"device": device.type, "device_name": device_name(device), "amp": amp, **peaks, "runs": rows,
               "command": " ".join(["python benchmarks/throughput.py", *(argv if argv is not None else sys.argv[1:])]),

@@ -42,6 +42,9 @@ class TrainConfig:
     head_weight_decay: float | None = None  # weight decay of the head (class centres); None: --weight-decay
     label_smoothing: float = 0.0  # of the cross-entropy heads (softmax and the margin losses)
     embedding_bn: bool = False  # BatchNorm1d on the embedding, as insightface's backbones
+    whiten: bool = False  # a fixed patch-whitening first layer (network.WhiteningStem), as airbench's
+    dirac_init: bool = False  # 3x3 convs start as partly the identity (network.dirac_init), as airbench's
+    bn_bias_lr: float = 1.0  # BatchNorm biases train at this multiple of --lr, with --weight-decay divided by it
     margin_warmup: float = 0.0  # fraction of the steps over which the margins grow linearly from none to full
     margin_tail: str = "sphereface"  # psi beyond (pi - m2) / m1: see heads.margin_target
     margin_grad: str = "exact"  # "unit": the margin is a constant in the backward pass (heads.ArcNet)
@@ -77,7 +80,7 @@ class TrainConfig:
         return (f"widths {'-'.join(map(str, self.widths))} x{self.convs_per_stage}, {self.epochs} epochs, "
                 f"batch {self.batch_size}, lr {self.lr:g}, {augment}")
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """This config with --amp auto (None) decided for its device: on where bfloat16 runs in hardware
         (`has_native_bf16`: CUDA from Ampere on, CPUs with AVX512-BF16 or AMX), off elsewhere. Picks the
         device, so call it after `validate`; a config with amp True or False is returned as it is."""
@@ -97,7 +100,8 @@ class TrainConfig:
         positive_ints = {"--latent-dim": (self.latent_dim, 2), "--epochs": (self.epochs, 1),
                          "--batch-size": (self.batch_size, 1), "--convs-per-stage": (self.convs_per_stage, 1),
                          "--crop-padding": (self.crop_padding, 0),
-                         "--image-size": (self.image_size, 2 ** len(self.widths)), "--threads": (self.threads, 0)}
+                         "--image-size": (self.image_size, 2 ** len(self.widths) + self.whiten),
+                         "--threads": (self.threads, 0)}
         for flag, (value, low) in positive_ints.items():
             if value < low:
                 raise ValueError(f"{flag} must be >= {low}, got {value}")
@@ -112,7 +116,8 @@ class TrainConfig:
             raise ValueError(f"--max-train-samples must be >= 1, got {self.max_train_samples}")
         if not self.widths or min(self.widths) < 1:
             raise ValueError(f"--widths must be positive integers, got {self.widths}")
-        for flag, value in {"--lr": self.lr, "--triplet-margin": self.triplet_margin}.items():
+        for flag, value in {"--lr": self.lr, "--triplet-margin": self.triplet_margin,
+                            "--bn-bias-lr": self.bn_bias_lr}.items():
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{flag} must be > 0, got {value}")
         if not 0 <= self.momentum < 1:
@@ -235,6 +240,14 @@ def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse
                    help="label smoothing of the cross-entropy losses (softmax and margin heads; not triplet)")
     p.add_argument("--embedding-bn", action=argparse.BooleanOptionalAction, default=d.embedding_bn,
                    help="BatchNorm1d on the embedding, as in insightface's backbones")
+    p.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=d.whiten,
+                   help="a first layer of fixed 2x2 filters that whiten the training images' patches (and their "
+                        "negatives), then ReLU, before the first stage, as airbench's")
+    p.add_argument("--dirac-init", action=argparse.BooleanOptionalAction, default=d.dirac_init,
+                   help="start every 3x3 conv with its first min(out, in) filters as the identity, as airbench's")
+    p.add_argument("--bn-bias-lr", type=float, default=d.bn_bias_lr,
+                   help="BatchNorm biases train at this multiple of --lr, with --weight-decay divided by it "
+                        "(airbench: 64)")
     p.add_argument("--margin-tail", choices=TAILS, default=d.margin_tail,
                    help="target logit beyond theta_b = (pi - m2) / m1, where cos(m1*theta + m2) bottoms out: "
                         "sphereface: its periodic extension (slope 0 at theta_b); cosine: cos(theta) minus a constant "

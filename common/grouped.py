@@ -121,7 +121,7 @@ class GroupedArcHead(nn.Module):
 
 
 # Settings the grouped model does not implement; configs using them train alone.
-UNGROUPED = ("embedding_bn",)
+UNGROUPED = ("embedding_bn", "whiten")
 
 
 def groupable(configs: list[TrainConfig]) -> bool:

@@ -24,7 +24,11 @@ class Network(nn.Module):
     BatchNorm and ReLU. After the last stage a global average pool, a flatten and a linear
     layer give the embedding. The default (64, 256, 64) with one conv per stage is the
     report's network; any image size of at least 2**len(widths) pixels works. `embedding_bn` adds
-    a BatchNorm1d after the linear layer (off in the report's network).
+    a BatchNorm1d after the linear layer (off in the report's network). `whiten` puts a fixed
+    whitening stem before the first stage (`WhiteningStem`: 2x2 patches, as airbench's first layer;
+    the image shrinks by one pixel, so it needs 2**len(widths) + 1); `init_whitening` sets its
+    filters from training images before training starts. `dirac` starts every 3x3 conv as partly
+    the identity (`dirac_init`).
     """
 
     def __init__(
@@ -34,12 +38,17 @@ class Network(nn.Module):
         widths: Sequence[int] = (64, 256, 64),
         convs_per_stage: int = 1,
         embedding_bn: bool = False,
+        whiten: bool = False,
+        dirac: bool = False,
     ):
         super().__init__()
         if in_channels < 1 or latent_dim < 1 or not widths or convs_per_stage < 1:
             raise ValueError("Network needs in_channels, latent_dim, widths and convs_per_stage >= 1")
         layers: list[nn.Module] = []
         channels = in_channels
+        if whiten:
+            layers.append(WhiteningStem(in_channels))
+            channels = layers[-1].out_channels
         for width in widths:
             layers += conv_bn_relu(channels, width)
             layers.append(nn.MaxPool2d(2))
@@ -47,6 +56,8 @@ class Network(nn.Module):
                 layers += conv_bn_relu(width, width)
             channels = width
         self.features = nn.Sequential(*layers)
+        if dirac:
+            dirac_init(self)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.embed = nn.Linear(channels, latent_dim)
         # insightface's backbones end in a BatchNorm on the embedding (--embedding-bn); here it collapsed the
@@ -57,3 +68,63 @@ class Network(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.pool(self.features(images))  # (B, widths[-1], 1, 1)
         return self.embed_bn(self.embed(torch.flatten(features, 1)))  # (B, latent_dim)
+
+
+class WhiteningStem(nn.Module):
+    """A fixed 2x2 convolution (no padding) whose filters whiten image patches, then ReLU.
+
+    For P = 4 * in_channels pixel values per 2x2 patch, with patch covariance V diag(lambda) V^T,
+    the filters are the rows of diag(lambda + eps)^(-1/2) V^T and their negatives (2P output
+    channels: ReLU keeps both signs of every whitened coordinate). The filters never train (they
+    are a buffer-like parameter with requires_grad off); the bias does. Until `init_whitening`
+    runs, the filters are the identity on the patch's pixels (and their negatives).
+    Safeguard: eps = 1e-2 (in units of the normalised images' variance) keeps the near-zero
+    eigenvalues of flat patches from blowing their directions up.
+    """
+
+    EPS = 1e-2
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        patch = 4 * in_channels
+        self.out_channels = 2 * patch
+        self.conv = nn.Conv2d(in_channels, self.out_channels, kernel_size=2, bias=True)
+        self.conv.weight.requires_grad_(False)
+        nn.init.zeros_(self.conv.bias)
+        eye = torch.eye(patch).view(patch, in_channels, 2, 2)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.cat([eye, -eye]))
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor) -> None:
+        """Set the filters from normalised images (N, C, H, W) (float; any N >= 1)."""
+        c = images.shape[1]
+        patches = images.float().unfold(2, 2, 1).unfold(3, 2, 1)  # (N, C, H-1, W-1, 2, 2)
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 4 * c).double()  # (M, P), same order as the weight
+        patches = patches - patches.mean(dim=0)
+        covariance = patches.t() @ patches / len(patches)  # (P, P)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        filters = (eigenvectors / (eigenvalues.clamp_min(0) + self.EPS).sqrt()).t()  # (P, P): rows whiten
+        filters = filters.view(4 * c, c, 2, 2).to(self.conv.weight.dtype)
+        self.conv.weight.copy_(torch.cat([filters, -filters]))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(images))
+
+
+def init_whitening(net: Network, images: torch.Tensor) -> None:
+    """Fit the whitening stem of `net` (if it has one) to normalised training images (N, C, H, W)."""
+    stem = net.features[0]
+    if isinstance(stem, WhiteningStem):
+        stem.fit(images)
+
+
+@torch.no_grad()
+def dirac_init(net: Network) -> None:
+    """Airbench's identity initialisation: in every 3x3 conv of the stages (out, in, 3, 3), the first
+    min(out, in) filters become the identity (output channel i copies input channel i), the others keep
+    their random initialisation, so each conv starts as a near pass-through plus noise. Runs after the
+    random initialisation, so the random draws, and with them the seeds, are the same as without it."""
+    for module in net.features:
+        if isinstance(module, nn.Conv2d):  # the whitening stem's conv sits inside WhiteningStem: left alone
+            nn.init.dirac_(module.weight[:module.in_channels])

@@ -22,11 +22,12 @@ from .evaluation import (VERIFY_MAX_IMAGES, corruption_accuracy, corruption_colu
                          tail_recall)
 from .heads import ArcNet, CentroidHead, build_head
 from .metrics import classification_metrics, confusion_matrix
-from .network import Network
+from .network import Network, init_whitening
 from .results import append_row, environment_info, write_csv
 from .retrieval import retrieval_metrics
 
 EVAL_BATCH = 1000
+WHITENING_IMAGES = 5000  # training images the --whiten stem's patch statistics come from
 
 
 class DivergedError(RuntimeError):
@@ -41,9 +42,16 @@ def seed_everything(seed: int) -> None:
 
 def make_optimizer(config: TrainConfig, net: nn.Module, head: nn.Module, total_steps: int):
     """SGD with Nesterov momentum; LR warms up linearly for `warmup` of the steps, then decays linearly to 0.
-    The head's parameters take --head-weight-decay (default: --weight-decay)."""
-    groups = [{"params": list(net.parameters()), "weight_decay": config.weight_decay},
-              {"params": list(head.parameters()), "weight_decay": config.head_decay()}]
+    The head's parameters take --head-weight-decay (default: --weight-decay); with --bn-bias-lr F != 1 the
+    BatchNorm biases form their own group at F x --lr and --weight-decay / F."""
+    groups = [{"params": list(net.parameters()), "weight_decay": config.weight_decay}]
+    if config.bn_bias_lr != 1:  # only then a group of their own: the optimiser state of older checkpoints still loads
+        biases = [m.bias for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+        groups = [{"params": [p for p in groups[0]["params"] if all(p is not b for b in biases)],
+                   "weight_decay": config.weight_decay},
+                  {"params": biases, "lr": config.lr * config.bn_bias_lr,
+                   "weight_decay": config.weight_decay / config.bn_bias_lr}]
+    groups.append({"params": list(head.parameters()), "weight_decay": config.head_decay()})
     groups = [g for g in groups if g["params"]]  # a triplet head has no parameters
     optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
     warmup_steps = max(1, round(config.warmup * total_steps))
@@ -99,6 +107,11 @@ def embed(net: nn.Module, images: torch.Tensor, normalize, amp: bool, flip_tta: 
         return (out + as_float(net_forward(net, x.flip(3), amp))) / 2 if flip_tta else out
 
     return torch.cat([one(chunk) for chunk in images.split(EVAL_BATCH)])
+
+
+def whitening_sample(images: torch.Tensor) -> torch.Tensor:
+    """About WHITENING_IMAGES training images, evenly strided (a class-sorted folder gives every class)."""
+    return images[::max(1, len(images) // WHITENING_IMAGES)][:WHITENING_IMAGES]
 
 
 def net_forward(net: nn.Module, images: torch.Tensor, amp: bool) -> torch.Tensor:
@@ -326,7 +339,8 @@ class RunSetup:
 def build_model(config: TrainConfig, in_channels: int, num_classes: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
     """The backbone (channels-last) and the loss's head that `config` describes, on `device`."""
     s, m1, m2, m3 = config.margins()
-    net = Network(in_channels, config.latent_dim, config.widths, config.convs_per_stage, config.embedding_bn)
+    net = Network(in_channels, config.latent_dim, config.widths, config.convs_per_stage, config.embedding_bn,
+                  config.whiten, config.dirac_init)
     head = build_head(config.loss, config.latent_dim, num_classes, s, m1, m2, m3, config.triplet_margin,
                       config.label_smoothing, config.margin_tail, config.margin_grad)
     return net.to(device, memory_format=torch.channels_last), head.to(device)
@@ -352,11 +366,12 @@ def prepare_run(config: TrainConfig, load_data, in_channels: int, mean: tuple, s
     """Validate, pick the device, seed, load the data onto the device, build the model, restore --resume."""
     device, data, open_set = start_run(config, load_data)
     net, head = build_model(config, in_channels, data.num_classes, device)
+    normalize = Normalize(mean, std, device)
+    init_whitening(net, normalize(whitening_sample(data.train_x)))  # --whiten; no random draws
     steps = steps_per_epoch(len(data.train_y), config.batch_size)
     optimizer, scheduler = make_optimizer(config, net, head, steps * config.epochs)
     generator = torch.Generator(device).manual_seed(config.seed)
     first_epoch, history, train_seconds, rid = load_resume_state(config, net, head, optimizer, scheduler, generator)
-    normalize = Normalize(mean, std, device)
     flops = first_batch_flops_per_image(config, net, head, data, normalize)
     return RunSetup(device, data, normalize, net, head, optimizer, scheduler, generator, steps,
                     first_epoch, history, train_seconds, environment_info(), open_set, rid, flops)

@@ -48,7 +48,7 @@ def tiny_checkpoints(gray_folder, tmp_path_factory):
     for loss, dim in (("arcface", 3), ("softmax", 5), ("triplet", 3)):
         paths[loss] = str(folder / f"{loss}.pt")
         train_mnist.main(["--widths", "8-16-8", "--latent-dim", str(dim), "--epochs", "2", "--batch-size", "12",
-                          "--device", "cpu", "--no-progress", "--data-root", gray_folder, "--loss", loss,
+                          "--device", "cpu", "--no-amp", "--no-progress", "--data-root", gray_folder, "--loss", loss,
                           "--checkpoint", paths[loss], "--out", str(folder / "runs.csv")])
     return paths, str(folder / "runs.csv")
 
@@ -83,12 +83,14 @@ def test_train_mode_trains_missing_models_once(gray_folder, tmp_path, capsys):
     args = ["--train", "--losses", "softmax", "combined", "--epochs", "1", "--data-root", gray_folder,
             "--checkpoint-dir", str(tmp_path / "ckpt"), "--out-dir", str(tmp_path / "out"), "--device", "cpu",
             "--no-progress"]
-    plot_embeddings.main(args)
+    plot_embeddings.main(args + ["--preset", "report"])
     assert capsys.readouterr().out.count("training ") == 2
-    plot_embeddings.main(args)  # finished checkpoints are reused, not retrained
+    plot_embeddings.main(args + ["--preset", "report"])  # finished checkpoints are reused, not retrained
     assert capsys.readouterr().out.count("training ") == 0
-    plot_embeddings.main(args + ["--lr", "0.01"])  # other settings: retrained, not reused
+    plot_embeddings.main(args + ["--lr", "0.01"])  # other settings (the script's recipe): retrained, not reused
     assert capsys.readouterr().out.count("training ") == 2
+    rows = read_rows(str(tmp_path / "out" / "trained_models.csv"))
+    assert [r["widths"] for r in rows] == ["64-256-64"] * 2 + ["-".join(map(str, train_mnist.DEFAULTS.widths))] * 2
 
 
 @pytest.mark.parametrize("flags,flag", [([], "nothing to do"), (["--train", "--losses", "hinge"], "--losses"),

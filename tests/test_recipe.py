@@ -171,3 +171,82 @@ def test_amp_auto_is_on_exactly_where_bfloat16_is_native(monkeypatch, native):
     assert parse_config(["--device", "cpu"], defaults, "x.py", "").amp is native  # the command line resolves it
     assert parse_config(["--device", "cpu", "--no-amp"], defaults, "x.py", "").amp is False
     assert parse_config(["--device", "cpu", "--amp"], defaults, "x.py", "").amp is True
+
+
+def test_whitening_stem_whitens_correlated_patches_and_keeps_its_filters_fixed():
+    from common.network import WhiteningStem, init_whitening
+    torch.manual_seed(0)
+    mix = torch.randn(12, 12) * torch.linspace(0.1, 5.0, 12)  # strongly correlated, unequal scales
+    latent = torch.randn(4000, 12) @ mix.t()  # (N, P) patches of 3 channels x 2 x 2
+    images = latent.view(4000, 3, 2, 2)  # one 2x2 patch per image
+    stem = WhiteningStem(3)
+    stem.fit(images)
+    out = F.conv2d(images, stem.conv.weight).flatten(1)  # (N, 24): the whitened patch and its negative
+    assert torch.allclose(out[:, 12:], -out[:, :12])
+    covariance = torch.cov(out[:, :12].t().double())
+    eigenvalues = torch.linalg.eigvalsh(torch.cov(latent.t().double()))
+    expected = torch.diag(eigenvalues / (eigenvalues + WhiteningStem.EPS))  # 1 up to eps, in the eigenbasis
+    assert torch.allclose(torch.linalg.eigvalsh(covariance), torch.diagonal(expected).sort().values, atol=1e-3)
+    net = Network(3, 8, widths=(4, 8), whiten=True)
+    init_whitening(net, torch.randn(10, 3, 9, 9))
+    before = net.features[0].conv.weight.clone()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, weight_decay=0.1)
+    net(torch.randn(6, 3, 9, 9)).square().sum().backward()
+    opt.step()
+    assert torch.equal(net.features[0].conv.weight, before) and net.features[0].conv.bias.grad is not None
+    assert net(torch.randn(2, 3, 9, 9)).shape == (2, 8)
+
+
+def test_whiten_trains_end_to_end_and_needs_one_more_pixel(rgb_folder, tmp_path, capsys):
+    flags = ["--data-root", rgb_folder, "--widths", "8-16", "--latent-dim", "8", "--epochs", "1", "--batch-size", "12",
+             "--device", "cpu", "--no-amp", "--no-progress", "--out", str(tmp_path / "r.csv"), "--whiten"]
+    row = train_cifar10.main(flags)
+    assert row["whiten"] is True and math.isfinite(row["test_acc"])
+    with pytest.raises(SystemExit) as exit_info:
+        train_cifar10.main(flags + ["--image-size", "4"])  # 2**2 pixels are enough without the stem, not with it
+    assert exit_info.value.code == 2 and "--image-size must be >= 5" in capsys.readouterr().err
+
+
+def test_checkpoints_from_before_a_recipe_setting_resume_with_its_old_value(gray_folder, tmp_path):
+    from common.checkpoints import check_resume
+    path, out = str(tmp_path / "old.pt"), str(tmp_path / "r.csv")
+    old = ["--data-root", gray_folder, "--widths", "8-16-8", "--latent-dim", "8", "--epochs", "1", "--batch-size", "12",
+           "--device", "cpu", "--no-amp", "--no-progress", "--out", out, "--margin-grad", "exact", "--margin-warmup", "0"]
+    train_mnist.main(old + ["--checkpoint", path])
+    state = torch.load(path, weights_only=True)
+    for key in ("whiten", "margin_grad", "margin_warmup", "margin_tail", "embedding_bn", "label_smoothing"):
+        del state["config"][key]  # as a checkpoint written before these settings existed
+    torch.save(state, path)
+    as_then = parse_config(old, train_mnist.DEFAULTS, "t", "")
+    assert check_resume(path, as_then.as_row(), torch.device("cpu"))["epoch"] == 1
+    with pytest.raises(ValueError, match="margin_grad exact \\(here unit\\)"):
+        check_resume(path, parse_config(old[:-4], train_mnist.DEFAULTS, "t", "").as_row(), torch.device("cpu"))
+
+
+def test_dirac_init_starts_each_conv_as_a_pass_through_of_its_first_channels():
+    torch.manual_seed(0)
+    plain = Network(3, 8, widths=(4, 8, 2), convs_per_stage=2)
+    torch.manual_seed(0)
+    dirac = Network(3, 8, widths=(4, 8, 2), convs_per_stage=2, dirac=True)
+    convs = [(a, b) for a, b in zip(plain.features, dirac.features) if isinstance(a, torch.nn.Conv2d)]
+    for a, b in convs:
+        n = min(a.in_channels, a.out_channels)
+        identity = torch.zeros(n, a.in_channels, 3, 3)
+        identity[range(n), range(n), 1, 1] = 1.0
+        assert torch.equal(b.weight[:n], identity)
+        assert torch.equal(b.weight[n:], a.weight[n:])  # the rest: the same random draws as without it
+    x = torch.randn(2, 4, 5, 5)
+    assert torch.equal(torch.nn.functional.conv2d(x, convs[2][1].weight, padding=1)[:, :4], x)  # 4 -> 8: a copy
+
+
+def test_bn_bias_lr_gives_batchnorm_biases_their_own_lr_and_decay_and_is_one_group_when_1():
+    net, head = Network(1, 4, widths=(4, 8)), SoftmaxHead(4, 3)
+    optimizer, _ = make_optimizer(TrainConfig(bn_bias_lr=64.0, lr=0.1, weight_decay=6.4e-3), net, head, 10)
+    biases = {id(m.bias) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    group = optimizer.param_groups[1]
+    assert {id(p) for p in group["params"]} == biases and len(biases) == 2
+    assert group["initial_lr"] == pytest.approx(6.4) and group["weight_decay"] == pytest.approx(1e-4)
+    assert not biases & {id(p) for p in optimizer.param_groups[0]["params"]}
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(net.parameters())) + len(list(head.parameters()))
+    optimizer, _ = make_optimizer(TrainConfig(), net, head, 10)
+    assert len(optimizer.param_groups) == 2  # as before the flag: checkpoints' optimiser state still loads
