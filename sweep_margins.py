@@ -405,22 +405,24 @@ def plot_summary(summary: list[dict], out_stem: str, rows: list[dict] = ()) -> l
     if arc:
         fig, ax = plt.subplots(figsize=(7, 4))
         scales = sorted({r["s"] for r in arc})
+        epochs = sorted({int(r["epochs"]) for r in rows if r.get("epochs", "") != ""})
+        budget = f"{'/'.join(map(str, epochs))} epochs, " if epochs else ""  # the budget beside the paper's
         for scale in scales:  # one line per scale s: settings that differ in s are not one curve
             line = [r for r in arc if r["s"] == scale]
             ax.errorbar([r["m2"] for r in line], [r["mean_acc"] for r in line],
                         yerr=[0 if math.isnan(r["std_acc"]) else r["std_acc"] for r in line], fmt="o-", capsize=3,
-                        label="mean ± std over seeds" + (f", s = {scale:g}" if len(scales) > 1 else ""))
+                        label=f"this repository: mean ± std over seeds ({budget}s = {scale:g})")
         runs = [(float(r["m2"]), 100 * a) for r in rows if r["loss"] == "arcface" and float(r["m1"]) == 1
                 and float(r["m3"]) == 0 and (a := accuracy_of(r)) is not None]
         if runs:
             ax.plot(*zip(*runs), "o", color="black", markerfacecolor="none", markersize=5, label="each run")
         source = [(r["m2"], r["source_acc"]) for r in arc if r["source_acc"] is not None]
         if source:
-            ax.plot(*zip(*source), "x--", color="tab:red", label="source paper, Table 1 (one run, s = 30)")
+            ax.plot(*zip(*source), "x--", color="tab:red", label="source paper, Table 1 (20 epochs, one run, s = 30)")
         ax.set_xlabel("ArcFace margin m2 (radians)"), ax.set_ylabel("test accuracy (%)")
         ax.set_title("ArcFace (this repository): test accuracy against the additive angular margin")
-        fig.legend(loc="lower center", ncol=3, fontsize=8)  # below the axes: never over a point
-        fig.tight_layout(rect=(0, 0.07, 1, 1))
+        fig.legend(loc="lower center", ncol=2, fontsize=8)  # below the axes: never over a point
+        fig.tight_layout(rect=(0, 0.12, 1, 1))
         written.append(f"{out_stem}_arcface_m2.png")
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)

@@ -96,16 +96,23 @@ class WhiteningStem(nn.Module):
             self.conv.weight.copy_(torch.cat([eye, -eye]))
 
     @torch.no_grad()
-    def fit(self, images: torch.Tensor) -> None:
-        """Set the filters from normalised images (N, C, H, W) (float; any N >= 1)."""
-        c = images.shape[1]
-        patches = images.float().unfold(2, 2, 1).unfold(3, 2, 1)  # (N, C, H-1, W-1, 2, 2)
-        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 4 * c).double()  # (M, P), same order as the weight
-        patches = patches - patches.mean(dim=0)
-        covariance = patches.t() @ patches / len(patches)  # (P, P)
+    def fit(self, images: torch.Tensor, chunk: int = 500) -> None:
+        """Set the filters from normalised images (N, C, H, W) (float; any N >= 1). Patch products are
+        summed in float32 on the images' device, `chunk` images at a time, and the covariance and its
+        eigenvectors computed in float64 on the CPU (MPS has no float64)."""
+        p = 4 * images.shape[1]
+        products, sums, count = torch.zeros(p, p, dtype=torch.float64), torch.zeros(p, dtype=torch.float64), 0
+        for part in images.split(chunk):
+            patches = part.float().unfold(2, 2, 1).unfold(3, 2, 1)  # (n, C, H-1, W-1, 2, 2)
+            patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, p)  # (M, P), in the weight's (C, 2, 2) order
+            products += (patches.t() @ patches).double().cpu()
+            sums += patches.sum(dim=0).double().cpu()
+            count += len(patches)
+        mean = sums / count
+        covariance = products / count - torch.outer(mean, mean)  # (P, P)
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
         filters = (eigenvectors / (eigenvalues.clamp_min(0) + self.EPS).sqrt()).t()  # (P, P): rows whiten
-        filters = filters.view(4 * c, c, 2, 2).to(self.conv.weight.dtype)
+        filters = filters.reshape(p, -1, 2, 2).to(self.conv.weight.device, self.conv.weight.dtype)
         self.conv.weight.copy_(torch.cat([filters, -filters]))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
