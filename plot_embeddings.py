@@ -244,7 +244,7 @@ def train_missing(args, device: torch.device) -> list[str]:
                          lr=args.lr, device=str(device), data_root=args.data_root,
                          max_train_samples=args.max_train_samples, checkpoint=path,
                          out=os.path.join(args.out_dir, "trained_models.csv"), progress=args.progress,
-                         threads=args.threads).resolved()  # --amp auto decided, as the script decides it
+                         threads=args.threads)
         epochs_done = checkpoint_progress(path, config)
         if epochs_done < args.epochs:
             print(f"training {loss} ({args.dataset}, latent dim {args.latent_dim}) -> {path}", flush=True)

@@ -28,6 +28,7 @@ import train_cifar10
 import train_mnist
 from common import LOSSES, MARGIN_DEFAULTS
 from common.config import OneLineErrorParser, parse_config
+from common.checkpoints import FORMER_VALUES
 from common.data import DataError, is_image_folder, list_image_folder
 from common.heads import check_margins
 from common.results import append_row, atomic_write_text, environment_info, read_rows, write_csv
@@ -132,14 +133,11 @@ def row_key(row: dict) -> tuple:
 # sweep can move folders; what it holds is the user's to keep the same.
 SIGNATURE_KEYS = ("dataset", "epochs", "max_train_samples", "train_subset", "latent_dim", "widths", "convs_per_stage",
                   "batch_size", "lr", "momentum", "weight_decay", "warmup", "triplet_margin", "image_size", "amp",
-                  "corruption_samples", "device", "head_weight_decay", "label_smoothing", "embedding_bn",
-                  "whiten", "dirac_init", "bn_bias_lr", "margin_warmup", "margin_tail", "margin_grad", "crop_padding", "flip", "flip_tta")
-# Values of columns that rows from before the column existed lack (the value they were run with).
-SIGNATURE_DEFAULTS = {"train_subset": "", "momentum": "0.9", "weight_decay": "0.0005", "warmup": "0.2",
-                      "triplet_margin": "0.2", "amp": "False", "head_weight_decay": "0.0005", "label_smoothing": "0.0",
-                      "embedding_bn": "False", "whiten": "False", "dirac_init": "False", "bn_bias_lr": "1.0",
-                      "margin_warmup": "0.0", "flip_tta": "False",
-                      "margin_tail": "sphereface", "margin_grad": "exact"}
+                  "corruption_samples", "device", "head_weight_decay", "label_smoothing", "embedding_bn", "whiten",
+                  "dirac_init", "bn_bias_lr", "margin_warmup", "margin_tail", "margin_grad", "crop_padding", "flip",
+                  "flip_tta")
+# Values of columns that rows from before the column existed lack (the value they were run with), as in CSV text.
+SIGNATURE_DEFAULTS = {key: str(value) for key, value in FORMER_VALUES.items()}
 # Rows from before --crop-padding and --flip: the augmentation each script then hard-coded.
 AUGMENT_DEFAULTS = {"mnist": {"crop_padding": "0", "flip": "False"}, "cifar10": {"crop_padding": "4", "flip": "True"}}
 
@@ -485,7 +483,8 @@ PASS_THROUGH = ("--data-root", "--max-train-samples", "--device", "--latent-dim"
                 "--batch-size", "--lr", "--bn-bias-lr", "--weight-decay", "--head-weight-decay", "--label-smoothing",
                 "--margin-warmup", "--crop-padding", "--margin-tail", "--margin-grad",
                 "--imbalance", "--holdout-classes", "--corruption-samples")
-SWITCHES = ("--embedding-bn", "--whiten", "--dirac-init", "--flip", "--flip-tta", "--amp")  # on/off flags passed on as --flag / --no-flag when given
+# On/off flags passed on as --flag / --no-flag when given.
+SWITCHES = ("--embedding-bn", "--whiten", "--dirac-init", "--flip", "--flip-tta", "--amp")
 
 
 def build_parser() -> argparse.ArgumentParser:

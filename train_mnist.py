@@ -7,6 +7,7 @@ the combined margin, or triplet loss; append the test metrics to a results CSV.
 from __future__ import annotations
 
 import time
+
 import torch
 from tqdm import tqdm
 

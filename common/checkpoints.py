@@ -13,13 +13,15 @@ import torch
 # Settings that must match for a checkpoint to be resumed under a config.
 RESUME_KEYS = ("dataset", "loss", "s", "m1", "m2", "m3", "triplet_margin", "latent_dim", "widths",
                "convs_per_stage", "epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup",
-               "head_weight_decay", "label_smoothing", "embedding_bn", "whiten", "dirac_init", "bn_bias_lr", "margin_warmup", "margin_tail", "margin_grad",
-               "crop_padding", "flip",
+               "head_weight_decay", "label_smoothing", "embedding_bn", "whiten", "dirac_init", "bn_bias_lr",
+               "margin_warmup", "margin_tail", "margin_grad", "crop_padding", "flip",
                "seed", "image_size", "max_train_samples", "train_subset", "imbalance", "holdout_classes")
-# What checkpoints from before a setting existed ran with (its value then), so they still resume.
-BEFORE_THE_KEY = {"label_smoothing": 0.0, "embedding_bn": False, "whiten": False, "dirac_init": False,
-                  "bn_bias_lr": 1.0, "margin_warmup": 0.0,
-                  "margin_tail": "sphereface", "margin_grad": "exact"}
+# The value a setting had before it became a config field: what result rows and checkpoints written then,
+# which lack the column, ran with. Read by check_resume and by sweep_margins.py's run signature.
+FORMER_VALUES = {"train_subset": "", "momentum": 0.9, "weight_decay": 0.0005, "warmup": 0.2, "triplet_margin": 0.2,
+                 "amp": False, "corruption_samples": 2000, "head_weight_decay": 0.0005, "label_smoothing": 0.0,
+                 "embedding_bn": False, "whiten": False, "dirac_init": False, "bn_bias_lr": 1.0, "margin_warmup": 0.0,
+                 "flip_tta": False, "margin_tail": "sphereface", "margin_grad": "exact"}
 REQUIRED = ("net", "head", "optimizer", "scheduler", "generator", "epoch", "history", "train_seconds", "config")
 
 
@@ -58,8 +60,7 @@ def check_resume(path: str, config_row: dict, device: torch.device) -> dict:
     continue bit for bit.
     """
     state = read_checkpoint(path)
-    saved = state["config"]
-    saved = {**BEFORE_THE_KEY, **saved}
+    saved = {**FORMER_VALUES, **state["config"]}
     mismatched = [k for k in RESUME_KEYS if str(saved.get(k, "")) != str(config_row.get(k, ""))]
     if mismatched:
         details = ", ".join(f"{k} {_shown(saved.get(k))} (here {_shown(config_row.get(k))})" for k in mismatched)

@@ -44,14 +44,14 @@ def make_optimizer(config: TrainConfig, net: nn.Module, head: nn.Module, total_s
     """SGD with Nesterov momentum; LR warms up linearly for `warmup` of the steps, then decays linearly to 0.
     The head's parameters take --head-weight-decay (default: --weight-decay); with --bn-bias-lr F != 1 the
     BatchNorm biases form their own group at F x --lr and --weight-decay / F."""
-    groups = [{"params": list(net.parameters()), "weight_decay": config.weight_decay}]
-    if config.bn_bias_lr != 1:  # only then a group of their own: the optimiser state of older checkpoints still loads
-        biases = [m.bias for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
-        groups = [{"params": [p for p in groups[0]["params"] if all(p is not b for b in biases)],
-                   "weight_decay": config.weight_decay},
-                  {"params": biases, "lr": config.lr * config.bn_bias_lr,
-                   "weight_decay": config.weight_decay / config.bn_bias_lr}]
-    groups.append({"params": list(head.parameters()), "weight_decay": config.head_decay()})
+    # At F = 1 no group of their own (it is dropped empty), so older checkpoints' optimiser state still loads.
+    biases = [] if config.bn_bias_lr == 1 else [m.bias for m in net.modules()
+                                                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+    groups = [{"params": [p for p in net.parameters() if all(p is not b for b in biases)],
+               "weight_decay": config.weight_decay},
+              {"params": biases, "lr": config.lr * config.bn_bias_lr,
+               "weight_decay": config.weight_decay / config.bn_bias_lr},
+              {"params": list(head.parameters()), "weight_decay": config.head_decay()}]
     groups = [g for g in groups if g["params"]]  # a triplet head has no parameters
     optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
     warmup_steps = max(1, round(config.warmup * total_steps))
@@ -367,7 +367,8 @@ def prepare_run(config: TrainConfig, load_data, in_channels: int, mean: tuple, s
     device, data, open_set = start_run(config, load_data)
     net, head = build_model(config, in_channels, data.num_classes, device)
     normalize = Normalize(mean, std, device)
-    init_whitening(net, normalize(whitening_sample(data.train_x)))  # --whiten; no random draws
+    if config.whiten:  # fits the stem's filters; draws no random numbers
+        init_whitening(net, normalize(whitening_sample(data.train_x)))
     steps = steps_per_epoch(len(data.train_y), config.batch_size)
     optimizer, scheduler = make_optimizer(config, net, head, steps * config.epochs)
     generator = torch.Generator(device).manual_seed(config.seed)
