@@ -14,11 +14,14 @@ verification) and writes a comparison table with the losses as rows.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import math
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 from dataclasses import replace
 
 import torch
@@ -210,6 +213,26 @@ def _worker(payload):
     return run_unit(*payload)
 
 
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def exit_on_sigterm():
+    """Within this block SIGTERM (`kill`, a scheduler's time limit) raises SystemExit instead of ending the
+    process at once, so an enclosing `with Pool` terminates its workers rather than leaving them to run
+    on, orphaned, after the sweep is gone. Outside the main thread (where no handler can be set) it does
+    nothing. The previous handler comes back on leaving."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_sweep(units: list[list[tuple]], base, dataset: str, workers: int, threads: int = 0) -> None:
     """Run the units (jobs already filtered to those not done), `workers` processes at a time, with one
     overall bar over jobs. `threads` is torch's CPU threads per worker; 0 splits the cores between workers."""
@@ -221,7 +244,7 @@ def run_sweep(units: list[list[tuple]], base, dataset: str, workers: int, thread
                 bar.update(len(unit))
             return
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-        with context.Pool(workers, maxtasksperchild=1) as pool:
+        with exit_on_sigterm(), context.Pool(workers, maxtasksperchild=1) as pool:  # workers end with the sweep
             for rows in pool.imap_unordered(_worker, [(unit, base, dataset, threads) for unit in units]):
                 bar.update(len(rows))
 

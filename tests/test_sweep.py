@@ -1,6 +1,11 @@
 """sweep_margins.py: the Table 1 grid, shards, resume, divergence, workers, summary and regression."""
 import math
+import multiprocessing
+import os
 import re
+import signal
+import sys
+import time
 
 import pytest
 
@@ -258,3 +263,20 @@ def test_grouped_sweep_writes_every_row_and_resumes(gray_folder, tmp_path):
     # 4 margin settings of seed 0: one group of 3 and one left alone; softmax always alone
     assert sorted(str(r.get("group_size", "")) for r in rows) == ["", "", "3", "3", "3"]
     assert sweep_margins.main(flags + ["--dry-run"]) == [] and len(read_rows(str(out))) == 5
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_ends_the_workers_with_the_sweep():
+    # The parent alone being killed used to leave its pool's workers running, orphaned, to the end of their runs.
+    previous = signal.getsignal(signal.SIGTERM)
+    context = multiprocessing.get_context("spawn")
+    with pytest.raises(SystemExit):
+        with sweep_margins.exit_on_sigterm(), context.Pool(2) as pool:
+            workers = list(pool._pool)
+            pool.map_async(time.sleep, [60, 60])
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(60)  # the handler raises long before this returns
+    for worker in workers:
+        worker.join(timeout=20)
+        assert not worker.is_alive()
+    assert signal.getsignal(signal.SIGTERM) is previous
