@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import sys
 from dataclasses import dataclass, fields, replace
@@ -18,14 +19,15 @@ import torch
 
 import train_cifar10
 import train_mnist
-from common import ArcNet, CentroidHead, Network, Normalize, TrainConfig
-from common.config import OneLineErrorParser
+from common import ArcNet, CentroidHead, Network, TrainConfig
+from common.cli import OneLineErrorParser
 from common.device import device_flag
 from common.geometry import angles_to_centres, angular_statistics, target_and_nearest_other, to_sphere_3d
-from common.checkpoints import read_checkpoint
-from common.data import DataError
+from common.checkpoints import load_checkpoint, read_checkpoint
+from common.data import DATASETS, DataError
+from common.evaluation import embed
 from common.results import check_writable, read_rows, write_csv
-from common.training import DivergedError, build_model, embed, load_checkpoint
+from common.training import DivergedError, build_model
 
 SCRIPTS = {"mnist": train_mnist, "cifar10": train_cifar10}
 DEFAULT_LOSSES = ("softmax", "arcface", "combined", "triplet")
@@ -56,7 +58,7 @@ def load_model(path: str, data_root: str | None, device: torch.device) -> Model:
     state = read_checkpoint(path)  # on the CPU; load_state_dict copies onto `device`
     config = config_from_row(state["config"], **({"data_root": data_root} if data_root else {}))
     num_classes = next(iter(state["head"].values())).shape[0]  # weight, linear.weight or centres: (C, ...)
-    net, head = build_model(config, SCRIPTS[config.dataset].IN_CHANNELS, num_classes, device)
+    net, head = build_model(config, DATASETS[config.dataset].channels, num_classes, device)
     net.load_state_dict(state["net"])
     head.load_state_dict(state["head"])
     return Model(config.loss, config, net.eval(), head.eval(), state["history"])
@@ -76,9 +78,9 @@ def class_centres(model: Model, embeddings_of, data) -> torch.Tensor:
 
 def analyse(model: Model, device: torch.device) -> dict:
     """Test embeddings, centres, accuracy and angular statistics of one model."""
-    script = SCRIPTS[model.config.dataset]
-    data = script.load_data(model.config).hold_out_classes(model.config.holdout_classes)[0].to(device)  # trained classes
-    normalize = Normalize(script.MEAN, script.STD, device)
+    dataset = DATASETS[model.config.dataset]
+    data = dataset.load(model.config).hold_out_classes(model.config.holdout_classes)[0].to(device)  # trained classes
+    normalize = dataset.normalizer(device)
     embeddings_of = lambda images: embed(model.net, images, normalize, amp=False)  # noqa: E731
     embeddings = embeddings_of(data.test_x)
     centres = class_centres(model, embeddings_of, data)
@@ -107,7 +109,12 @@ def plot_spheres(results: list[dict], path: str) -> list[str]:
     """One 3-D panel per model; returns the panel titles."""
     plt = _pyplot()
     titles = []
-    fig = plt.figure(figsize=(4.6 * len(results), 5.0))
+    classes = max(len(result["classes"]) for result in results)
+    width = max(8.0, 4.6 * len(results))  # one panel alone still fits the title and a legend of 10 classes
+    ncol = min(classes, 10 if width >= 12 else 5)
+    legend_inches = 0.45 + 0.3 * math.ceil(classes / ncol)  # the legend's title and rows, under the panels
+    height = 5.0 + legend_inches
+    fig = plt.figure(figsize=(width, height))
     u, v = torch.meshgrid(torch.linspace(0, 2 * torch.pi, 30), torch.linspace(0, torch.pi, 15), indexing="ij")
     for i, result in enumerate(results):
         ax = fig.add_subplot(1, len(results), i + 1, projection="3d")
@@ -132,10 +139,12 @@ def plot_spheres(results: list[dict], path: str) -> list[str]:
             axis.set_ticks([-1, 0, 1])
         ax.set_xlim(-1, 1), ax.set_ylim(-1, 1), ax.set_zlim(-1, 1)
         ax.set_xlabel("x"), ax.set_ylabel("y"), ax.set_zlabel("z")
-    handles, labels = fig.axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(10, len(labels)), markerscale=4, title="class")
+    # every class once, from the panel that has the most of them (a class with no test point shown has no handle)
+    handles, labels = max((ax.get_legend_handles_labels() for ax in fig.axes), key=lambda hl: len(hl[1]))
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, markerscale=4, title="class", frameon=False)
     fig.suptitle("Normalised test embeddings and class centres (arrows) on the unit sphere")
-    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    # the panels sit above the legend, with room for the 3-D axes' tick labels, which hang below their boxes
+    fig.tight_layout(rect=(0, (legend_inches + 0.2) / height, 1, 1 - 0.45 / height))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return titles
@@ -202,15 +211,28 @@ def plot_curves(runs: list[tuple[str, list[dict]]], path: str, title: str) -> No
     plt.close(fig)
 
 
+LABEL_KEYS = ("s", "m1", "m2", "m3", "epochs", "lr", "widths", "max_train_samples", "imbalance", "holdout_classes")
+
+
+def run_labels(rows: list[dict]) -> list[str]:
+    """'loss seed N', plus every setting of LABEL_KEYS that differs among the rows of the same loss (for
+    example 'arcface m2=0.3 seed 0' and 'arcface m2=0.5 seed 0'); a label still shared ends in its run id."""
+    labels = []
+    for row in rows:
+        same_loss = [r for r in rows if r["loss"] == row["loss"]]
+        varying = [k for k in LABEL_KEYS if len({r.get(k, "") for r in same_loss}) > 1]
+        settings = "".join(f" {k}={row.get(k, '')}" for k in varying)
+        labels.append(f"{row['loss']}{settings} seed {row['seed']}")
+    return [f"{label} ({row['run_id']})" if labels.count(label) > 1 else label for label, row in zip(labels, rows)]
+
+
 def plot_results_csv(results_csv: str, out_dir: str) -> list[str]:
     """A confusion heat map per run, and one training-curve figure, for a training script's CSV."""
     written, runs = [], []
     stem = os.path.splitext(results_csv)[0]
-    for row in read_rows(results_csv):
+    rows = [row for row in read_rows(results_csv) if os.path.isdir(os.path.join(stem, row["run_id"]))]
+    for row, label in zip(rows, run_labels(rows)):
         run_dir = os.path.join(stem, row["run_id"])
-        if not os.path.isdir(run_dir):
-            continue
-        label = f"{row['loss']} seed {row['seed']}"
         path = os.path.join(out_dir, f"{row['run_id']}_confusion.png")
         plot_confusion(os.path.join(run_dir, "confusion.csv"), path,
                        f"{row['dataset']} {label}: test acc {float(row['test_acc']):.4f}")
@@ -302,7 +324,9 @@ def main(argv: list[str] | None = None) -> list[str]:
             check_writable(folder, flag, folder=True)
         except ValueError as exc:
             parser.error(str(exc))
-    device = parser.device(args.device, args.threads)
+    device = parser.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         return plot(args, device)
     except (DataError, ValueError) as exc:  # missing or broken data, a checkpoint that cannot be used

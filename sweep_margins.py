@@ -1,5 +1,6 @@
 """Sweep margins: many training runs over a grid of (loss, s, m1, m2, m3) and seeds, resumable and
-shardable, then a summary with error bars, plots, and a quadratic fit that recommends margins.
+shardable, then a summary with error bars, plots, and a quadratic fit that recommends margins (those
+live in common/sweep_summary.py).
 
     python sweep_margins.py --preset table1 --seeds 0 1 2 --data-root ../shared/data
     python sweep_margins.py --losses arcface cosface softmax --m2 0.3 0.5 --m3 0.2 0.35 --seeds 0 1
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import math
 import multiprocessing
 import os
 import signal
@@ -24,62 +24,22 @@ import sys
 import threading
 from dataclasses import replace
 
-import torch
 from tqdm import tqdm
 
 import train_cifar10
 import train_mnist
 from common import LOSSES, MARGIN_DEFAULTS
-from common.config import OneLineErrorParser, parse_config
+from common.cli import OneLineErrorParser, parse_config
 from common.checkpoints import FORMER_VALUES
-from common.data import DataError, is_image_folder, list_image_folder
+from common.data import DATASETS, DataError, is_image_folder, list_image_folder
 from common.heads import check_margins
-from common.results import append_row, atomic_write_text, environment_info, read_rows, write_csv
 from common.device import pick_device
 from common.grouped import UNGROUPED, run_group
+from common.results import append_row, environment_info, read_rows, write_csv
+from common.sweep_summary import CLAIM_SCENARIOS, row_key, scenario_of, setting, table1_grid, write_summary
 from common.training import DivergedError
 
 SCRIPTS = {"mnist": train_mnist, "cifar10": train_cifar10}
-SETTING_KEYS = ("loss", "s", "m1", "m2", "m3")
-# What a run trains on and reports besides the margins: (imbalance, holdout_classes, corruptions).
-SCENARIO_KEYS = ("imbalance", "holdout_classes", "corruptions")
-SCENARIO_DEFAULTS = {"imbalance": "1.0", "holdout_classes": "0", "corruptions": "False"}  # for rows that predate them
-CLAIM_SCENARIOS = {"clean": (1.0, 0, True), "imbalance10": (10.0, 0, False), "imbalance100": (100.0, 0, False),
-                   "open_set": (1.0, 2, False)}
-
-# Table 1 of the source paper: MNIST test accuracy (%) after 20 epochs, one run per setting.
-TABLE1_ARCFACE = dict(zip([round(0.40 + 0.01 * i, 2) for i in range(20)],
-                          [98.84, 98.75, 98.66, 98.77, 98.77, 98.70, 98.85, 98.71, 98.79, 98.66,
-                           98.93, 98.84, 98.65, 98.70, 98.87, 98.76, 97.58, 98.86, 98.83, 96.01]))
-TABLE1_COMBINED = {(0.40, 0.20): 98.97, (0.41, 0.20): 95.93, (0.42, 0.20): 98.80, (0.43, 0.20): 98.89,
-                   (0.44, 0.20): 98.82, (0.40, 0.25): 98.78, (0.41, 0.25): 98.69, (0.42, 0.25): 98.83,
-                   (0.43, 0.25): 98.80, (0.44, 0.25): 98.88, (0.40, 0.30): 98.84, (0.41, 0.30): 97.73,
-                   (0.42, 0.30): 98.77, (0.43, 0.30): 98.69, (0.44, 0.30): 98.81, (0.40, 0.35): 98.73,
-                   (0.41, 0.35): 98.71, (0.42, 0.35): 98.71, (0.43, 0.35): 98.95, (0.44, 0.35): 96.83}
-
-
-def setting(loss: str, s=None, m1=None, m2=None, m3=None) -> tuple:
-    """(loss, s, m1, m2, m3) with the loss's defaults filled in; margins are None for softmax and triplet."""
-    if loss not in MARGIN_DEFAULTS:
-        return (loss, None, None, None, None)
-    defaults = MARGIN_DEFAULTS[loss]
-    return (loss, *(round(float(d if v is None else v), 6) for v, d in zip((s, m1, m2, m3), defaults)))
-
-
-def table1_grid() -> list[tuple]:
-    arcface = [setting("arcface", 30.0, 1.0, m2, 0.0) for m2 in TABLE1_ARCFACE]
-    combined = [setting("combined", 30.0, 1.0, m2, m3) for m2, m3 in TABLE1_COMBINED]
-    return arcface + combined
-
-
-def source_value(row_setting: tuple) -> float | None:
-    """The source table's accuracy (%) for a setting, if it has one (s = 30 assumed)."""
-    loss, _, m1, m2, m3 = row_setting
-    if m1 != 1.0:
-        return None
-    if loss in ("arcface", "combined") and m3 == 0.0:
-        return TABLE1_ARCFACE.get(m2)
-    return TABLE1_COMBINED.get((m2, m3)) if loss == "combined" else None
 
 
 def claims_grid() -> list[tuple]:
@@ -104,30 +64,6 @@ def jobs_for(grid: list[tuple], seeds: list[int], shard: tuple[int, int],
     index, count = shard
     everything = ((g, scenario, seed) for scenario in scenarios for g in grid for seed in seeds)
     return [job for i, job in enumerate(everything) if i % count == index]
-
-
-def is_true(value) -> bool:
-    """A CSV cell (or a Python value) that says yes: 1 / True / true."""
-    return str(value).strip() in ("1", "True", "true")
-
-
-def scenario_of(row: dict) -> tuple:
-    """(imbalance, holdout_classes, corruptions) of a results row or a config's row."""
-    values = {k: str(row.get(k, "")) or SCENARIO_DEFAULTS[k] for k in SCENARIO_KEYS}
-    return (float(values["imbalance"]), int(values["holdout_classes"]), is_true(values["corruptions"]))
-
-
-def plain_training_set(imbalance: float, holdout: int) -> bool:
-    """The whole (balanced) training set, all classes: the setting of Table 1."""
-    return imbalance == 1.0 and holdout == 0
-
-
-def row_key(row: dict) -> tuple:
-    """(setting, scenario, seed) of a results row, matching `jobs_for`."""
-    loss = row["loss"]
-    margins = (setting(loss) if loss not in MARGIN_DEFAULTS
-               else setting(loss, *(float(row[k]) for k in SETTING_KEYS[1:])))
-    return (margins, scenario_of(row), int(row["seed"]))
 
 
 # Fields besides (setting, scenario, seed) that must match for a row in the CSV to count as this sweep's run:
@@ -178,7 +114,7 @@ def run_unit(unit: list[tuple], base, dataset: str, threads: int) -> list[dict]:
     if len(unit) == 1:
         return [run_job(unit[0], base, dataset, threads)]
     configs = [config_for(job, base, threads) for job in unit]
-    results = run_group(configs, SCRIPTS[dataset])
+    results = run_group(configs, DATASETS[dataset])
     return [record_diverged(c, r) if isinstance(r, DivergedError) else r for c, r in zip(configs, results)]
 
 
@@ -206,7 +142,7 @@ def check_data(base, dataset: str) -> None:
     if is_image_folder(base.data_root):
         list_image_folder(base.data_root)
     else:
-        SCRIPTS[dataset].load_data(base)
+        DATASETS[dataset].load(base)
 
 
 def _worker(payload):
@@ -247,248 +183,6 @@ def run_sweep(units: list[list[tuple]], base, dataset: str, workers: int, thread
         with exit_on_sigterm(), context.Pool(workers, maxtasksperchild=1) as pool:  # workers end with the sweep
             for rows in pool.imap_unordered(_worker, [(unit, base, dataset, threads) for unit in units]):
                 bar.update(len(rows))
-
-
-def accuracy_of(row: dict) -> float | None:
-    return None if is_true(row.get("diverged", "")) or row.get("test_acc", "") == "" else float(row["test_acc"])
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (NaN where undefined)."""
-    mean = sum(values) / len(values) if values else math.nan
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
-    return mean, std
-
-
-def format_mean_std(mean: float, std: float) -> str:
-    """'99.13 ± 0.04', '99.13' for a single run, '—' for none."""
-    if math.isnan(mean):
-        return "—"
-    return f"{mean:.2f}" + ("" if math.isnan(std) else f" ± {std:.2f}")
-
-
-def is_plain(row: dict) -> bool:
-    return plain_training_set(*scenario_of(row)[:2])
-
-
-def summarize(rows: list[dict]) -> list[dict]:
-    """Per (setting, training set): mean, std and count of test accuracy (%), diverged runs, and the
-    source table's value (MNIST on the plain training set only)."""
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        key, (imbalance, holdout, _), _ = row_key(row)
-        groups.setdefault((key, imbalance, holdout, row.get("dataset", "mnist")), []).append(row)
-    summary = []
-    for (key, imbalance, holdout, dataset), members in groups.items():
-        accs = [100 * a for a in map(accuracy_of, members) if a is not None]
-        mean, std = mean_std(accs)
-        plain = plain_training_set(imbalance, holdout)
-        summary.append({**dict(zip(SETTING_KEYS, key)), "dataset": dataset, "imbalance": imbalance,
-                        "holdout_classes": holdout, "mean_acc": mean, "std_acc": std, "runs": len(accs),
-                        "diverged": len(members) - len(accs),
-                        "source_acc": source_value(key) if plain and dataset == "mnist" else None})
-    return summary
-
-
-def markdown_table(summary: list[dict]) -> str:
-    """One line per summary row; a "training set" column appears only when some row is not the plain one."""
-    special = not all(plain_training_set(r["imbalance"], r["holdout_classes"]) for r in summary)
-    lines = ["| loss | s | m1 | m2 | m3 |" + (" training set |" if special else "") +
-             " test acc % (mean ± std) | runs | diverged | source paper % |",
-             "|---|---|---|---|---|" + ("---|" if special else "") + "---|---|---|---|"]
-    fmt = lambda v: "" if v is None else f"{v:g}"  # noqa: E731
-    for r in summary:
-        acc = format_mean_std(r["mean_acc"], r["std_acc"])
-        source = "" if r["source_acc"] is None else f"{r['source_acc']:.2f}"
-        trained = f" imbalance {r['imbalance']:g}, {r['holdout_classes']} classes held out |" if special else ""
-        lines.append(f"| {r['loss']} | {fmt(r['s'])} | {fmt(r['m1'])} | {fmt(r['m2'])} | {fmt(r['m3'])} |{trained} {acc} | "
-                     f"{r['runs']} | {r['diverged']} | {source} |")
-    return "\n".join(lines) + "\n"
-
-
-# The comparison table of --preset claims: (column, heading, which runs, result field, x100 for percent).
-COMPARISON = [
-    ("clean_acc", "clean acc %", "clean", "test_acc", True),
-    ("clean_f1", "macro F1 %", "clean", "test_f1", True),
-    ("imb10_acc", "acc, imbalance 10 %", "imbalance10", "test_acc", True),
-    ("imb100_acc", "acc, imbalance 100 %", "imbalance100", "test_acc", True),
-    ("imb100_tail", "rarest-30% recall, imbalance 100 %", "imbalance100", "tail_recall", True),
-    ("corrupted_acc", "mean corrupted acc %", "clean", "corrupted_acc", True),
-    ("map_at_r", "MAP@R %", "clean", "map_at_r", True),
-    ("verify_tar", "open-set TAR@FAR=1e-3 %", "open_set", "verify_tar", True),
-    ("verify_auc", "open-set ROC AUC %", "open_set", "verify_auc", True),
-    ("seconds_per_epoch", "s / epoch", "clean", "seconds_per_epoch", False),
-]
-
-
-def comparison_table(rows: list[dict]) -> list[dict]:
-    """One row per setting (loss and margins): mean, std and count over seeds of each COMPARISON column."""
-    by_setting: dict[tuple, dict[str, list[dict]]] = {}
-    names = {scenario: name for name, scenario in CLAIM_SCENARIOS.items()}
-    for row in rows:
-        key, scenario, _ = row_key(row)
-        if scenario in names and accuracy_of(row) is not None:
-            by_setting.setdefault(key, {}).setdefault(names[scenario], []).append(row)
-    table = []
-    for key, runs in by_setting.items():
-        line = dict(zip(SETTING_KEYS, key))
-        for column, _, scenario, field, percent in COMPARISON:
-            values = [float(r[field]) * (100 if percent else 1) for r in runs.get(scenario, [])
-                      if str(r.get(field, "")) not in ("", "nan")]
-            line[f"{column}_mean"], line[f"{column}_std"] = mean_std(values)
-            line[f"{column}_runs"] = len(values)
-        table.append(line)
-    return table
-
-
-def comparison_markdown(table: list[dict]) -> str:
-    def cell(line, column):
-        runs = line[f"{column}_runs"]
-        return f"{format_mean_std(line[f'{column}_mean'], line[f'{column}_std'])} ({runs})" if runs else "—"
-
-    header = "| loss | " + " | ".join(heading for _, heading, *_ in COMPARISON) + " |"
-    lines = [header, "|---" * (len(COMPARISON) + 1) + "|"]
-    for line in table:
-        margins = "" if line["s"] is None else f" (s={line['s']:g}, m1={line['m1']:g}, m2={line['m2']:g}, m3={line['m3']:g})"
-        lines.append(f"| {line['loss']}{margins} | " + " | ".join(cell(line, c) for c, *_ in COMPARISON) + " |")
-    return "\n".join(lines) + "\n\nmean ± std (number of seeds) over finished runs.\n"
-
-
-def quadratic_features(v: torch.Tensor, curved: tuple[bool, ...] | None = None) -> torch.Tensor:
-    """(N, k) margins -> (N, features): constant, linear, cross terms, and the square of each margin whose
-    `curved` entry is True (default: all). A margin swept at only two values has no square term: there
-    its square is a linear function of it, and a fit with both is underdetermined."""
-    k = v.shape[1]
-    curved = curved if curved is not None else (True,) * k
-    cols = [torch.ones(len(v), dtype=torch.float64), *v.t()]
-    cols += [v[:, a] * v[:, b] for a in range(k) for b in range(a, k) if a != b or curved[a]]
-    return torch.stack(cols, 1)
-
-
-def fit_quadratic(points: list[tuple[tuple[float, ...], float]], bootstrap: int = 200, seed: int = 0) -> dict | None:
-    """Least-squares quadratic (with cross terms) of accuracy over the margins that vary, its maximiser on
-    a grid spanning the sweep, and the bootstrap (over runs) standard deviation of that maximiser. Only
-    margins swept at three or more values get a square term (`quadratic_features`); None with fewer than
-    3k + 1 runs for k varying margins."""
-    names = [i for i in range(len(points[0][0])) if len({p[0][i] for p in points}) > 1] if points else []
-    curved = tuple(len({p[0][i] for p in points}) >= 3 for i in names)
-    if not names or len(points) < 3 * len(names) + 1:
-        return None
-    x = torch.tensor([[p[0][i] for i in names] for p in points], dtype=torch.float64)
-    y = torch.tensor([p[1] for p in points], dtype=torch.float64)
-    axes = [torch.linspace(x[:, j].min().item(), x[:, j].max().item(), 41, dtype=torch.float64) for j in range(len(names))]
-    grid = torch.cartesian_prod(*axes).view(-1, len(names))
-
-    def best(xs, ys):
-        coef = torch.linalg.lstsq(quadratic_features(xs, curved), ys.view(-1, 1)).solution
-        predicted = (quadratic_features(grid, curved) @ coef).squeeze(1)
-        return grid[predicted.argmax()], predicted.max().item(), coef
-
-    where, value, coef = best(x, y)
-    generator = torch.Generator().manual_seed(seed)
-    draws = [best(x[i], y[i])[0] for i in (torch.randint(0, len(y), (len(y),), generator=generator) for _ in range(bootstrap))]
-    spread = torch.stack(draws).std(dim=0)
-    return {"varying": names, "curved": curved, "best": where.tolist(), "best_std": spread.tolist(),
-            "predicted_acc": value, "coefficients": coef.squeeze(1).tolist()}
-
-
-def recommend(rows: list[dict], loss: str) -> str | None:
-    """One line: the fitted best margins for `loss`, their bootstrap spread and the gain over the loss's default."""
-    points = [((*(float(r[k]) for k in SETTING_KEYS[1:]),), 100 * a) for r in rows
-              if r["loss"] == loss and is_plain(r) and (a := accuracy_of(r)) is not None]
-    fit = fit_quadratic(points)
-    if fit is None:
-        return None
-    names = [SETTING_KEYS[1 + i] for i in fit["varying"]]
-    default = setting(loss)
-    default_x = torch.tensor([[default[1 + i] for i in fit["varying"]]], dtype=torch.float64)
-    features = quadratic_features(default_x, fit["curved"])
-    at_default = (features @ torch.tensor(fit["coefficients"], dtype=torch.float64)).item()
-    swept = [sorted({p[0][i] for p in points}) for i in fit["varying"]]
-    outside = any(not lo[0] <= v <= lo[-1] for lo, v in zip(swept, default_x[0].tolist()))
-    best = ", ".join(f"{n} = {b:.3f} ± {e:.3f}" for n, b, e in zip(names, fit["best"], fit["best_std"]))
-    return (f"{loss}: quadratic fit over {len(points)} runs recommends {best} (predicted {fit['predicted_acc']:.2f}%); "
-            f"at the default {', '.join(f'{n} = {default[1 + i]:g}' for n, i in zip(names, fit['varying']))} "
-            f"it predicts {at_default:.2f}%{' (extrapolated: outside the swept range)' if outside else ''} "
-            f"(gain {fit['predicted_acc'] - at_default:+.2f} points)")
-
-
-def plot_summary(summary: list[dict], out_stem: str, rows: list[dict] = ()) -> list[str]:
-    """The ArcFace m2 plot (mean ± std, every run as a dot: a mean hides a collapsed seed) and the
-    combined-margin heat map; `summary` and `rows` of the plain training set only."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    arc = sorted((r for r in summary if r["loss"] == "arcface" and r["m1"] == 1 and r["m3"] == 0), key=lambda r: r["m2"])
-    if arc:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        scales = sorted({r["s"] for r in arc})
-        epochs = sorted({int(r["epochs"]) for r in rows if r.get("epochs", "") != ""})
-        budget = f"{'/'.join(map(str, epochs))} epochs, " if epochs else ""  # the budget beside the paper's
-        for scale in scales:  # one line per scale s: settings that differ in s are not one curve
-            line = [r for r in arc if r["s"] == scale]
-            ax.errorbar([r["m2"] for r in line], [r["mean_acc"] for r in line],
-                        yerr=[0 if math.isnan(r["std_acc"]) else r["std_acc"] for r in line], fmt="o-", capsize=3,
-                        label=f"this repository: mean ± std over seeds ({budget}s = {scale:g})")
-        runs = [(float(r["m2"]), 100 * a) for r in rows if r["loss"] == "arcface" and float(r["m1"]) == 1
-                and float(r["m3"]) == 0 and (a := accuracy_of(r)) is not None]
-        if runs:
-            ax.plot(*zip(*runs), "o", color="black", markerfacecolor="none", markersize=5, label="each run")
-        source = [(r["m2"], r["source_acc"]) for r in arc if r["source_acc"] is not None]
-        if source:
-            ax.plot(*zip(*source), "x--", color="tab:red", label="source paper, Table 1 (20 epochs, one run, s = 30)")
-        ax.set_xlabel("ArcFace margin m2 (radians)"), ax.set_ylabel("test accuracy (%)")
-        ax.set_title("ArcFace (this repository): test accuracy against the additive angular margin")
-        fig.legend(loc="lower center", ncol=2, fontsize=8)  # below the axes: never over a point
-        fig.tight_layout(rect=(0, 0.12, 1, 1))
-        written.append(f"{out_stem}_arcface_m2.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
-    combined = [r for r in summary if r["loss"] == "combined" and not math.isnan(r["mean_acc"])]
-    m2s, m3s = sorted({r["m2"] for r in combined}), sorted({r["m3"] for r in combined})
-    if len(m2s) > 1 and len(m3s) > 1:
-        grid = torch.full((len(m3s), len(m2s)), math.nan)
-        for r in combined:
-            grid[m3s.index(r["m3"]), m2s.index(r["m2"])] = r["mean_acc"]
-        fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(m2s), 1.2 + 0.8 * len(m3s)))
-        image = ax.imshow(grid.numpy(), cmap="viridis", origin="lower")
-        for i in range(len(m3s)):
-            for j in range(len(m2s)):
-                if not math.isnan(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="white", fontsize=8)
-        ax.set_xticks(range(len(m2s)), [f"{v:g}" for v in m2s]), ax.set_yticks(range(len(m3s)), [f"{v:g}" for v in m3s])
-        ax.set_xlabel("m2 (ArcFace)"), ax.set_ylabel("m3 (CosFace)"), ax.set_title("combined margin: mean test accuracy (%)")
-        fig.colorbar(image, ax=ax)
-        fig.tight_layout()
-        written.append(f"{out_stem}_combined_heatmap.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
-    return written
-
-
-def write_summary(rows: list[dict], out_csv: str) -> list[str]:
-    """<stem>_summary.{csv,md} and plots; the regression and plots use plain-training-set runs only.
-    With runs of --preset claims, also <stem>_comparison.{csv,md}."""
-    stem = os.path.splitext(out_csv)[0]
-    summary = summarize(rows)
-    lines = [line for line in (recommend(rows, loss) for loss in ("arcface", "combined", "cosface", "sphereface")) if line]
-    write_csv(f"{stem}_summary.csv", summary)
-    atomic_write_text(f"{stem}_summary.md", markdown_table(summary) + "".join(f"\n{line}\n" for line in lines))
-    for line in lines:
-        print(line)
-    plain = [r for r in summary if plain_training_set(r["imbalance"], r["holdout_classes"])]
-    written = [f"{stem}_summary.csv", f"{stem}_summary.md", *plot_summary(plain, stem, [r for r in rows if is_plain(r)])]
-    table = comparison_table(rows)
-    if table:
-        write_csv(f"{stem}_comparison.csv", table)
-        markdown = comparison_markdown(table)
-        atomic_write_text(f"{stem}_comparison.md", markdown)
-        print(markdown)
-        written += [f"{stem}_comparison.csv", f"{stem}_comparison.md"]
-    return written
 
 
 def parse_shard(text: str) -> tuple[int, int]:

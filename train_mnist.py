@@ -11,38 +11,58 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import MNIST_MEAN, MNIST_STD, TrainConfig, augment, is_image_folder, load_image_folder, load_mnist
-from common.training import (as_float, check_finite, cli_main, evaluate, evaluate_extras, net_forward, prepare_run,
-                             record_epoch, save_training_state, set_margin_ramp, write_results)
+from common.checkpoints import resume_run, save_run
+from common.cli import cli_main
+from common.config import TrainConfig
+from common.data import MNIST, augment
+from common.evaluation import evaluate, evaluate_extras
+from common.network import as_float, net_forward
+from common.results import write_results
+from common.training import (build_model, check_finite, count_train_tflop, fit_whitening, load_training_data,
+                             make_optimizer, record_epoch, set_margin_ramp, start, steps_per_epoch)
 
 # The recipe of README "The training recipe": a narrower, deeper network than the report's (17.8 TFLOP of
 # training against its 66), the margins' unit gradient and warm-up, bfloat16 where it is native.
-DEFAULTS = TrainConfig(dataset="mnist", widths=(32, 64, 128), convs_per_stage=2, epochs=4, lr=0.05,
-                       margin_grad="unit", margin_warmup=0.3, amp=None, image_size=28, out="results/train_mnist.csv")
+DEFAULTS = TrainConfig(dataset=MNIST.name, widths=(32, 64, 128), convs_per_stage=2, epochs=4, lr=0.05,
+                       margin_grad="unit", margin_warmup=0.3, amp=None, image_size=MNIST.image_size,
+                       out="results/train_mnist.csv")
 # --preset report: the source report's network (64-256-64, one conv per stage), batch 100, no augmentation,
 # trained as this script's defaults did before the recipe (5 epochs, exact margin gradient, float32).
-REPORT = TrainConfig(dataset="mnist", preset="report", widths=(64, 256, 64), convs_per_stage=1, epochs=5,
-                     batch_size=100, lr=0.05, image_size=28, out="results/train_mnist.csv")
-IN_CHANNELS, MEAN, STD = 1, MNIST_MEAN, MNIST_STD  # read by plot_embeddings.py too
+REPORT = TrainConfig(dataset=MNIST.name, preset="report", widths=(64, 256, 64), convs_per_stage=1, epochs=5,
+                     batch_size=100, lr=0.05, image_size=MNIST.image_size, out="results/train_mnist.csv")
 CHECK_EVERY = 50  # steps between checks for a non-finite loss (one host sync each)
 
 
-def load_data(config: TrainConfig):
-    if is_image_folder(config.data_root):
-        return load_image_folder(config.data_root, channels=1, size=config.image_size)
-    return load_mnist(config.data_root, download=config.download)
+def train_step(config: TrainConfig, net, head, optimizer, scheduler, normalize, generator: torch.Generator,
+               images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One optimiser step on a batch of uint8 images (B, C, H, W) and labels (B,): augment, normalise, forward,
+    backward, SGD and schedule. Returns the loss, detached, on the device (no host sync)."""
+    x = normalize(augment(images, config.crop_padding, config.flip, generator))  # (B, C, H, W) float, channels-last
+    embeddings = net_forward(net, x, config.amp)  # (B, D), bfloat16 under --amp
+    loss = head.loss(as_float(embeddings), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.detach()
 
 
 def run(config: TrainConfig) -> dict:
     """Train one model as `config` says and return its results row (also appended to config.out)."""
     config = config.resolved()  # --amp auto: decided for the device
-    setup = prepare_run(config, load_data, IN_CHANNELS, MEAN, STD)
-    device, data, normalize, net, head = setup.device, setup.data, setup.normalize, setup.net, setup.head
-    optimizer, scheduler, generator, steps = setup.optimizer, setup.scheduler, setup.generator, setup.steps
-    history = setup.history  # per-epoch summaries, restored by --resume
+    device = start(config)  # validate, device, threads, seed
+    data, open_set = load_training_data(config, MNIST, device)  # uint8 images on the device
+    normalize = MNIST.normalizer(device)
+    net, head = build_model(config, MNIST.channels, data.num_classes, device)
+    fit_whitening(config, net, data, normalize)  # --whiten
+    steps = steps_per_epoch(len(data.train_y), config.batch_size)
+    optimizer, scheduler = make_optimizer(config, net, head, steps * config.epochs)
+    generator = torch.Generator(device).manual_seed(config.seed)  # shuffling and augmentation
+    record = resume_run(config, net, head, optimizer, scheduler, generator)  # --resume, or a new record
+    record.train_tflop = count_train_tflop(config, net, head, data, normalize)
     metrics = None
 
-    for epoch in range(setup.first_epoch, config.epochs):
+    for epoch in range(record.first_epoch, config.epochs):
         started = time.perf_counter()
         net.train()
         head.train()
@@ -52,30 +72,23 @@ def run(config: TrainConfig) -> dict:
                        disable=not config.progress, leave=False)
         for step, batch in enumerate(batches):
             set_margin_ramp(head, config, epoch * steps + step, config.epochs * steps)  # --margin-warmup
-            images = normalize(augment(data.train_x[batch], config.crop_padding, config.flip, generator))  # uint8 in
-            labels = data.train_y[batch]
-            embeddings = net_forward(net, images, config.amp)  # (B, D), bf16 under --amp
-            loss = head.loss(as_float(embeddings), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses[step] = loss.detach()
+            losses[step] = train_step(config, net, head, optimizer, scheduler, normalize, generator,
+                                      data.train_x[batch], data.train_y[batch])
             if (step + 1) % CHECK_EVERY == 0:
                 check_finite(losses, step + 1 - CHECK_EVERY, step + 1, epoch)
                 batches.set_postfix(loss=f"{losses[step].item():.4f}")
         check_finite(losses, steps - steps % CHECK_EVERY, steps, epoch)  # the steps after the last full window
-        setup.train_seconds += time.perf_counter() - started
+        record.train_seconds += time.perf_counter() - started
 
         metrics, confusion = evaluate(net, head, data, normalize, config)
-        record_epoch(history, epoch, config.epochs, losses, metrics, scheduler, setup.train_seconds,
+        record_epoch(record.history, epoch, config.epochs, losses, metrics, scheduler, record.train_seconds,
                      time.perf_counter() - started)
-        save_training_state(config, setup, epoch + 1)
+        save_run(config, record, net, head, optimizer, scheduler, generator, device, epoch + 1)  # --checkpoint
 
     if metrics is None:  # resumed from a checkpoint of the last epoch: nothing was trained
         metrics, confusion = evaluate(net, head, data, normalize, config)
-    extras = evaluate_extras(config, setup, metrics)  # retrieval; verification, corruptions when asked
-    return write_results(config, setup, metrics, confusion, extras)
+    extras = evaluate_extras(config, net, head, data, normalize, open_set, metrics)  # retrieval; verification, corruptions
+    return write_results(config, record, metrics, confusion, extras, device, data.classes)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -29,12 +29,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import train_cifar10  # noqa: E402
 import train_mnist  # noqa: E402
-from common.config import OneLineErrorParser  # noqa: E402
+from common.cli import OneLineErrorParser  # noqa: E402
 from common.heads import LOSSES  # noqa: E402
-from common.data import DataError, ImageData, augment  # noqa: E402
+from common.data import DATASETS, DataError, ImageData  # noqa: E402
 from common.device import configure_backends, device_flag, device_name, has_native_bf16, synchronize  # noqa: E402
 from common.results import atomic_write_text, check_writable, environment_info  # noqa: E402
-from common.training import as_float, build_model, net_forward, prepare_run  # noqa: E402
+from common.training import (build_model, fit_whitening, make_optimizer, set_margin_ramp, start,  # noqa: E402
+                             steps_per_epoch, training_flops_per_image)
 
 SCRIPTS = {"mnist": train_mnist, "cifar10": train_cifar10}
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
@@ -64,21 +65,20 @@ def load_images(name: str, root: str | None) -> ImageData:
         x = torch.randint(0, 256, (SYNTHETIC_IMAGES, *SHAPES[name]), dtype=torch.uint8, generator=generator)
         y = torch.randint(0, 10, (SYNTHETIC_IMAGES,), generator=generator)
         return ImageData(x, y, x[:100], y[:100], [str(c) for c in range(10)])
-    script = SCRIPTS[name]
-    return script.load_data(replace(script.DEFAULTS, data_root=root, download=False))
+    return DATASETS[name].load(replace(SCRIPTS[name].DEFAULTS, data_root=root, download=False))
 
 
 def recipe_step_fn(name: str, data: ImageData, config, device: torch.device, loader_workers: int):
     """(a): the straightforward recipe's training step, as a zero-argument callable."""
     from torchvision import transforms
 
-    script = SCRIPTS[name]
+    dataset = DATASETS[name]
     steps = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if name == "cifar10" else []
-    transform = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(script.MEAN, script.STD)])
+    transform = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(dataset.mean, dataset.std)])
     loader = torch.utils.data.DataLoader(PILImages(data.train_x, data.train_y, transform), batch_size=config.batch_size,
                                          shuffle=True, num_workers=loader_workers, drop_last=True,
                                          pin_memory=device.type == "cuda")  # as pytorch/examples does on CUDA
-    net, head = build_model(config, script.IN_CHANNELS, data.num_classes, device)
+    net, head = build_model(config, dataset.channels, data.num_classes, device)
     net = net.to(memory_format=torch.contiguous_format)  # the recipe's default NCHW
     optimizer = torch.optim.SGD([*net.parameters(), *head.parameters()], lr=config.lr, momentum=0.9, nesterov=True)
     batches = iter(loader)
@@ -101,32 +101,34 @@ def recipe_step_fn(name: str, data: ImageData, config, device: torch.device, loa
 
 
 def fast_step_fn(name: str, data: ImageData, config):
-    """(b): the training scripts' step on the set-up they build (`prepare_run`)."""
-    script = SCRIPTS[name]
-    setup = prepare_run(config, lambda _: data, script.IN_CHANNELS, script.MEAN, script.STD)
-    net, head, normalize, generator = setup.net, setup.head, setup.normalize, setup.generator
-    train_x, train_y = setup.data.train_x, setup.data.train_y
-    losses = torch.zeros(setup.steps, device=setup.device)
+    """(b): the training script's own `train_step`, with the margin ramp its loop sets before each step, on the
+    model, optimiser and schedule its run() builds with the same calls. Returns (step, training FLOPs per image)."""
+    script, dataset = SCRIPTS[name], DATASETS[name]
+    device = start(config)  # validate, device, threads, seed
+    data = data.to(device)
+    normalize = dataset.normalizer(device)
+    net, head = build_model(config, dataset.channels, data.num_classes, device)
+    fit_whitening(config, net, data, normalize)
+    steps = steps_per_epoch(len(data.train_y), config.batch_size)
+    optimizer, scheduler = make_optimizer(config, net, head, steps * config.epochs)
+    generator = torch.Generator(device).manual_seed(config.seed)
+    flops = training_flops_per_image(net, head, normalize(data.train_x[:config.batch_size]),
+                                     data.train_y[:config.batch_size], config.amp)  # as count_train_tflop does
     state = {"order": [], "step": 0}
     net.train()
     head.train()
 
     def step():
         if not state["order"]:
-            state["order"] = list(torch.randperm(len(train_y), generator=generator, device=setup.device)
+            state["order"] = list(torch.randperm(len(data.train_y), generator=generator, device=device)
                                   .split(config.batch_size)[:-1])  # full batches only, as (a) drops the last
         batch = state["order"].pop()
-        images = normalize(augment(train_x[batch], config.crop_padding, config.flip, generator))
-        embeddings = net_forward(net, images, config.amp)
-        loss = head.loss(as_float(embeddings), train_y[batch])
-        setup.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        setup.optimizer.step()
-        setup.scheduler.step()
-        losses[state["step"] % len(losses)] = loss.detach()
+        set_margin_ramp(head, config, state["step"] % (steps * config.epochs), steps * config.epochs)
+        script.train_step(config, net, head, optimizer, scheduler, normalize, generator, data.train_x[batch],
+                          data.train_y[batch])
         state["step"] += 1
 
-    return step, setup
+    return step, flops
 
 
 def images_per_second(step, batch_size: int, device: torch.device, warmup: int, steps: int, repeats: int) -> float:
@@ -169,7 +171,7 @@ def benchmark_dataset(name: str, data: ImageData, args, device: torch.device, am
     config = replace(SCRIPTS[name].DEFAULTS, device=str(device), amp=amp, batch_size=args.batch_size, progress=False,
                      threads=args.threads, epochs=1)
     recipe, _, _ = recipe_step_fn(name, data, config, device, args.loader_workers)
-    fast, setup = fast_step_fn(name, data, config)
+    fast, flops = fast_step_fn(name, data, config)
     timing = (args.warmup, args.steps, args.repeats)
     recipe_rate = images_per_second(recipe, args.batch_size, device, *timing)
     fast_rate = images_per_second(fast, args.batch_size, device, *timing)
@@ -177,7 +179,6 @@ def benchmark_dataset(name: str, data: ImageData, args, device: torch.device, am
     for loss in args.other_losses:
         per_loss[loss] = images_per_second(fast_step_fn(name, data, replace(config, loss=loss))[0], args.batch_size,
                                            device, *timing)
-    flops = setup.flops_per_image  # counted by prepare_run on the first batch
     epoch_images = {"mnist": 60000, "cifar10": 50000}[name]
     epochs = SCRIPTS[name].DEFAULTS.epochs  # a default run of the training script
     return {"dataset": name, "images": "synthetic" if getattr(args, f"{name}_root") is None else "real",
@@ -201,9 +202,8 @@ def compare_presets(name: str, data: ImageData, args, device: torch.device, amp:
     for preset, defaults in (("report", script.REPORT), ("default", script.DEFAULTS)):
         own_amp = amp if defaults.amp is None else defaults.amp
         config = replace(defaults, device=str(device), amp=own_amp, progress=False, threads=args.threads, epochs=1)
-        step, setup = fast_step_fn(name, data, config)
+        step, flops = fast_step_fn(name, data, config)
         rate = images_per_second(step, config.batch_size, device, args.warmup, args.steps, args.repeats)
-        flops = setup.flops_per_image
         rows.append({"dataset": name, "preset": preset, "widths": "-".join(map(str, config.widths)),
                      "convs_per_stage": config.convs_per_stage, "batch_size": config.batch_size,
                      "epochs": defaults.epochs, "amp": own_amp, "train_gflop_per_image": flops / 1e9,
@@ -240,7 +240,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     parser.check_minimums(args, {"threads": 0, "loader_workers": 0, "warmup": 0, "batch_size": 1, "steps": 1,
                                  "repeats": 1, "matmul_size": 1})
-    device = parser.device(args.device, args.threads)
+    device = parser.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = args.out.format(device=device.type)
     try:
         check_writable(out, "--out")

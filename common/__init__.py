@@ -1,17 +1,21 @@
-"""Shared pieces of arcface-classify: backbone, heads, data, metrics, training helpers."""
-from .config import TrainConfig, parse_config
-from .data import (CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, DataNotFoundError, ImageData, Normalize, augment,
-                   is_image_folder, load_cifar10, load_image_folder, load_mnist, random_crop_flip)
-from .device import autocast, cpu_has_fast_bf16, pick_device
+"""Shared pieces of arcface-classify. Each module holds one subject:
+
+- config.py: TrainConfig (every setting of a run) and its validation; cli.py: the scripts' command line
+- data.py: datasets (MNIST, CIFAR10, image folders) as uint8 tensors, normalisation and augmentation
+- network.py: the conv-BN-ReLU backbone and its forward pass under --amp; heads.py: the losses
+- training.py: the steps a script's run() takes around its loop; grouped.py: K margin settings at once
+- evaluation.py: test metrics, embeddings, retrieval, verification, corruptions (with retrieval.py,
+  corruptions.py, geometry.py); checkpoints.py: --checkpoint / --resume; results.py: the result files
+- device.py: device choice and what it runs fast
+"""
+from .config import TrainConfig
+from .data import CIFAR10, DATASETS, MNIST, DataNotFoundError, ImageData, Normalize, augment, random_crop_flip
 from .heads import (LOSSES, MARGIN_DEFAULTS, ArcNet, CentroidHead, SoftmaxHead, batch_hard_triplet_loss,
                     build_head, margin_target)
-from .metrics import classification_metrics, confusion_matrix
 from .network import Network
 
 __all__ = [
-    "TrainConfig", "parse_config", "CIFAR10_MEAN", "CIFAR10_STD", "MNIST_MEAN", "MNIST_STD", "DataNotFoundError",
-    "ImageData", "Normalize", "is_image_folder", "load_cifar10", "load_image_folder", "load_mnist",
-    "random_crop_flip", "augment", "autocast", "cpu_has_fast_bf16", "pick_device", "LOSSES", "MARGIN_DEFAULTS", "ArcNet",
-    "CentroidHead", "SoftmaxHead", "batch_hard_triplet_loss", "build_head", "margin_target",
-    "classification_metrics", "confusion_matrix", "Network",
+    "TrainConfig", "CIFAR10", "DATASETS", "MNIST", "DataNotFoundError", "ImageData", "Normalize", "augment",
+    "random_crop_flip", "LOSSES", "MARGIN_DEFAULTS", "ArcNet", "CentroidHead", "SoftmaxHead",
+    "batch_hard_triplet_loss", "build_head", "margin_target", "Network",
 ]

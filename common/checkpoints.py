@@ -1,4 +1,5 @@
-"""Training checkpoints: atomic saves, and reading one back for --resume with every check up front.
+"""Training checkpoints: a run's state saved atomically after every epoch (`save_run`), and read back for
+--resume with every check up front (`check_resume`, `resume_run`).
 
 A checkpoint is a dict of tensors, state dicts and plain values (the run's config as a row, its
 history, the run id, the device type), so it loads with torch.load(weights_only=True): no pickled
@@ -9,6 +10,9 @@ from __future__ import annotations
 import os
 
 import torch
+
+from .device import pick_device
+from .results import RunRecord, environment_info, new_run_id
 
 # Settings that must match for a checkpoint to be resumed under a config.
 RESUME_KEYS = ("dataset", "loss", "s", "m1", "m2", "m3", "triplet_margin", "latent_dim", "widths",
@@ -77,3 +81,38 @@ def check_resume(path: str, config_row: dict, device: torch.device) -> dict:
 def _generator_device(generator_state: torch.Tensor) -> str:
     """Checkpoints without a 'device' entry: a CPU generator's state is far larger than a CUDA one's."""
     return "cpu" if generator_state.numel() == torch.Generator().get_state().numel() else "cuda"
+
+
+def save_run(config, record: RunRecord, net, head, optimizer, scheduler, generator: torch.Generator,
+             device: torch.device, epochs_done: int) -> None:
+    """Everything --resume needs to continue bit for bit, saved to config.checkpoint (if set)."""
+    if config.checkpoint:
+        save_checkpoint(config.checkpoint, net=net.state_dict(), head=head.state_dict(),
+                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                        generator=generator.get_state(), epoch=epochs_done, history=record.history,
+                        train_seconds=record.train_seconds, config=config.as_row(), run_id=record.run_id,
+                        device=device.type)
+
+
+def resume_run(config, net, head, optimizer, scheduler, generator: torch.Generator) -> RunRecord:
+    """Restore config.resume's checkpoint into the given objects and return its record (epochs done,
+    history, seconds, run id); without --resume, a new record. The config's validation has already
+    checked that the checkpoint can be resumed (`check_resume`). The record's environment (versions, git
+    commit) is this process's."""
+    if config.resume is None:
+        return RunRecord(new_run_id(config), environment=environment_info())
+    state = read_checkpoint(config.resume)
+    net.load_state_dict(state["net"])
+    head.load_state_dict(state["head"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    print(f"resumed from {config.resume} after epoch {state['epoch']}")
+    # checkpoints from before run ids were saved get a new one
+    return RunRecord(state.get("run_id") or new_run_id(config), state["epoch"], state["history"], state["train_seconds"],
+                     environment_info())
+
+
+def load_checkpoint(path: str, config) -> dict:
+    """The checkpoint at `path` if `config` can resume it on its device; ValueError saying why not."""
+    return check_resume(path, config.as_row(), pick_device(config.device))

@@ -1,7 +1,9 @@
 """Datasets decoded once into uint8 tensors, and batched normalisation / augmentation on the device.
 
 Sources: torchvision's MNIST and CIFAR-10 (downloaded on first use into the data root), or
-an image folder `ROOT/train/<class>/*` and `ROOT/test/<class>/*` for a user's own data.
+an image folder `ROOT/train/<class>/*` and `ROOT/test/<class>/*` for a user's own data. Each dataset
+is described once, by a `Dataset` (`MNIST`, `CIFAR10`, `DATASETS`): its channels, normalisation,
+image size and loader.
 """
 from __future__ import annotations
 
@@ -9,12 +11,11 @@ import math
 import os
 import shutil
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
-MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -283,3 +284,32 @@ def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Genera
     index = torch.arange(batch, device=images.device).view(-1, 1, 1)
     cropped = padded.permute(0, 2, 3, 1)[index, rows.view(batch, -1, 1), cols.view(batch, 1, -1)]  # (B, H, W, C)
     return cropped.permute(0, 3, 1, 2)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset, described once: input channels, the per-channel mean and std that `Normalize` uses,
+    its native image size (the scripts' --image-size default), and the loader of its torchvision copy.
+    The training augmentation is a flag of the run (--crop-padding, --flip), its default in each script."""
+
+    name: str
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int
+    load_torchvision: Callable[[str, bool], ImageData]
+
+    def load(self, config) -> ImageData:
+        """An image folder at config.data_root (decoded at config.image_size) if there is one, otherwise the
+        torchvision copy there (downloaded when config.download allows)."""
+        if is_image_folder(config.data_root):
+            return load_image_folder(config.data_root, channels=self.channels, size=config.image_size)
+        return self.load_torchvision(config.data_root, config.download)
+
+    def normalizer(self, device: torch.device) -> Normalize:
+        return Normalize(self.mean, self.std, device)
+
+
+MNIST = Dataset("mnist", 1, (0.1307,), (0.3081,), 28, load_mnist)
+CIFAR10 = Dataset("cifar10", 3, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), 32, load_cifar10)
+DATASETS = {dataset.name: dataset for dataset in (MNIST, CIFAR10)}

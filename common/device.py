@@ -1,8 +1,7 @@
-"""Device choice (CUDA, then Apple MPS, then CPU) and the autocast context for --amp."""
+"""Device choice (CUDA, then Apple MPS, then CPU), what it runs fast (bfloat16), and its backend settings."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 import torch
 
@@ -64,13 +63,6 @@ def configure_backends(device: torch.device) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bfloat16 autocast for the backbone when `enabled`, otherwise a no-op context."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def synchronize(device: torch.device) -> None:

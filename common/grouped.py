@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig
-from .data import Normalize, augment
+from .data import Dataset, augment
+from .evaluation import evaluate, evaluate_extras
 from .heads import ArcNet, margin_target, ramped_margins
-from .network import Network
-from .results import environment_info
-from .training import (DivergedError, RunSetup, as_float, build_model, check_finite, evaluate, evaluate_extras,
-                       first_batch_flops_per_image, make_optimizer, net_forward, record_epoch, run_id, seed_everything,
-                       set_margin_ramp, start_run, steps_per_epoch, write_results)
+from .network import Network, as_float, net_forward
+from .results import RunRecord, environment_info, new_run_id, write_results
+from .training import (DivergedError, build_model, check_finite, count_train_tflop, load_training_data, make_optimizer,
+                       record_epoch, seed_everything, set_margin_ramp, start, steps_per_epoch)
 
 CHECK_EVERY = 50  # steps between checks for a non-finite loss (one host sync each)
 
@@ -135,8 +135,8 @@ def groupable(configs: list[TrainConfig]) -> bool:
             and first.checkpoint is None and first.resume is None)
 
 
-def run_group(configs: list[TrainConfig], script) -> list[dict | DivergedError]:
-    """Train the configs together and write each one's results row as `script.run` would.
+def run_group(configs: list[TrainConfig], dataset: Dataset) -> list[dict | DivergedError]:
+    """Train the configs together on `dataset` and write each one's results row as its script's `run` would.
 
     Returns, per config, its row, or the DivergedError that stopped it (the other models go on:
     their parameters and BatchNorm channels are disjoint, so a NaN in one never reaches another).
@@ -146,11 +146,13 @@ def run_group(configs: list[TrainConfig], script) -> list[dict | DivergedError]:
     if not groupable(configs):
         raise ValueError("run_group: configs must differ only in their margin-loss settings")
     base = configs[0]
-    device, data, open_set = start_run(base, script.load_data)
+    device = start(base)  # validate, device, threads, seed
+    data, open_set = load_training_data(base, dataset, device)
+    normalize = dataset.normalizer(device)
     nets, heads = [], []
     for config in configs:  # each model starts where it would alone: same seed, same draws
         seed_everything(config.seed)
-        net, head = build_model(config, script.IN_CHANNELS, data.num_classes, device)
+        net, head = build_model(config, dataset.channels, data.num_classes, device)
         nets.append(net)
         heads.append(head)
     group_net = GroupedNetwork(nets).to(device, memory_format=torch.channels_last)
@@ -158,7 +160,6 @@ def run_group(configs: list[TrainConfig], script) -> list[dict | DivergedError]:
     steps = steps_per_epoch(len(data.train_y), base.batch_size)
     optimizer, scheduler = make_optimizer(base, group_net, group_head, steps * base.epochs)
     generator = torch.Generator(device).manual_seed(base.seed)
-    normalize = Normalize(script.MEAN, script.STD, device)
     k = len(configs)
     histories, failed = [[] for _ in configs], [None] * k
     train_seconds, metrics, confusions = 0.0, [None] * k, [None] * k
@@ -189,17 +190,16 @@ def run_group(configs: list[TrainConfig], script) -> list[dict | DivergedError]:
 
     results = []
     environment = environment_info()
-    flops = first_batch_flops_per_image(base, nets[0], heads[0], data, normalize)  # each model's own, as if alone
+    tflop = count_train_tflop(base, nets[0], heads[0], data, normalize)  # each model's own, as if alone
     for i, config in enumerate(configs):
         if failed[i] is not None:
             results.append(failed[i])
             continue
         net, head = unstack(group_net, group_head, i, nets[i], heads[i])
-        setup = RunSetup(device, data, normalize, net, head, optimizer, scheduler, generator, steps, base.epochs,
-                         histories[i], train_seconds / k, environment, open_set, run_id(config), flops)
-        extras = evaluate_extras(config, setup, metrics[i])
+        record = RunRecord(new_run_id(config), base.epochs, histories[i], train_seconds / k, environment, tflop)
+        extras = evaluate_extras(config, net, head, data, normalize, open_set, metrics[i])
         extras[0]["group_size"] = k
-        results.append(write_results(config, setup, metrics[i], confusions[i], extras))
+        results.append(write_results(config, record, metrics[i], confusions[i], extras, device, data.classes))
     return results
 
 

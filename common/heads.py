@@ -11,14 +11,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Margins (s, m1, m2, m3) that each named loss starts from; explicit flags override them.
+# The one home of the margins (s, m1, m2, m3) that each named loss starts from; explicit flags override
+# them, and every other place (ArcNet's and build_head's defaults, TrainConfig, the sweep) reads them here.
 MARGIN_DEFAULTS = {
     "arcface": (30.0, 1.0, 0.5, 0.0),
     "cosface": (30.0, 1.0, 0.0, 0.35),
     "sphereface": (30.0, 1.35, 0.0, 0.0),
     "combined": (30.0, 1.0, 0.3, 0.2),
 }
+NO_MARGINS = (30.0, 1.0, 0.0, 0.0)  # what TrainConfig.margins() gives a loss without margins (softmax, triplet)
 LOSSES = ("softmax", *MARGIN_DEFAULTS, "triplet")
+_ARCFACE = MARGIN_DEFAULTS["arcface"]
 
 # cos(theta) is clamped to [-1 + CLAMP_EPS, 1 - CLAMP_EPS] before acos, so that
 # d(theta)/d(cos) = -1 / sin(theta) stays below 1 / sqrt(2 * CLAMP_EPS) ~ 224 in magnitude.
@@ -95,8 +98,8 @@ class ArcNet(nn.Module):
     with autocast disabled, so bf16/fp16 backbones get the same margin math.
     """
 
-    def __init__(self, in_features: int, num_classes: int, s: float = 30.0,
-                 m1: float = 1.0, m2: float = 0.5, m3: float = 0.0, label_smoothing: float = 0.0,
+    def __init__(self, in_features: int, num_classes: int, s: float = _ARCFACE[0], m1: float = _ARCFACE[1],
+                 m2: float = _ARCFACE[2], m3: float = _ARCFACE[3], label_smoothing: float = 0.0,
                  tail: str = "sphereface", margin_grad: str = "exact"):
         super().__init__()
         check_margins(s, m1, m2, m3)
@@ -216,14 +219,16 @@ class CentroidHead(nn.Module):
         return batch_hard_triplet_loss(embeddings, labels, self.margin)
 
 
-def build_head(loss: str, latent_dim: int, num_classes: int, s: float = 30.0, m1: float = 1.0,
-               m2: float = 0.5, m3: float = 0.0, triplet_margin: float = 0.2,
+def build_head(loss: str, latent_dim: int, num_classes: int, s: float | None = None, m1: float | None = None,
+               m2: float | None = None, m3: float | None = None, triplet_margin: float = 0.2,
                label_smoothing: float = 0.0, tail: str = "sphereface", margin_grad: str = "exact") -> nn.Module:
-    """The head of a named loss; label smoothing applies to the cross-entropy heads (not triplet)."""
+    """The head of a named loss; margins left as None take the loss's (MARGIN_DEFAULTS); label smoothing
+    applies to the cross-entropy heads (not triplet)."""
     if loss == "softmax":
         return SoftmaxHead(latent_dim, num_classes, label_smoothing)
     if loss == "triplet":
         return CentroidHead(latent_dim, num_classes, triplet_margin)
     if loss in MARGIN_DEFAULTS:
-        return ArcNet(latent_dim, num_classes, s, m1, m2, m3, label_smoothing, tail, margin_grad)
+        margins = [d if v is None else v for v, d in zip((s, m1, m2, m3), MARGIN_DEFAULTS[loss])]
+        return ArcNet(latent_dim, num_classes, *margins, label_smoothing, tail, margin_grad)
     raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")

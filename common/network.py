@@ -1,6 +1,7 @@
 """The convolutional backbone of the source report: conv-BN-ReLU stages, pooling, a linear embedding."""
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -68,6 +69,25 @@ class Network(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.pool(self.features(images))  # (B, widths[-1], 1, 1)
         return self.embed_bn(self.embed(torch.flatten(features, 1)))  # (B, latent_dim)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bfloat16 autocast for the backbone when `enabled`, otherwise a no-op context."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def as_float(x: torch.Tensor) -> torch.Tensor:
+    """bfloat16 / float16 (what the backbone returns under --amp) -> float32; float32 and float64 as they are."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
+def net_forward(net: nn.Module, images: torch.Tensor, amp: bool) -> torch.Tensor:
+    """Embeddings (B, D) of normalised images (B, C, H, W): the backbone under bfloat16 autocast when `amp`
+    (its output then bfloat16: `as_float` it for the heads, which compute in float32)."""
+    with autocast(images.device, amp):
+        return net(images)
 
 
 class WhiteningStem(nn.Module):

@@ -1,4 +1,5 @@
-"""Results files: atomic CSV appends and the provenance every row carries."""
+"""Results files: the row, history and confusion matrix a run writes (`write_results`), what a run records
+as it goes (`RunRecord`), atomic CSV appends, and the provenance every row carries."""
 from __future__ import annotations
 
 import contextlib
@@ -8,8 +9,13 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
 
 import torch
+
+from .device import device_name
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -172,3 +178,53 @@ def append_row(path: str, row: dict, unique: str | None = None) -> bool:
 def write_csv(path: str, rows: list[dict], columns: list[str] | None = None) -> None:
     atomic_write_text(path, rows_to_csv(rows, columns))
 
+
+
+def new_run_id(config) -> str:
+    """Names a run's row and its folder: dataset, loss, seed, time, and a random suffix that keeps apart
+    runs of one process finished in the same second (a grouped sweep)."""
+    return f"{config.dataset}-{config.loss}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class RunRecord:
+    """What a run records as it trains, and carries across --resume: its id, the epoch it starts from, the
+    per-epoch history, the training seconds so far, the environment read when it started, and its
+    training compute."""
+
+    run_id: str
+    first_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+    environment: dict = field(default_factory=dict)
+    train_tflop: float = 0.0  # training FLOPs of the whole run (forward + backward), in units of 10^12
+
+
+def write_results(config, record: RunRecord, metrics: dict, confusion: torch.Tensor, extras: tuple[dict, list[dict]],
+                  device: torch.device, classes: list[str]) -> dict:
+    """Append the run's row to config.out; history.csv, confusion.csv (and corruptions.csv) go to a folder
+    beside it. `extras` is what `evaluation.evaluate_extras` returns. A run whose row (same run_id, as a
+    resumed finished checkpoint has) is already in config.out is not appended twice."""
+    columns, corrupted = extras
+    row = {**config.as_row(), "test_acc": metrics["accuracy"], "test_precision": metrics["precision"],
+           "test_recall": metrics["recall"], "test_f1": metrics["f1"],
+           "per_class_recall": ";".join(f"{r:.4f}" for r in metrics["per_class_recall"]), **columns,
+           "train_tflop": record.train_tflop, "train_seconds": round(record.train_seconds, 2),
+           "seconds_per_epoch": round(record.train_seconds / config.epochs, 2),
+           "device": device.type, "device_name": device_name(device), **record.environment, "run_id": record.run_id,
+           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    for key in ("out", "checkpoint", "resume", "progress"):
+        row.pop(key)
+    run_dir = os.path.join(os.path.splitext(config.out)[0], record.run_id)
+    write_csv(os.path.join(run_dir, "history.csv"), record.history)
+    write_csv(os.path.join(run_dir, "confusion.csv"),
+              [{"true": name, **{p: int(n) for p, n in zip(classes, counts)}} for name, counts in zip(classes, confusion.tolist())])
+    if corrupted:
+        write_csv(os.path.join(run_dir, "corruptions.csv"), corrupted)
+    if append_row(config.out, row, unique="run_id"):
+        print(f"{config.dataset} {config.loss}: test acc {metrics['accuracy']:.4f}, macro F1 {metrics['f1']:.4f}, "
+              f"{record.train_tflop:.3g} TFLOP and {record.train_seconds:.0f} s to train; row appended to {config.out}",
+              flush=True)
+    else:
+        print(f"run {record.run_id} already has its row in {config.out}: not appended again")
+    return row

@@ -1,11 +1,8 @@
 """Shared fixtures: a tiny generated image folder (no test reads ../shared or the network)."""
 import os
-import sys
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def make_image_folder(root, size, mode, classes=3, train_per_class=24, test_per_class=4, seed=0):

@@ -5,42 +5,23 @@ import os
 import re
 import shutil
 import stat
-import sys
 from urllib.error import URLError
 
 import pytest
 import torch
 
+import throughput
 import plot_embeddings
 import sweep_margins
 import train_cifar10
 import train_mnist
-from common.checkpoints import read_checkpoint
 from common.results import append_row, read_rows
+from helpers import TINY, no_data_reads, one_line_exit_2
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-import throughput  # noqa: E402
 
-TINY = ["--widths", "8-16-8", "--latent-dim", "8", "--epochs", "1", "--batch-size", "12", "--device", "cpu", "--no-amp",
-        "--no-progress", "--no-download"]
+
 SCRIPTS = {"mnist": (train_mnist, "gray_folder"), "cifar10": (train_cifar10, "rgb_folder")}
-
-
-def one_line_exit_2(main, argv, capsys) -> str:
-    """Run main(argv); assert it exits with 2 and one line on stderr; return that line."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2, err
-    assert len(err.splitlines()) == 1, err
-    return err
-
-
-def no_data_reads(monkeypatch):
-    for script in (train_mnist, train_cifar10):
-        monkeypatch.setattr(script, "load_data", lambda config: pytest.fail("data was read before validation"))
 
 
 def copy_folder(folder, tmp_path):
@@ -48,8 +29,6 @@ def copy_folder(folder, tmp_path):
     shutil.copytree(folder, target)
     return target
 
-
-# --- where results go ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_unwritable_out_or_checkpoint_is_refused_before_training(name, tmp_path, capsys, monkeypatch):
@@ -79,8 +58,6 @@ def test_other_scripts_check_their_output_paths_up_front(tmp_path, capsys):
     assert "--out" in err
 
 
-# --- broken image folders --------------------------------------------------------------------------------
-
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_a_truncated_image_is_named(name, tmp_path, capsys, request):
     script, fixture = SCRIPTS[name]
@@ -102,8 +79,6 @@ def test_an_empty_class_folder_and_a_class_without_test_images_are_named(gray_fo
     err = one_line_exit_2(train_mnist.main, flags, capsys)
     assert "class 'class2'" in err and "is missing" in err and str(data / "test" / "class2") in err
 
-
-# --- datasets that are not there ---------------------------------------------------------------------------
 
 @pytest.fixture
 def failing_download(monkeypatch):
@@ -136,63 +111,6 @@ def test_sweep_with_a_missing_dataset_is_one_line(tmp_path, capsys, failing_down
     assert "MNIST not found" in err and not (tmp_path / "nonexistent").exists() and not (tmp_path / "s.csv").exists()
 
 
-# --- --resume --------------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("content", [b"", b"epoch,loss\n1,0.5\n", b"PK\x03\x04 not really a zip"])
-def test_resume_of_a_file_that_is_not_a_checkpoint(content, tmp_path, capsys, monkeypatch):
-    no_data_reads(monkeypatch)
-    bogus = tmp_path / "notes.pt"
-    bogus.write_bytes(content)
-    err = one_line_exit_2(train_mnist.main, [*TINY, "--resume", str(bogus), "--out", str(tmp_path / "r.csv")], capsys)
-    assert f"--resume {bogus} is not a checkpoint written by --checkpoint" in err
-
-
-def test_resume_of_a_dict_that_is_not_a_checkpoint(tmp_path, capsys, monkeypatch):
-    no_data_reads(monkeypatch)
-    path = tmp_path / "weights.pt"
-    torch.save({"net": {}}, path)
-    err = one_line_exit_2(train_mnist.main, [*TINY, "--resume", str(path), "--out", str(tmp_path / "r.csv")], capsys)
-    assert "is not a checkpoint written by --checkpoint (no 'head' entry)" in err
-
-
-@pytest.fixture
-def checkpoint(gray_folder, tmp_path):
-    path = tmp_path / "run.pt"
-    train_mnist.main([*TINY, "--data-root", gray_folder, "--out", str(tmp_path / "r.csv"), "--checkpoint", str(path)])
-    return path
-
-
-def test_resume_of_a_checkpoint_from_another_device_is_refused(checkpoint, tmp_path, capsys, monkeypatch):
-    state = torch.load(checkpoint, weights_only=True)
-    state.update(device="cuda", generator=torch.zeros(16, dtype=torch.uint8))  # a CUDA Philox state
-    torch.save(state, tmp_path / "cuda.pt")
-    no_data_reads(monkeypatch)
-    err = one_line_exit_2(train_mnist.main, [*TINY, "--resume", str(tmp_path / "cuda.pt"), "--out", str(tmp_path / "r.csv")],
-                          capsys)
-    assert "was saved on cuda, this run is on cpu" in err and "--device cuda" in err
-    del state["device"]  # an older checkpoint: the generator state alone tells
-    torch.save(state, tmp_path / "old.pt")
-    err = one_line_exit_2(train_mnist.main, [*TINY, "--resume", str(tmp_path / "old.pt"), "--out", str(tmp_path / "r.csv")],
-                          capsys)
-    assert "was saved on cuda" in err
-
-
-def test_checkpoints_load_without_unpickling_code(checkpoint):
-    state = read_checkpoint(str(checkpoint))  # torch.load(weights_only=True) inside
-    assert state["epoch"] == 1 and state["device"] == "cpu" and state["run_id"]
-
-
-def test_resuming_a_finished_run_adds_no_second_row(checkpoint, gray_folder, tmp_path, capsys):
-    out = tmp_path / "r.csv"
-    first = read_rows(str(out))
-    assert len(first) == 1
-    row = train_mnist.main([*TINY, "--data-root", gray_folder, "--out", str(out), "--resume", str(checkpoint)])
-    assert len(read_rows(str(out))) == 1 and row["run_id"] == first[0]["run_id"]
-    assert "already has its row" in capsys.readouterr().out
-
-
-# --- flags ---------------------------------------------------------------------------------------------------------
-
 @pytest.mark.parametrize("main, argv", [
     (train_mnist.main, ["--epoch", "1"]), (train_cifar10.main, ["--lat", "8"]),
     (sweep_margins.main, ["--seed", "3", "--dry-run"]), (plot_embeddings.main, ["--result", "x.csv"]),
@@ -216,7 +134,7 @@ def test_help_shows_defaults_as_a_user_types_them(parser):
 
 
 def train_mnist_parser():
-    from common.config import build_parser
+    from common.cli import build_parser
 
     return build_parser("train_mnist.py", train_mnist.DEFAULTS, "")
 
@@ -237,8 +155,6 @@ def test_device_accepts_cuda_with_an_index(capsys, monkeypatch):
     err = one_line_exit_2(train_mnist.main, ["--device", "cuda:one"], capsys)
     assert "expected auto, cpu, cuda, cuda:N or mps" in err
 
-
-# --- result files -----------------------------------------------------------------------------------------------
 
 def test_result_csvs_get_the_usual_mode_and_leave_no_lock_file(tmp_path):
     old = os.umask(0o022)
@@ -311,3 +227,16 @@ def test_git_commit_is_dirty_only_when_code_changed(tmp_path, monkeypatch):
     outside.mkdir(exist_ok=True)
     monkeypatch.setattr(results, "REPO_ROOT", str(outside))
     assert results.git_commit() == "unknown" or not results.git_commit().endswith("-dirty")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--imbalance", "0.5"], "--imbalance must be >= 1"),
+    (["--holdout-classes", "1"], "--holdout-classes must be 0 (off) or >= 2"),
+    (["--corruption-samples", "0"], "--corruption-samples must be >= 1"),
+    (["--holdout-classes", "3"], "--holdout-classes 3 leaves 1 of 4 classes"),
+])
+def test_bad_claim_flags_exit_2_with_one_line(flags, message, four_class_folder, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_mnist.main([*TINY, "--data-root", four_class_folder, "--out", str(tmp_path / "r.csv"), *flags])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1

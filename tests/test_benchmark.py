@@ -1,12 +1,10 @@
 """benchmarks/throughput.py runs both recipes end to end and reports every field (no timing asserted)."""
 import json
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-import throughput  # noqa: E402
+import throughput
+
 
 FIELDS = ["recipe_images_per_s", "fast_images_per_s", "speedup", "recipe_epoch_s", "fast_epoch_s",
           "train_gflop_per_image", "fast_tflops", "fast_fraction_of_fp32_peak", "fast_fraction_of_bf16_peak",

@@ -6,8 +6,15 @@ import torch
 
 import train_cifar10
 import train_mnist
-from common.config import parse_config
-from common.grouped import GroupedArcHead, GroupedNetwork, groupable, note_divergence, run_group
+from common.cli import parse_config
+from common.data import DATASETS
+from common.grouped import (
+    GroupedArcHead,
+    GroupedNetwork,
+    groupable,
+    note_divergence,
+    run_group,
+)
 from common.heads import ArcNet
 from common.network import Network
 from common.results import read_rows
@@ -84,7 +91,7 @@ def test_grouped_training_matches_training_each_setting_alone(script, fixture, t
     configs = [parse_config([*TINY, *recipe, *m, "--data-root", folder, "--out", str(tmp_path / "g.csv")],
                             script.DEFAULTS, "t", "") for m in MARGINS]
     assert groupable(configs)
-    together = run_group(configs, script)
+    together = run_group(configs, DATASETS[script.DEFAULTS.dataset])
     for config, grouped_row, margins in zip(configs, together, MARGINS):
         alone_out = tmp_path / f"alone{margins}.csv"
         alone = script.main([*TINY, *recipe, *margins, "--data-root", folder, "--out", str(alone_out)])

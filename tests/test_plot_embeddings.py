@@ -102,3 +102,12 @@ def test_bad_flags_exit_2_with_one_line(flags, flag, capsys):
         plot_embeddings.main(flags)
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and flag in err
+
+
+def test_run_labels_tell_apart_runs_of_one_loss_and_seed():
+    rows = [{"loss": "arcface", "seed": "0", "m2": "0.3", "s": "30", "run_id": "a"},
+            {"loss": "arcface", "seed": "0", "m2": "0.5", "s": "30", "run_id": "b"},
+            {"loss": "softmax", "seed": "0", "m2": "", "s": "", "run_id": "c"},
+            {"loss": "softmax", "seed": "0", "m2": "", "s": "", "run_id": "d"}]
+    assert plot_embeddings.run_labels(rows) == ["arcface m2=0.3 seed 0", "arcface m2=0.5 seed 0",
+                                                "softmax seed 0 (c)", "softmax seed 0 (d)"]

@@ -1,5 +1,6 @@
 """End-to-end runs of both training scripts on tiny generated image folders, and their errors."""
 import csv
+import math
 import os
 import shutil
 import subprocess
@@ -10,14 +11,24 @@ import torch
 
 import train_cifar10
 import train_mnist
+from common.corruptions import CORRUPTIONS, SEVERITIES
+from common.data import Dataset
 from common.results import read_rows
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 TINY = ["--widths", "8-16-8", "--latent-dim", "8", "--epochs", "2", "--batch-size", "12", "--lr", "0.05",
         "--device", "cpu", "--no-amp", "--no-progress", "--no-download"]
+ONE_EPOCH = ["--widths", "8-16-8", "--latent-dim", "8", "--epochs", "1", "--batch-size", "12", "--device", "cpu",
+             "--no-amp", "--no-progress", "--no-download"]
+
+
 REQUIRED_COLUMNS = ["dataset", "loss", "s", "m1", "m2", "m3", "latent_dim", "epochs", "batch_size", "lr", "seed",
                     "test_acc", "test_precision", "test_recall", "test_f1", "train_seconds", "device",
                     "torch_version", "git_commit"]
+
+
 SCRIPTS = {"mnist": (train_mnist, "gray_folder"), "cifar10": (train_cifar10, "rgb_folder")}
 
 
@@ -78,15 +89,16 @@ def _history(results_stem, row):
 
 def test_resume_continues_exactly_where_the_checkpoint_left(rgb_folder, tmp_path, monkeypatch):
     ckpt = str(tmp_path / "run.pt")
-    saved = train_cifar10.save_training_state
+    saved = train_cifar10.save_run
 
-    def save_and_keep_each_epoch(config, setup, epochs_done):
-        saved(config, setup, epochs_done)
+    def save_and_keep_each_epoch(config, *state):
+        saved(config, *state)
+        epochs_done = state[-1]
         shutil.copy(config.checkpoint, f"{config.checkpoint}.epoch{epochs_done}")
 
-    monkeypatch.setattr(train_cifar10, "save_training_state", save_and_keep_each_epoch)
+    monkeypatch.setattr(train_cifar10, "save_run", save_and_keep_each_epoch)
     full = train(train_cifar10, rgb_folder, tmp_path / "full.csv", "--epochs", "3", "--checkpoint", ckpt)
-    monkeypatch.setattr(train_cifar10, "save_training_state", saved)
+    monkeypatch.setattr(train_cifar10, "save_run", saved)
     resumed = train(train_cifar10, rgb_folder, tmp_path / "resumed.csv", "--epochs", "3",
                     "--resume", f"{ckpt}.epoch1")
     assert resumed["test_acc"] == full["test_acc"] and resumed["per_class_recall"] == full["per_class_recall"]
@@ -97,7 +109,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings_before_reading_data(gray_
     ckpt = str(tmp_path / "run.pt")
     train(train_mnist, gray_folder, tmp_path / "r.csv", "--epochs", "1", "--checkpoint", ckpt)
     capsys.readouterr()
-    monkeypatch.setattr(train_mnist, "load_data", lambda config: pytest.fail("data was read before the check"))
+    monkeypatch.setattr(Dataset, "load", lambda self, config: pytest.fail("data was read before the check"))
     with pytest.raises(SystemExit) as exit_info:
         train(train_mnist, gray_folder, tmp_path / "r.csv", "--epochs", "1", "--resume", ckpt, "--loss", "softmax")
     err = capsys.readouterr().err.strip()
@@ -136,6 +148,8 @@ BAD_INPUTS = [
     (["--head-weight-decay", "-1"], "--head-weight-decay"), (["--crop-padding", "-1"], "--crop-padding"),
     (["--preset", "fast"], "--preset"),
 ]
+
+
 if not torch.cuda.is_available():
     BAD_INPUTS.append((["--device", "cuda"], "--device"))
 
@@ -144,7 +158,7 @@ if not torch.cuda.is_available():
 @pytest.mark.parametrize("flags,flag", BAD_INPUTS)
 def test_bad_input_is_one_line_naming_the_flag_exit_2_before_reading_data(name, flags, flag, capsys, monkeypatch):
     script = SCRIPTS[name][0]
-    monkeypatch.setattr(script, "load_data", lambda config: pytest.fail("data was read before validation"))
+    monkeypatch.setattr(Dataset, "load", lambda self, config: pytest.fail("data was read before validation"))
     with pytest.raises(SystemExit) as exit_info:
         script.main(["--data-root", "/nonexistent", *flags])
     err = capsys.readouterr().err.strip()
@@ -170,7 +184,7 @@ def test_command_line_entry_point(tmp_path):
 
 def test_amp_runs_backbone_in_bfloat16_and_margin_in_float32():
     from common import ArcNet, Network
-    from common.training import net_forward
+    from common.network import net_forward
 
     net, head = Network(3, 8, (8, 8), 1), ArcNet(8, 4)
     images = torch.randn(6, 3, 16, 16)
@@ -179,3 +193,52 @@ def test_amp_runs_backbone_in_bfloat16_and_margin_in_float32():
     logits = head(embeddings, torch.tensor([0, 1, 2, 3, 0, 1]))
     assert logits.dtype == torch.float32
     torch.testing.assert_close(logits, head(embeddings.float(), torch.tensor([0, 1, 2, 3, 0, 1])), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("script_name", ["train_mnist", "train_cifar10"])
+def test_max_train_samples_on_a_class_sorted_folder_trains_on_every_class(script_name, gray_folder, rgb_folder, tmp_path):
+    import train_cifar10
+
+    script, folder = (train_mnist, gray_folder) if script_name == "train_mnist" else (train_cifar10, rgb_folder)
+    row = script.main([*ONE_EPOCH, "--data-root", folder, "--out", str(tmp_path / "r.csv"), "--max-train-samples", "30"])
+    assert row["train_class_counts"] == "10;10;10" and row["train_subset"] == "stratified"
+
+
+def test_script_reports_imbalance_verification_and_corruptions(four_class_folder, tmp_path):
+    out = tmp_path / "r.csv"
+    row = train_mnist.main([*ONE_EPOCH, "--data-root", four_class_folder, "--out", str(out), "--imbalance", "3",
+                            "--holdout-classes", "2", "--corruptions", "--corruption-samples", "5"])
+    saved = read_rows(str(out))[0]
+    assert saved["train_class_counts"] == "24;8" and saved["imbalance"] == "3.0" and saved["holdout_classes"] == "2"
+    for column in ("tail_recall", "precision_at_1", "r_precision", "map_at_r", "verify_auc", "verify_tar",
+                   "open_map_at_r", "corrupted_acc", *(f"acc_{name}" for name in CORRUPTIONS)):
+        assert 0.0 <= float(saved[column]) <= 1.0, column
+    details = read_rows(os.path.join(tmp_path, "r", row["run_id"], "corruptions.csv"))
+    assert len(details) == len(CORRUPTIONS) * len(SEVERITIES)
+
+
+def test_plain_run_has_retrieval_but_no_verification_or_corruption_columns(four_class_folder, tmp_path):
+    row = train_mnist.main([*ONE_EPOCH, "--data-root", four_class_folder, "--out", str(tmp_path / "r.csv")])
+    assert "map_at_r" in row and row["train_class_counts"] == "24;24;24;24"
+    assert "verify_tar" not in row and "corrupted_acc" not in row
+
+
+def test_recipe_flags_reach_the_model_and_the_row(gray_folder, tmp_path):
+    out = tmp_path / "r.csv"
+    row = train_mnist.main(["--data-root", gray_folder, "--widths", "8-16-8", "--latent-dim", "8", "--epochs", "2",
+                            "--batch-size", "12", "--device", "cpu", "--no-amp", "--no-progress", "--out", str(out),
+                            "--embedding-bn", "--margin-warmup", "0.5", "--label-smoothing", "0.1",
+                            "--head-weight-decay", "0", "--crop-padding", "2", "--flip-tta"])
+    assert (row["embedding_bn"], row["margin_warmup"], row["label_smoothing"], row["head_weight_decay"],
+            row["crop_padding"], row["flip"], row["flip_tta"]) == (True, 0.5, 0.1, 0.0, 2, False, True)
+    assert math.isfinite(row["test_acc"])
+
+
+def test_whiten_trains_end_to_end_and_needs_one_more_pixel(rgb_folder, tmp_path, capsys):
+    flags = ["--data-root", rgb_folder, "--widths", "8-16", "--latent-dim", "8", "--epochs", "1", "--batch-size", "12",
+             "--device", "cpu", "--no-amp", "--no-progress", "--out", str(tmp_path / "r.csv"), "--whiten"]
+    row = train_cifar10.main(flags)
+    assert row["whiten"] is True and math.isfinite(row["test_acc"])
+    with pytest.raises(SystemExit) as exit_info:
+        train_cifar10.main(flags + ["--image-size", "4"])  # 2**2 pixels are enough without the stem, not with it
+    assert exit_info.value.code == 2 and "--image-size must be >= 5" in capsys.readouterr().err

@@ -1,5 +1,4 @@
 """sweep_margins.py: the Table 1 grid, shards, resume, divergence, workers, summary and regression."""
-import math
 import multiprocessing
 import os
 import re
@@ -10,31 +9,18 @@ import time
 import pytest
 
 import sweep_margins
+from common import sweep_summary
 from common.results import read_rows, write_csv
 
 TINY = ["--widths", "8-16-8", "--latent-dim", "8", "--epochs", "1", "--batch-size", "12", "--device", "cpu", "--no-amp"]
 
-
-def test_table1_grid_is_exactly_the_papers_40_settings():
-    grid = sweep_margins.table1_grid()
-    assert len(grid) == 40 and len(set(grid)) == 40
-    arcface, combined = grid[:20], grid[20:]
-    assert [g[3] for g in arcface] == [round(0.40 + 0.01 * i, 2) for i in range(20)]
-    assert all(g[0] == "arcface" and g[1:3] == (30.0, 1.0) and g[4] == 0.0 for g in arcface)
-    assert [(g[3], g[4]) for g in combined] == [(m2, m3) for m3 in (0.20, 0.25, 0.30, 0.35)
-                                               for m2 in (0.40, 0.41, 0.42, 0.43, 0.44)]
-    assert all(g[0] == "combined" and g[2] == 1.0 for g in combined)
-    assert sweep_margins.source_value(arcface[10]) == 98.93 and sweep_margins.source_value(combined[1]) == 95.93
-
-
 @pytest.mark.parametrize("count", [1, 3, 7])
 def test_shards_are_disjoint_and_cover_the_grid(count):
-    grid, seeds = sweep_margins.table1_grid(), [0, 1, 2]
+    grid, seeds = sweep_summary.table1_grid(), [0, 1, 2]
     shards = [sweep_margins.jobs_for(grid, seeds, (i, count)) for i in range(count)]
     everything = [job for shard in shards for job in shard]
     assert len(everything) == len(set(everything)) == 120
     assert set(everything) == set(sweep_margins.jobs_for(grid, seeds, (0, 1)))
-
 
 def test_custom_grid_with_reference_losses():
     args = sweep_margins.build_parser().parse_args(["--losses", "arcface", "softmax", "combined", "--m2", "0.3", "0.5"])
@@ -42,11 +28,9 @@ def test_custom_grid_with_reference_losses():
     assert grid == [("arcface", 30.0, 1.0, 0.3, 0.0), ("arcface", 30.0, 1.0, 0.5, 0.0), ("softmax", None, None, None, None),
                     ("combined", 30.0, 1.0, 0.3, 0.2), ("combined", 30.0, 1.0, 0.5, 0.2)]
 
-
 def sweep(folder, out, *extra):
     return sweep_margins.main(["--losses", "arcface", "softmax", "--m2", "0.3", "0.5", "--seeds", "0", "1",
                                "--data-root", folder, "--out", str(out), *TINY, *extra])
-
 
 def test_resume_after_interruption_reruns_nothing_that_finished(gray_folder, tmp_path, monkeypatch):
     out = tmp_path / "sweep.csv"
@@ -66,19 +50,17 @@ def test_resume_after_interruption_reruns_nothing_that_finished(gray_folder, tmp
     calls.clear()
     rows = sweep(gray_folder, out)
     assert len(calls) == 3 and not finished & set(calls)  # 6 jobs in all: only the 3 unfinished ran
-    keys = [sweep_margins.row_key(r) for r in rows]
+    keys = [sweep_summary.row_key(r) for r in rows]
     assert len(keys) == len(set(keys)) == 6
     calls.clear()
     sweep(gray_folder, out)
     assert calls == []  # everything done: nothing reruns
-
 
 def test_other_run_settings_are_not_taken_for_done(gray_folder, tmp_path):
     out = tmp_path / "sweep.csv"
     sweep_margins.main(["--m2", "0.5", "--data-root", gray_folder, "--out", str(out), *TINY])
     sweep_margins.main(["--m2", "0.5", "--data-root", gray_folder, "--out", str(out), *TINY, "--max-train-samples", "30"])
     assert len(read_rows(str(out))) == 2
-
 
 def test_amp_and_device_are_part_of_a_runs_signature(gray_folder, tmp_path, capsys):
     """A row of the same setting and seed trained with --amp, or on another device, is not this run."""
@@ -99,7 +81,6 @@ def test_amp_and_device_are_part_of_a_runs_signature(gray_folder, tmp_path, caps
     sweep_margins.main(flags + ["--dry-run"])
     assert "1 already in" in capsys.readouterr().out
 
-
 def test_diverged_run_is_recorded_as_diverged(gray_folder, tmp_path, monkeypatch):
     from common.training import DivergedError
 
@@ -115,13 +96,11 @@ def test_diverged_run_is_recorded_as_diverged(gray_folder, tmp_path, monkeypatch
     summary = read_rows(str(tmp_path / "sweep_summary.csv"))
     assert summary[0]["diverged"] == "2" and summary[0]["runs"] == "0"
 
-
 def test_workers_run_in_separate_processes(gray_folder, tmp_path):
     out = tmp_path / "sweep.csv"
     rows = sweep_margins.main(["--losses", "softmax", "arcface", "--seeds", "0", "--workers", "2",
                                "--data-root", gray_folder, "--out", str(out), *TINY])
     assert sorted(r["loss"] for r in rows) == ["arcface", "softmax"]
-
 
 def synthetic_rows(best_m2=0.47, best_m3=0.27):
     """Accuracy a known concave quadratic of the margins, +-0.05 by seed, and one diverged run."""
@@ -137,51 +116,9 @@ def synthetic_rows(best_m2=0.47, best_m3=0.27):
     rows.append({"loss": "combined", "s": 30, "m1": 1, "m2": 0.41, "m3": 0.2, "seed": 0, "test_acc": "", "diverged": 1})
     return rows
 
-
-def test_summary_statistics_and_markdown_on_a_synthetic_csv(tmp_path, capsys):
-    path = str(tmp_path / "runs.csv")
-    write_csv(path, synthetic_rows())
-    sweep_margins.main(["--summarize", path, "--out", path])
-    summary = {(r["loss"], float(r["m2"]), float(r["m3"])): r for r in read_rows(str(tmp_path / "runs_summary.csv"))}
-    cell = summary[("arcface", 0.46, 0.0)]
-    assert float(cell["mean_acc"]) == pytest.approx(99.0 - 40 * 0.01 ** 2) and cell["runs"] == "2"
-    assert float(cell["std_acc"]) == pytest.approx(math.sqrt(2 * 0.05 ** 2))
-    assert summary[("combined", 0.41, 0.2)]["diverged"] == "1" and summary[("combined", 0.41, 0.2)]["runs"] == "0"
-    assert summary[("arcface", 0.5, 0.0)]["source_acc"] == "98.93"
-    markdown = (tmp_path / "runs_summary.md").read_text()
-    assert "| arcface | 30 | 1 | 0.46 | 0 | 99.00 ± 0.07 | 2 | 0 | 98.85 |" in markdown
-    for name in ("runs_arcface_m2.png", "runs_combined_heatmap.png"):
-        assert (tmp_path / name).stat().st_size > 1000
-
-
-def test_regression_recovers_the_best_margins():
-    rows = synthetic_rows()
-    points = [((float(r["s"]), float(r["m1"]), r["m2"], r["m3"]), 100 * r["test_acc"]) for r in rows if r["loss"] == "arcface"]
-    fit = sweep_margins.fit_quadratic(points)
-    assert fit["varying"] == [2] and fit["best"][0] == pytest.approx(0.47, abs=0.004)
-    assert fit["best_std"][0] < 0.02 and fit["predicted_acc"] == pytest.approx(99.0, abs=0.01)
-    line = sweep_margins.recommend(rows, "combined")
-    assert recommended(line, "m2") == pytest.approx(0.42, abs=0.004)  # within one grid step
-    assert recommended(line, "m3") == pytest.approx(0.27, abs=0.004)
-    assert "extrapolated" in line  # the combined default (0.3, 0.2) lies outside m2 in [0.40, 0.44]
-    assert recommended(sweep_margins.recommend(rows, "arcface"), "m2") == pytest.approx(0.47, abs=0.004)
-
-
-def test_a_margin_swept_at_two_values_gets_no_square_term():
-    # accuracy quadratic in m2 (five values), linear in m3 (two values): the fit must recover both,
-    # where a square term for m3 would leave the least-squares problem underdetermined
-    points = [((30.0, 1.0, m2, m3), 99.0 - 40 * (m2 - 0.42) ** 2 + 4 * (m3 - 0.2))
-              for m2 in (0.40, 0.41, 0.42, 0.43, 0.44) for m3 in (0.2, 0.3) for _ in range(2)]
-    fit = sweep_margins.fit_quadratic(points)
-    assert fit["varying"] == [2, 3] and fit["curved"] == (True, False)
-    assert fit["best"] == pytest.approx([0.42, 0.3], abs=1e-9)
-    assert fit["predicted_acc"] == pytest.approx(99.4, abs=1e-6)
-
-
 def recommended(line, name):
     """The value that a `recommend` line gives for margin `name`."""
     return float(re.search(rf"recommends .*?{name} = ([0-9.]+)", line).group(1))
-
 
 @pytest.mark.parametrize("flags,flag", [(["--losses", "hinge"], "--losses"), (["--m2", "4"], "--m2"),
                                         (["--workers", "0"], "--workers"), (["--shard", "2/2"], "--shard"),
@@ -192,7 +129,6 @@ def test_bad_flags_exit_2_with_one_line(flags, flag, capsys):
         sweep_margins.main(flags + ["--data-root", "/nonexistent"])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and flag in err, err
-
 
 def test_claims_preset_runs_every_loss_in_four_scenarios_and_resumes(four_class_folder, tmp_path, capsys):
     out = tmp_path / "claims.csv"
@@ -207,44 +143,14 @@ def test_claims_preset_runs_every_loss_in_four_scenarios_and_resumes(four_class_
     table = {r["loss"]: r for r in read_rows(str(tmp_path / "claims_comparison.csv"))}
     assert sorted(table) == sorted(sweep_margins.LOSSES)
     for line in table.values():
-        for column, *_ in sweep_margins.COMPARISON:
+        for column, *_ in sweep_summary.COMPARISON:
             assert line[f"{column}_runs"] == "1", column
     markdown = (tmp_path / "claims_comparison.md").read_text()
     assert markdown.count("\n| ") == 6 and "open-set TAR@FAR=1e-3 %" in markdown
     assert sweep_margins.main(flags) and "0 to run" in capsys.readouterr().out  # resumed: nothing left
 
-
-def test_comparison_table_on_a_synthetic_csv():
-    def row(scenario, seed, acc, **extra):
-        imbalance, holdout, corruptions = sweep_margins.CLAIM_SCENARIOS[scenario]
-        return {"loss": "softmax", "s": "", "m1": "", "m2": "", "m3": "", "seed": seed, "test_acc": acc,
-                "test_f1": acc, "imbalance": imbalance, "holdout_classes": holdout, "corruptions": corruptions, **extra}
-
-    rows = [row("clean", 0, 0.90, corrupted_acc=0.5, seconds_per_epoch=10), row("clean", 1, 0.92, corrupted_acc=0.7,
-                                                                                  seconds_per_epoch=12),
-            row("imbalance100", 0, 0.60, tail_recall=0.2), row("open_set", 0, 0.99, verify_tar=0.25, verify_auc=0.9),
-            {**row("imbalance10", 0, ""), "diverged": 1}]
-    (line,) = sweep_margins.comparison_table(rows)
-    assert line["clean_acc_mean"] == pytest.approx(91.0) and line["clean_acc_std"] == pytest.approx(math.sqrt(2))
-    assert line["corrupted_acc_mean"] == pytest.approx(60.0) and line["seconds_per_epoch_mean"] == pytest.approx(11.0)
-    assert line["imb100_tail_mean"] == pytest.approx(20.0) and line["verify_tar_mean"] == pytest.approx(25.0)
-    assert line["imb10_acc_runs"] == 0 and line["map_at_r_runs"] == 0  # diverged, and a column never reported
-    markdown = sweep_margins.comparison_markdown([line])
-    assert "| softmax | 91.00 ± 1.41 (2) | 91.00 ± 1.41 (2) | — |" in markdown
-    summary = sweep_margins.summarize(rows)
-    assert {(r["imbalance"], r["holdout_classes"]) for r in summary} == {(1.0, 0), (100.0, 0), (1.0, 2), (10.0, 0)}
-    assert "imbalance 100, 0 classes held out" in sweep_margins.markdown_table(summary)
-
-
-def test_source_number_only_beside_plain_mnist_runs():
-    base = {"loss": "arcface", "s": 30, "m1": 1, "m2": 0.5, "m3": 0, "seed": 0, "test_acc": 0.99}
-    summary = sweep_margins.summarize([base, {**base, "imbalance": 10}, {**base, "dataset": "cifar10"}])
-    assert sorted((r["dataset"], r["imbalance"], r["source_acc"]) for r in summary) == [
-        ("cifar10", 1.0, None), ("mnist", 1.0, 98.93), ("mnist", 10.0, None)]
-
-
 def test_group_jobs_chunks_margin_settings_of_one_scenario_and_seed():
-    grid = [("softmax", None, None, None, None)] + sweep_margins.table1_grid()[:5]
+    grid = [("softmax", None, None, None, None)] + sweep_summary.table1_grid()[:5]
     jobs = sweep_margins.jobs_for(grid, [0, 1], (0, 1))
     units = sweep_margins.group_jobs(jobs, 2)
     assert sorted(job for unit in units for job in unit) == sorted(jobs)  # every job exactly once
@@ -252,7 +158,6 @@ def test_group_jobs_chunks_margin_settings_of_one_scenario_and_seed():
     assert [len(u) for u in units if u[0][0][0] == "softmax"] == [1, 1]
     assert sorted(len(u) for u in units if u[0][0][0] == "arcface") == [1, 1, 2, 2, 2, 2]
     assert all(len(u) == 1 for u in sweep_margins.group_jobs(jobs, 1))
-
 
 def test_grouped_sweep_writes_every_row_and_resumes(gray_folder, tmp_path):
     out = tmp_path / "sweep.csv"
@@ -263,7 +168,6 @@ def test_grouped_sweep_writes_every_row_and_resumes(gray_folder, tmp_path):
     # 4 margin settings of seed 0: one group of 3 and one left alone; softmax always alone
     assert sorted(str(r.get("group_size", "")) for r in rows) == ["", "", "3", "3", "3"]
     assert sweep_margins.main(flags + ["--dry-run"]) == [] and len(read_rows(str(out))) == 5
-
 
 @pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32", reason="POSIX signals")
 def test_sigterm_ends_the_workers_with_the_sweep():

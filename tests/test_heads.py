@@ -1,11 +1,28 @@
-"""ArcNet and the combined margin at the edges: closed forms, monotonicity, gradients, autocast."""
+"""The losses' heads (common/heads.py): ArcNet's combined margin at the edges (closed forms, monotonicity,
+gradients, autocast), margin warm-up and label smoothing, the batch-hard triplet loss and the centroid head."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from common import ArcNet, margin_target
+from common import (
+    ArcNet,
+    CentroidHead,
+    SoftmaxHead,
+    batch_hard_triplet_loss,
+    margin_target,
+)
+from common.config import TrainConfig
+from common.training import (
+    set_margin_ramp,
+)
+
+
+def unit(angle_deg):
+    a = math.radians(angle_deg)
+    return [math.cos(a), math.sin(a)]
+
 
 MARGINS = [(1.0, 0.5, 0.0), (1.35, 0.0, 0.0), (1.2, 0.4, 0.0), (2.0, 0.3, 0.2), (4.0, 0.0, 0.0),
            (1.0, 0.0, 0.35), (1.0, 3.0, 0.5), (3.7, 1.1, 0.4)]
@@ -19,6 +36,83 @@ def head_at_angles(thetas, s=30.0, margins=(1.0, 0.5, 0.0), dtype=torch.float32)
     thetas = torch.as_tensor(thetas, dtype=dtype)
     embeddings = torch.stack([torch.cos(thetas), torch.sin(thetas)], dim=1) * 0.5
     return head.to(dtype), embeddings
+
+
+def _logits_with_weight(head, embeddings, weight, labels):
+    cos = F.normalize(embeddings) @ F.normalize(weight).t()
+    target = labels.view(-1, 1)
+    return head.s * cos.scatter(1, target, margin_target(cos.gather(1, target), head.m1, head.m2, head.m3))
+
+
+def test_batch_hard_triplet_picks_hardest_pairs():
+    # class 0 at 0 and 60 degrees, class 1 at 90 and 180 degrees
+    x = torch.tensor([unit(0), unit(60), unit(90), unit(180)])
+    y = torch.tensor([0, 0, 1, 1])
+    chord = lambda deg: 2 * math.sin(math.radians(deg) / 2)  # noqa: E731  distance on the unit circle
+    # anchor: hardest positive, hardest negative
+    expected = [(chord(60), chord(90)), (chord(60), chord(30)), (chord(90), chord(30)), (chord(90), chord(120))]
+    margin = 0.3
+    want = sum(max(0.0, p - n + margin) for p, n in expected) / 4
+    assert batch_hard_triplet_loss(x, y, margin).item() == pytest.approx(want, abs=1e-6)
+
+
+def test_batch_hard_triplet_skips_anchors_without_positive_and_has_gradients():
+    x = torch.tensor([unit(0), unit(10), unit(100)], requires_grad=True)
+    y = torch.tensor([0, 0, 1])  # the class-1 sample has no positive
+    loss = batch_hard_triplet_loss(x, y, 2.0)
+    chord = lambda deg: 2 * math.sin(math.radians(deg) / 2)  # noqa: E731
+    # anchors 0 and 1 only; their negative (100 degrees) is 100 and 90 degrees away
+    expected = ((chord(10) - chord(100) + 2.0) + (chord(10) - chord(90) + 2.0)) / 2
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    loss.backward()
+    assert torch.isfinite(x.grad).all()
+    identical = torch.ones(4, 3, requires_grad=True)  # zero distances: the sqrt clamp keeps gradients finite
+    batch_hard_triplet_loss(identical, torch.tensor([0, 0, 1, 1]), 0.2).backward()
+    assert torch.isfinite(identical.grad).all()
+
+
+def test_centroid_head_classifies_by_nearest_normalised_class_mean():
+    head = CentroidHead(2, 3)
+    train = torch.tensor([unit(0), unit(20), unit(120), unit(140), unit(250)]) * torch.tensor([[1.0], [5.0], [2.0], [1.0], [3.0]])
+    head.fit_centres(train, torch.tensor([0, 0, 1, 1, 2]))
+    torch.testing.assert_close(head.centres[0], torch.tensor(unit(10)), atol=1e-6, rtol=0)
+    predicted = head(torch.tensor([unit(5), unit(130), unit(260), unit(70)])).argmax(1)
+    assert predicted.tolist() == [0, 1, 2, 0]  # 70 degrees: 60 from class 0's 10, 60.0001+ from class 1's 130
+
+
+def test_batch_hard_triplet_without_any_valid_anchor_is_zero_with_zero_gradient():
+    x = torch.randn(4, 3, requires_grad=True)
+    loss = batch_hard_triplet_loss(x, torch.tensor([0, 1, 2, 3]), 0.2)  # no anchor has a positive
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(x.grad, torch.zeros(4, 3))
+
+
+def test_ramped_margin_head_is_normalised_softmax_at_zero_and_the_full_margin_at_one():
+    torch.manual_seed(0)
+    head = ArcNet(6, 4, s=10.0, m1=1.35, m2=0.3, m3=0.2)
+    x, y = torch.randn(8, 6), torch.randint(0, 4, (8,))
+    full = head(x, y)
+    head.ramp = 0.0
+    assert torch.allclose(head(x, y), head(x), atol=1e-6)  # no margin: s * cos everywhere
+    head.ramp = 0.5
+    assert head.current_margins() == pytest.approx((1.175, 0.15, 0.1))
+    head.ramp = 1.0
+    assert torch.equal(head(x, y), full)
+    set_margin_ramp(head, TrainConfig(margin_warmup=0.5), 0, 10)
+    assert head.ramp == pytest.approx(0.2)
+    set_margin_ramp(SoftmaxHead(6, 4), TrainConfig(margin_warmup=0.5), 0, 10)  # no margins: nothing to do
+
+
+@pytest.mark.parametrize("make", [lambda: ArcNet(6, 4, s=8.0, m2=0.4, label_smoothing=0.1),
+                                  lambda: SoftmaxHead(6, 4, label_smoothing=0.1)])
+def test_label_smoothing_mixes_the_target_with_the_uniform_distribution(make):
+    torch.manual_seed(1)
+    head = make()
+    x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 3, 0])
+    logits = head(x, y) if isinstance(head, ArcNet) else head(x)
+    log_p = F.log_softmax(logits, dim=1)
+    target = torch.full((5, 4), 0.1 / 4).scatter(1, y.view(-1, 1), 0.9 + 0.1 / 4)
+    assert head.loss(x, y).item() == pytest.approx(-(target * log_p).sum(1).mean().item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("tail", ["sphereface", "cosine"])
@@ -160,12 +254,6 @@ def test_gradcheck_float64(margins):
     y = torch.tensor([0, 1, 2, 1])
     assert torch.autograd.gradcheck(lambda e, w: _logits_with_weight(head, e, w, y),
                                     (x, head.weight.detach().clone().requires_grad_()))
-
-
-def _logits_with_weight(head, embeddings, weight, labels):
-    cos = F.normalize(embeddings) @ F.normalize(weight).t()
-    target = labels.view(-1, 1)
-    return head.s * cos.scatter(1, target, margin_target(cos.gather(1, target), head.m1, head.m2, head.m3))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -1,0 +1,111 @@
+"""What a sweep's rows say (common/sweep_summary.py): Table 1, summaries, the comparison table, the
+quadratic fit."""
+import math
+import re
+
+import pytest
+
+import sweep_margins
+from common import sweep_summary
+from common.results import read_rows, write_csv
+
+
+def synthetic_rows(best_m2=0.47, best_m3=0.27):
+    """Accuracy a known concave quadratic of the margins, +-0.05 by seed, and one diverged run."""
+    rows = []
+    for m2 in (0.40, 0.42, 0.44, 0.46, 0.48, 0.50, 0.52):
+        for seed in (0, 1):
+            acc = 99.0 - 40 * (m2 - best_m2) ** 2 + (0.05 if seed else -0.05)
+            rows.append({"loss": "arcface", "s": 30, "m1": 1, "m2": m2, "m3": 0, "seed": seed, "test_acc": acc / 100})
+    for m2 in (0.40, 0.42, 0.44):
+        for m3 in (0.20, 0.25, 0.30, 0.35):
+            acc = 99.0 - 40 * (m2 - 0.42) ** 2 - 30 * (m3 - best_m3) ** 2
+            rows.append({"loss": "combined", "s": 30, "m1": 1, "m2": m2, "m3": m3, "seed": 0, "test_acc": acc / 100})
+    rows.append({"loss": "combined", "s": 30, "m1": 1, "m2": 0.41, "m3": 0.2, "seed": 0, "test_acc": "", "diverged": 1})
+    return rows
+
+
+def recommended(line, name):
+    """The value that a `recommend` line gives for margin `name`."""
+    return float(re.search(rf"recommends .*?{name} = ([0-9.]+)", line).group(1))
+
+
+def test_table1_grid_is_exactly_the_papers_40_settings():
+    grid = sweep_summary.table1_grid()
+    assert len(grid) == 40 and len(set(grid)) == 40
+    arcface, combined = grid[:20], grid[20:]
+    assert [g[3] for g in arcface] == [round(0.40 + 0.01 * i, 2) for i in range(20)]
+    assert all(g[0] == "arcface" and g[1:3] == (30.0, 1.0) and g[4] == 0.0 for g in arcface)
+    assert [(g[3], g[4]) for g in combined] == [(m2, m3) for m3 in (0.20, 0.25, 0.30, 0.35)
+                                               for m2 in (0.40, 0.41, 0.42, 0.43, 0.44)]
+    assert all(g[0] == "combined" and g[2] == 1.0 for g in combined)
+    assert sweep_summary.source_value(arcface[10]) == 98.93 and sweep_summary.source_value(combined[1]) == 95.93
+
+
+def test_summary_statistics_and_markdown_on_a_synthetic_csv(tmp_path, capsys):
+    path = str(tmp_path / "runs.csv")
+    write_csv(path, synthetic_rows())
+    sweep_margins.main(["--summarize", path, "--out", path])
+    summary = {(r["loss"], float(r["m2"]), float(r["m3"])): r for r in read_rows(str(tmp_path / "runs_summary.csv"))}
+    cell = summary[("arcface", 0.46, 0.0)]
+    assert float(cell["mean_acc"]) == pytest.approx(99.0 - 40 * 0.01 ** 2) and cell["runs"] == "2"
+    assert float(cell["std_acc"]) == pytest.approx(math.sqrt(2 * 0.05 ** 2))
+    assert summary[("combined", 0.41, 0.2)]["diverged"] == "1" and summary[("combined", 0.41, 0.2)]["runs"] == "0"
+    assert summary[("arcface", 0.5, 0.0)]["source_acc"] == "98.93"
+    markdown = (tmp_path / "runs_summary.md").read_text()
+    assert "| arcface | 30 | 1 | 0.46 | 0 | 99.00 ± 0.07 | 2 | 0 | 98.85 |" in markdown
+    for name in ("runs_arcface_m2.png", "runs_combined_heatmap.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_regression_recovers_the_best_margins():
+    rows = synthetic_rows()
+    points = [((float(r["s"]), float(r["m1"]), r["m2"], r["m3"]), 100 * r["test_acc"]) for r in rows if r["loss"] == "arcface"]
+    fit = sweep_summary.fit_quadratic(points)
+    assert fit["varying"] == [2] and fit["best"][0] == pytest.approx(0.47, abs=0.004)
+    assert fit["best_std"][0] < 0.02 and fit["predicted_acc"] == pytest.approx(99.0, abs=0.01)
+    line = sweep_summary.recommend(rows, "combined")
+    assert recommended(line, "m2") == pytest.approx(0.42, abs=0.004)  # within one grid step
+    assert recommended(line, "m3") == pytest.approx(0.27, abs=0.004)
+    assert "extrapolated" in line  # the combined default (0.3, 0.2) lies outside m2 in [0.40, 0.44]
+    assert recommended(sweep_summary.recommend(rows, "arcface"), "m2") == pytest.approx(0.47, abs=0.004)
+
+
+def test_a_margin_swept_at_two_values_gets_no_square_term():
+    # accuracy quadratic in m2 (five values), linear in m3 (two values): the fit must recover both,
+    # where a square term for m3 would leave the least-squares problem underdetermined
+    points = [((30.0, 1.0, m2, m3), 99.0 - 40 * (m2 - 0.42) ** 2 + 4 * (m3 - 0.2))
+              for m2 in (0.40, 0.41, 0.42, 0.43, 0.44) for m3 in (0.2, 0.3) for _ in range(2)]
+    fit = sweep_summary.fit_quadratic(points)
+    assert fit["varying"] == [2, 3] and fit["curved"] == (True, False)
+    assert fit["best"] == pytest.approx([0.42, 0.3], abs=1e-9)
+    assert fit["predicted_acc"] == pytest.approx(99.4, abs=1e-6)
+
+
+def test_comparison_table_on_a_synthetic_csv():
+    def row(scenario, seed, acc, **extra):
+        imbalance, holdout, corruptions = sweep_summary.CLAIM_SCENARIOS[scenario]
+        return {"loss": "softmax", "s": "", "m1": "", "m2": "", "m3": "", "seed": seed, "test_acc": acc,
+                "test_f1": acc, "imbalance": imbalance, "holdout_classes": holdout, "corruptions": corruptions, **extra}
+
+    rows = [row("clean", 0, 0.90, corrupted_acc=0.5, seconds_per_epoch=10), row("clean", 1, 0.92, corrupted_acc=0.7,
+                                                                                  seconds_per_epoch=12),
+            row("imbalance100", 0, 0.60, tail_recall=0.2), row("open_set", 0, 0.99, verify_tar=0.25, verify_auc=0.9),
+            {**row("imbalance10", 0, ""), "diverged": 1}]
+    (line,) = sweep_summary.comparison_table(rows)
+    assert line["clean_acc_mean"] == pytest.approx(91.0) and line["clean_acc_std"] == pytest.approx(math.sqrt(2))
+    assert line["corrupted_acc_mean"] == pytest.approx(60.0) and line["seconds_per_epoch_mean"] == pytest.approx(11.0)
+    assert line["imb100_tail_mean"] == pytest.approx(20.0) and line["verify_tar_mean"] == pytest.approx(25.0)
+    assert line["imb10_acc_runs"] == 0 and line["map_at_r_runs"] == 0  # diverged, and a column never reported
+    markdown = sweep_summary.comparison_markdown([line])
+    assert "| softmax | 91.00 ± 1.41 (2) | 91.00 ± 1.41 (2) | — |" in markdown
+    summary = sweep_summary.summarize(rows)
+    assert {(r["imbalance"], r["holdout_classes"]) for r in summary} == {(1.0, 0), (100.0, 0), (1.0, 2), (10.0, 0)}
+    assert "imbalance 100, 0 classes held out" in sweep_summary.markdown_table(summary)
+
+
+def test_source_number_only_beside_plain_mnist_runs():
+    base = {"loss": "arcface", "s": 30, "m1": 1, "m2": 0.5, "m3": 0, "seed": 0, "test_acc": 0.99}
+    summary = sweep_summary.summarize([base, {**base, "imbalance": 10}, {**base, "dataset": "cifar10"}])
+    assert sorted((r["dataset"], r["imbalance"], r["source_acc"]) for r in summary) == [
+        ("cifar10", 1.0, None), ("mnist", 1.0, 98.93), ("mnist", 10.0, None)]
