@@ -25,11 +25,11 @@ from common.training import (build_model, check_finite, count_train_tflop, fit_w
                              make_optimizer, record_epoch, set_margin_ramp, start, steps_per_epoch)
 
 # Two convs per stage, widths 64-128-256: the report's conv-BN-ReLU design, deep enough for CIFAR-10, with the
-# report's random crop (zero padding 4) and horizontal flip; the margins' unit gradient and warm-up (README
+# report's random crop (zero padding 4) and horizontal flip; the margins' unit gradient and warm-up (results/README.md,
 # "Why the margin losses trained worse"), bfloat16 where it is native.
 DEFAULTS = TrainConfig(dataset=CIFAR10.name, widths=(64, 128, 256), convs_per_stage=2, epochs=20, lr=0.05,
-                       margin_grad="unit", margin_warmup=0.3, amp=None, image_size=CIFAR10.image_size, crop_padding=4, flip=True,
-                       out="results/train_cifar10.csv")
+                       margin_grad="unit", margin_warmup=0.3, amp=None, image_size=CIFAR10.image_size,
+                       crop_padding=4, flip=True, out="results/train_cifar10.csv")
 # --preset report: the source report's network (64-256-64, one conv per stage), batch 100, crop and flip,
 # trained as this script's defaults did before the recipe (20 epochs, exact margin gradient, float32).
 REPORT = replace(DEFAULTS, preset="report", widths=(64, 256, 64), convs_per_stage=1, batch_size=100,
@@ -91,7 +91,8 @@ def run(config: TrainConfig) -> dict:
 
     if metrics is None:  # resumed from a checkpoint of the last epoch: nothing was trained
         metrics, confusion = evaluate(net, head, data, normalize, config)
-    extras = evaluate_extras(config, net, head, data, normalize, open_set, metrics)  # retrieval; verification, corruptions
+    # retrieval; with --holdout-classes verification, with --corruptions corrupted accuracy
+    extras = evaluate_extras(config, net, head, data, normalize, open_set, metrics)
     return write_results(config, record, metrics, confusion, extras, device, data.classes)
 
 

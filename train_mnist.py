@@ -21,8 +21,9 @@ from common.results import write_results
 from common.training import (build_model, check_finite, count_train_tflop, fit_whitening, load_training_data,
                              make_optimizer, record_epoch, set_margin_ramp, start, steps_per_epoch)
 
-# The recipe of README "The training recipe": a narrower, deeper network than the report's (17.8 TFLOP of
-# training against its 66), the margins' unit gradient and warm-up, bfloat16 where it is native.
+# The recipe of results/README.md "The training recipe on MNIST": a narrower, deeper network than the
+# report's (17.8 TFLOP of training against its 66), the margins' unit gradient and warm-up, bfloat16 where
+# it is native.
 DEFAULTS = TrainConfig(dataset=MNIST.name, widths=(32, 64, 128), convs_per_stage=2, epochs=4, lr=0.05,
                        margin_grad="unit", margin_warmup=0.3, amp=None, image_size=MNIST.image_size,
                        out="results/train_mnist.csv")
@@ -87,7 +88,8 @@ def run(config: TrainConfig) -> dict:
 
     if metrics is None:  # resumed from a checkpoint of the last epoch: nothing was trained
         metrics, confusion = evaluate(net, head, data, normalize, config)
-    extras = evaluate_extras(config, net, head, data, normalize, open_set, metrics)  # retrieval; verification, corruptions
+    # retrieval; with --holdout-classes verification, with --corruptions corrupted accuracy
+    extras = evaluate_extras(config, net, head, data, normalize, open_set, metrics)
     return write_results(config, record, metrics, confusion, extras, device, data.classes)
 
 

@@ -62,7 +62,7 @@ class Network(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.embed = nn.Linear(channels, latent_dim)
         # insightface's backbones end in a BatchNorm on the embedding (--embedding-bn); here it collapsed the
-        # angular-margin losses on CIFAR-10 (README, "Why the margin losses trained worse"), so it is off.
+        # angular-margin losses on CIFAR-10 (results/README.md, "Why the margin losses trained worse"), so it is off.
         self.embed_bn = nn.BatchNorm1d(latent_dim) if embedding_bn else nn.Identity()
         self.latent_dim = latent_dim
 
