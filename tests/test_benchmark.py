@@ -76,3 +76,24 @@ def test_training_flops_are_counted_without_touching_the_model():
     conv1, conv2 = 2 * 1 * 4 * 9 * 144, 2 * 4 * 8 * 9 * 36
     linear, cosines = 2 * 8 * 8, 2 * 8 * 3
     assert per_image == pytest.approx(conv1 * 2 + (conv2 + linear + cosines) * 3)
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_the_benchmark_times_the_scripts_own_train_step(name, monkeypatch):
+    from dataclasses import replace
+
+    script, calls = throughput.SCRIPTS[name], []
+    step_of_the_script = script.train_step
+
+    def counted(*args):
+        calls.append(args[0])  # the config the step ran with
+        return step_of_the_script(*args)
+
+    monkeypatch.setattr(script, "train_step", counted)
+    data = throughput.load_images(name, None)
+    config = replace(script.DEFAULTS, device="cpu", amp=False, batch_size=8, progress=False, epochs=1,
+                     widths=(4, 8, 8), latent_dim=8)
+    step, flops = throughput.fast_step_fn(name, data, config)
+    step()
+    step()
+    assert len(calls) == 2 and calls[0] is config and flops > 0
