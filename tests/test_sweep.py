@@ -1,7 +1,6 @@
 """sweep_margins.py: the Table 1 grid, shards, resume, divergence, workers, summary and regression."""
 import multiprocessing
 import os
-import re
 import signal
 import sys
 import time
@@ -102,23 +101,6 @@ def test_workers_run_in_separate_processes(gray_folder, tmp_path):
                                "--data-root", gray_folder, "--out", str(out), *TINY])
     assert sorted(r["loss"] for r in rows) == ["arcface", "softmax"]
 
-def synthetic_rows(best_m2=0.47, best_m3=0.27):
-    """Accuracy a known concave quadratic of the margins, +-0.05 by seed, and one diverged run."""
-    rows = []
-    for m2 in (0.40, 0.42, 0.44, 0.46, 0.48, 0.50, 0.52):
-        for seed in (0, 1):
-            acc = 99.0 - 40 * (m2 - best_m2) ** 2 + (0.05 if seed else -0.05)
-            rows.append({"loss": "arcface", "s": 30, "m1": 1, "m2": m2, "m3": 0, "seed": seed, "test_acc": acc / 100})
-    for m2 in (0.40, 0.42, 0.44):
-        for m3 in (0.20, 0.25, 0.30, 0.35):
-            acc = 99.0 - 40 * (m2 - 0.42) ** 2 - 30 * (m3 - best_m3) ** 2
-            rows.append({"loss": "combined", "s": 30, "m1": 1, "m2": m2, "m3": m3, "seed": 0, "test_acc": acc / 100})
-    rows.append({"loss": "combined", "s": 30, "m1": 1, "m2": 0.41, "m3": 0.2, "seed": 0, "test_acc": "", "diverged": 1})
-    return rows
-
-def recommended(line, name):
-    """The value that a `recommend` line gives for margin `name`."""
-    return float(re.search(rf"recommends .*?{name} = ([0-9.]+)", line).group(1))
 
 @pytest.mark.parametrize("flags,flag", [(["--losses", "hinge"], "--losses"), (["--m2", "4"], "--m2"),
                                         (["--workers", "0"], "--workers"), (["--shard", "2/2"], "--shard"),
