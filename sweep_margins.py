@@ -199,7 +199,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 PASS_THROUGH = ("--data-root", "--max-train-samples", "--device", "--latent-dim", "--widths", "--convs-per-stage",
                 "--batch-size", "--lr", "--bn-bias-lr", "--weight-decay", "--head-weight-decay", "--label-smoothing",
                 "--margin-warmup", "--crop-padding", "--margin-tail", "--margin-grad",
-                "--imbalance", "--holdout-classes", "--corruption-samples")
+                "--imbalance", "--holdout-classes", "--corruption-samples", "--eval-every")
 # On/off flags passed on as --flag / --no-flag when given.
 SWITCHES = ("--embedding-bn", "--whiten", "--dirac-init", "--flip", "--flip-tta", "--amp")
 

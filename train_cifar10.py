@@ -21,8 +21,8 @@ from common.data import CIFAR10, augment
 from common.evaluation import evaluate, evaluate_extras
 from common.network import as_float, net_forward
 from common.results import write_results
-from common.training import (build_model, check_finite, count_train_tflop, fit_whitening, load_training_data,
-                             make_optimizer, record_epoch, set_margin_ramp, start, steps_per_epoch)
+from common.training import (build_model, check_finite, count_train_tflop, evaluates_at, fit_whitening,
+                             load_training_data, make_optimizer, record_epoch, set_margin_ramp, start, steps_per_epoch)
 
 # Two convs per stage, widths 64-128-256: the report's conv-BN-ReLU design, deep enough for CIFAR-10, with the
 # report's random crop (zero padding 4) and horizontal flip; the margins' unit gradient and warm-up (results/README.md,
@@ -84,7 +84,9 @@ def run(config: TrainConfig) -> dict:
         check_finite(losses, steps - steps % CHECK_EVERY, steps, epoch)  # the steps after the last full window
         record.train_seconds += time.perf_counter() - started
 
-        metrics, confusion = evaluate(net, head, data, normalize, config)
+        metrics = None
+        if evaluates_at(config, epoch):  # --eval-every; always after the last epoch
+            metrics, confusion = evaluate(net, head, data, normalize, config)
         record_epoch(record.history, epoch, config.epochs, losses, metrics, scheduler, record.train_seconds,
                      time.perf_counter() - started)
         save_run(config, record, net, head, optimizer, scheduler, generator, device, epoch + 1)  # --checkpoint

@@ -18,8 +18,8 @@ from common.data import MNIST, augment
 from common.evaluation import evaluate, evaluate_extras
 from common.network import as_float, net_forward
 from common.results import write_results
-from common.training import (build_model, check_finite, count_train_tflop, fit_whitening, load_training_data,
-                             make_optimizer, record_epoch, set_margin_ramp, start, steps_per_epoch)
+from common.training import (build_model, check_finite, count_train_tflop, evaluates_at, fit_whitening,
+                             load_training_data, make_optimizer, record_epoch, set_margin_ramp, start, steps_per_epoch)
 
 # The recipe of results/README.md "The training recipe on MNIST": a narrower, deeper network than the
 # report's (17.8 TFLOP of training against its 66), the margins' unit gradient and warm-up, bfloat16 where
@@ -81,7 +81,9 @@ def run(config: TrainConfig) -> dict:
         check_finite(losses, steps - steps % CHECK_EVERY, steps, epoch)  # the steps after the last full window
         record.train_seconds += time.perf_counter() - started
 
-        metrics, confusion = evaluate(net, head, data, normalize, config)
+        metrics = None
+        if evaluates_at(config, epoch):  # --eval-every; always after the last epoch
+            metrics, confusion = evaluate(net, head, data, normalize, config)
         record_epoch(record.history, epoch, config.epochs, losses, metrics, scheduler, record.train_seconds,
                      time.perf_counter() - started)
         save_run(config, record, net, head, optimizer, scheduler, generator, device, epoch + 1)  # --checkpoint

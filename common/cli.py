@@ -148,6 +148,9 @@ def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse
                    help="also report accuracy on corrupted test images (noise, blur, contrast, rotation, shift; severities 1-5)")
     p.add_argument("--corruption-samples", type=int, default=d.corruption_samples,
                    help="test images corrupted per corruption and severity")
+    p.add_argument("--eval-every", type=int, default=d.eval_every,
+                   help="evaluate the test set after every N-th epoch and after the last; the others get blank test "
+                        "columns in history.csv (training, and so the result row, is the same for any N)")
     p.add_argument("--out", default=d.out, help="results CSV; one row is appended per finished run")
     p.add_argument("--checkpoint", default=d.checkpoint, help="save a checkpoint here at the end of every epoch")
     p.add_argument("--resume", default=d.resume, help="resume from this checkpoint")

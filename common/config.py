@@ -59,6 +59,7 @@ class TrainConfig:
     holdout_classes: int = 0  # last K classes never trained on, used for open-set verification
     corruptions: bool = False  # also evaluate on corrupted copies of the test set
     corruption_samples: int = 2000  # test images corrupted per (corruption, severity)
+    eval_every: int = 1  # evaluate the test set after every N-th epoch and after the last (training is unchanged)
     out: str = "results/train_mnist.csv"
     checkpoint: str | None = None
     resume: str | None = None
@@ -97,7 +98,7 @@ class TrainConfig:
                          "--batch-size": (self.batch_size, 1), "--convs-per-stage": (self.convs_per_stage, 1),
                          "--crop-padding": (self.crop_padding, 0),
                          "--image-size": (self.image_size, 2 ** len(self.widths) + self.whiten),
-                         "--threads": (self.threads, 0)}
+                         "--threads": (self.threads, 0), "--eval-every": (self.eval_every, 1)}
         for flag, (value, low) in positive_ints.items():
             if value < low:
                 raise ValueError(f"{flag} must be >= {low}, got {value}")

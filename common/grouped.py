@@ -31,8 +31,8 @@ from .evaluation import evaluate, evaluate_extras
 from .heads import ArcNet, margin_target, ramped_margins
 from .network import Network, as_float, net_forward
 from .results import RunRecord, environment_info, new_run_id, write_results
-from .training import (DivergedError, build_model, check_finite, count_train_tflop, load_training_data, make_optimizer,
-                       record_epoch, seed_everything, set_margin_ramp, start, steps_per_epoch)
+from .training import (DivergedError, build_model, check_finite, count_train_tflop, evaluates_at, load_training_data,
+                       make_optimizer, record_epoch, seed_everything, set_margin_ramp, start, steps_per_epoch)
 
 CHECK_EVERY = 50  # steps between checks for a non-finite loss (one host sync each)
 
@@ -183,10 +183,12 @@ def run_group(configs: list[TrainConfig], dataset: Dataset) -> list[dict | Diver
         train_seconds += time.perf_counter() - started
         for i, config in enumerate(configs):
             if failed[i] is None:
-                net, head = unstack(group_net, group_head, i, nets[i], heads[i])
-                metrics[i], confusions[i] = evaluate(net, head, data, normalize, base)
-                record_epoch(histories[i], epoch, base.epochs, losses[:, i], metrics[i], scheduler, train_seconds / k,
-                             time.perf_counter() - started)
+                tested = None
+                if evaluates_at(base, epoch):  # --eval-every; always after the last epoch
+                    net, head = unstack(group_net, group_head, i, nets[i], heads[i])
+                    metrics[i], confusions[i] = tested = evaluate(net, head, data, normalize, base)
+                record_epoch(histories[i], epoch, base.epochs, losses[:, i], tested and tested[0], scheduler,
+                             train_seconds / k, time.perf_counter() - started)
 
     results = []
     environment = environment_info()

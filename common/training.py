@@ -161,17 +161,27 @@ def check_finite(losses: torch.Tensor, start: int, stop: int, epoch: int) -> Non
         raise DivergedError(f"loss became {losses[step].item()} at epoch {epoch + 1}, step {step + 1}")
 
 
-def format_epoch(epoch: int, epochs: int, loss: float, metrics: dict, seconds: float) -> str:
-    return (f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  test acc {metrics['accuracy']:.4f}  "
-            f"macro F1 {metrics['f1']:.4f}  {seconds:.1f}s")
+def evaluates_at(config: TrainConfig, epoch: int) -> bool:
+    """Whether the loop evaluates the test set after epoch `epoch` (0-based): every --eval-every-th, and the last.
+    Evaluation draws no random number and leaves the weights and BatchNorm statistics alone, so skipping it
+    changes nothing in training."""
+    return (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
 
 
-def record_epoch(history: list[dict], epoch: int, epochs: int, losses: torch.Tensor, metrics: dict,
+def format_epoch(epoch: int, epochs: int, loss: float, metrics: dict | None, seconds: float) -> str:
+    tested = (f"test acc {metrics['accuracy']:.4f}  macro F1 {metrics['f1']:.4f}" if metrics is not None
+              else "(not evaluated: --eval-every)")
+    return f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  {tested}  {seconds:.1f}s"
+
+
+def record_epoch(history: list[dict], epoch: int, epochs: int, losses: torch.Tensor, metrics: dict | None,
                  scheduler, train_seconds: float, epoch_seconds: float) -> None:
-    """Append the epoch's summary to `history` and print its one-line report."""
+    """Append the epoch's summary to `history` and print its one-line report; the test columns are blank
+    for an epoch that was not evaluated (metrics None)."""
     mean_loss = losses.mean().item()
-    history.append({"epoch": epoch + 1, "train_loss": mean_loss, "test_acc": metrics["accuracy"],
-                    "test_f1": metrics["f1"], "lr": scheduler.get_last_lr()[0], "train_seconds": train_seconds,
-                    "embedding_norm": metrics["embedding_norm"], "target_angle": metrics.get("target_angle", ""),
-                    "centre_angle": metrics.get("centre_angle", "")})
+    tested = metrics or {}
+    history.append({"epoch": epoch + 1, "train_loss": mean_loss, "test_acc": tested.get("accuracy", ""),
+                    "test_f1": tested.get("f1", ""), "lr": scheduler.get_last_lr()[0], "train_seconds": train_seconds,
+                    "embedding_norm": tested.get("embedding_norm", ""), "target_angle": tested.get("target_angle", ""),
+                    "centre_angle": tested.get("centre_angle", "")})
     print(format_epoch(epoch, epochs, mean_loss, metrics, epoch_seconds), flush=True)

@@ -142,7 +142,8 @@ def test_nan_loss_stops_names_epoch_and_step_keeps_checkpoint_writes_no_row(gray
 BAD_INPUTS = [
     (["--loss", "hinge"], "--loss"), (["--s", "0"], "--s"), (["--m1", "0.5"], "--m1"), (["--m2", "3.2"], "--m2"),
     (["--m2", "-0.1"], "--m2"), (["--m3", "-1"], "--m3"), (["--latent-dim", "1"], "--latent-dim"),
-    (["--epochs", "0"], "--epochs"), (["--batch-size", "-5"], "--batch-size"), (["--epochs", "two"], "--epochs"),
+    (["--epochs", "0"], "--epochs"), (["--eval-every", "0"], "--eval-every"), (["--batch-size", "-5"], "--batch-size"),
+    (["--epochs", "two"], "--epochs"),
     (["--lr", "0"], "--lr"), (["--resume", "/nonexistent/ckpt.pt"], "--resume"), (["--device", "tpu"], "--device"),
     (["--margin-warmup", "1.5"], "--margin-warmup"), (["--label-smoothing", "1"], "--label-smoothing"),
     (["--head-weight-decay", "-1"], "--head-weight-decay"), (["--crop-padding", "-1"], "--crop-padding"),
@@ -242,3 +243,15 @@ def test_whiten_trains_end_to_end_and_needs_one_more_pixel(rgb_folder, tmp_path,
     with pytest.raises(SystemExit) as exit_info:
         train_cifar10.main(flags + ["--image-size", "4"])  # 2**2 pixels are enough without the stem, not with it
     assert exit_info.value.code == 2 and "--image-size must be >= 5" in capsys.readouterr().err
+
+
+def test_eval_every_leaves_training_and_the_row_unchanged(gray_folder, tmp_path):
+    every = train(train_mnist, gray_folder, tmp_path / "every.csv", "--epochs", "3")
+    sparse = train(train_mnist, gray_folder, tmp_path / "sparse.csv", "--epochs", "3", "--eval-every", "2")
+    for key in ("test_acc", "test_f1", "per_class_recall", "map_at_r", "train_tflop"):
+        assert sparse[key] == every[key], key
+    dense_history = read_rows(os.path.join(tmp_path / "every", every["run_id"], "history.csv"))
+    sparse_history = read_rows(os.path.join(tmp_path / "sparse", sparse["run_id"], "history.csv"))
+    assert [h["train_loss"] for h in sparse_history] == [h["train_loss"] for h in dense_history]
+    assert [h["test_acc"] != "" for h in sparse_history] == [False, True, True]  # epoch 2, and the last
+    assert sparse_history[1]["test_acc"] == dense_history[1]["test_acc"]
