@@ -241,6 +241,13 @@ def recommend(rows: list[dict], loss: str) -> str | None:
             f"(gain {fit['predicted_acc'] - at_default:+.2f} points)")
 
 
+def error_bars(line: list[dict]) -> tuple[list[float], list[float]]:
+    """(below, above) lengths of mean ± std bars for summary rows of accuracies in %: no bar for a single run,
+    and none reaching past 100% (the bar above stops at 100; every run is drawn as a dot beside it)."""
+    stds = [0.0 if math.isnan(r["std_acc"]) else r["std_acc"] for r in line]
+    return stds, [min(std, 100.0 - r["mean_acc"]) for std, r in zip(stds, line)]
+
+
 def plot_summary(summary: list[dict], out_stem: str, rows: list[dict] = ()) -> list[str]:
     """The ArcFace m2 plot (mean ± std, every run as a dot: a mean hides a collapsed seed) and the
     combined-margin heat map; `summary` and `rows` of the plain training set only."""
@@ -252,15 +259,14 @@ def plot_summary(summary: list[dict], out_stem: str, rows: list[dict] = ()) -> l
     written = []
     arc = sorted((r for r in summary if r["loss"] == "arcface" and r["m1"] == 1 and r["m3"] == 0), key=lambda r: r["m2"])
     if arc:
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = plt.subplots(figsize=(7.5, 5.2))
         scales = sorted({r["s"] for r in arc})
         epochs = sorted({int(r["epochs"]) for r in rows if r.get("epochs", "") != ""})
-        budget = f"{'/'.join(map(str, epochs))} epochs, " if epochs else ""  # the budget beside the paper's
+        budget = f"{'/'.join(map(str, epochs))} epoch{'' if epochs == [1] else 's'}, " if epochs else ""  # beside the paper's
         for scale in scales:  # one line per scale s: settings that differ in s are not one curve
             line = [r for r in arc if r["s"] == scale]
-            ax.errorbar([r["m2"] for r in line], [r["mean_acc"] for r in line],
-                        yerr=[0 if math.isnan(r["std_acc"]) else r["std_acc"] for r in line], fmt="o-", capsize=3,
-                        label=f"this repository: mean ± std over seeds ({budget}s = {scale:g})")
+            ax.errorbar([r["m2"] for r in line], [r["mean_acc"] for r in line], yerr=error_bars(line), fmt="o-",
+                        capsize=3, label=f"this repository: mean ± std over seeds, bars stop at 100% ({budget}s = {scale:g})")
         runs = [(float(r["m2"]), 100 * a) for r in rows if r["loss"] == "arcface" and float(r["m1"]) == 1
                 and float(r["m3"]) == 0 and (a := accuracy_of(r)) is not None]
         if runs:
@@ -270,8 +276,9 @@ def plot_summary(summary: list[dict], out_stem: str, rows: list[dict] = ()) -> l
             ax.plot(*zip(*source), "x--", color="tab:red", label="source paper, Table 1 (20 epochs, one run, s = 30)")
         ax.set_xlabel("ArcFace margin m2 (radians)"), ax.set_ylabel("test accuracy (%)")
         ax.set_title("ArcFace (this repository): test accuracy against the additive angular margin")
-        fig.legend(loc="lower center", ncol=2, fontsize=8)  # below the axes: never over a point
-        fig.tight_layout(rect=(0, 0.12, 1, 1))
+        entries = len(ax.get_legend_handles_labels()[1])
+        fig.legend(loc="lower center", ncol=1, fontsize=8)  # below the axes, one entry a line: never over a point
+        fig.tight_layout(rect=(0, (0.25 + 0.2 * entries) / 5.2, 1, 1))
         written.append(f"{out_stem}_arcface_m2.png")
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)

@@ -109,3 +109,11 @@ def test_source_number_only_beside_plain_mnist_runs():
     summary = sweep_summary.summarize([base, {**base, "imbalance": 10}, {**base, "dataset": "cifar10"}])
     assert sorted((r["dataset"], r["imbalance"], r["source_acc"]) for r in summary) == [
         ("cifar10", 1.0, None), ("mnist", 1.0, 98.93), ("mnist", 10.0, None)]
+
+
+def test_error_bars_never_reach_past_100_percent():
+    line = [{"mean_acc": 91.06, "std_acc": 19.92}, {"mean_acc": 99.13, "std_acc": 0.04}, {"mean_acc": 99.5, "std_acc": math.nan}]
+    below, above = sweep_summary.error_bars(line)
+    assert below == [19.92, 0.04, 0.0]
+    assert above == pytest.approx([100 - 91.06, 0.04, 0.0])
+    assert all(r["mean_acc"] + a <= 100 for r, a in zip(line, above))
