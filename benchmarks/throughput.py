@@ -34,8 +34,8 @@ from common.heads import LOSSES  # noqa: E402
 from common.data import DATASETS, DataError, ImageData  # noqa: E402
 from common.device import configure_backends, device_flag, device_name, has_native_bf16, synchronize  # noqa: E402
 from common.results import atomic_write_text, check_writable, environment_info  # noqa: E402
-from common.training import (build_model, fit_whitening, make_optimizer, set_margin_ramp, start,  # noqa: E402
-                             steps_per_epoch, training_flops_per_image)
+from common.training import (build_model, first_batch_flops_per_image, fit_whitening, make_optimizer,  # noqa: E402
+                             set_margin_ramp, start, steps_per_epoch)
 
 SCRIPTS = {"mnist": train_mnist, "cifar10": train_cifar10}
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
@@ -112,8 +112,7 @@ def fast_step_fn(name: str, data: ImageData, config):
     steps = steps_per_epoch(len(data.train_y), config.batch_size)
     optimizer, scheduler = make_optimizer(config, net, head, steps * config.epochs)
     generator = torch.Generator(device).manual_seed(config.seed)
-    flops = training_flops_per_image(net, head, normalize(data.train_x[:config.batch_size]),
-                                     data.train_y[:config.batch_size], config.amp)  # as count_train_tflop does
+    flops = first_batch_flops_per_image(config, net, head, data, normalize)  # what count_train_tflop scales up
     state = {"order": [], "step": 0}
     net.train()
     head.train()

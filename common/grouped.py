@@ -181,14 +181,14 @@ def run_group(configs: list[TrainConfig], dataset: Dataset) -> list[dict | Diver
             if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
                 note_divergence(losses, step, epoch, failed)
         train_seconds += time.perf_counter() - started
+        evaluated = evaluates_at(base, epoch)  # --eval-every; always after the last epoch
         for i, config in enumerate(configs):
             if failed[i] is None:
-                tested = None
-                if evaluates_at(base, epoch):  # --eval-every; always after the last epoch
+                if evaluated:
                     net, head = unstack(group_net, group_head, i, nets[i], heads[i])
-                    metrics[i], confusions[i] = tested = evaluate(net, head, data, normalize, base)
-                record_epoch(histories[i], epoch, base.epochs, losses[:, i], tested and tested[0], scheduler,
-                             train_seconds / k, time.perf_counter() - started)
+                    metrics[i], confusions[i] = evaluate(net, head, data, normalize, base)
+                record_epoch(histories[i], epoch, base.epochs, losses[:, i], metrics[i] if evaluated else None,
+                             scheduler, train_seconds / k, time.perf_counter() - started)
 
     results = []
     environment = environment_info()

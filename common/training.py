@@ -127,13 +127,18 @@ def training_flops_per_image(net: nn.Module, head: nn.Module, images: torch.Tens
     return counter.get_total_flops() / len(labels)
 
 
+def first_batch_flops_per_image(config: TrainConfig, net: nn.Module, head: nn.Module, data: ImageData,
+                                normalize: Normalize) -> float:
+    """`training_flops_per_image` on the first training batch, unaugmented (cropping and flipping do not
+    change the count)."""
+    images = normalize(data.train_x[:config.batch_size])
+    return training_flops_per_image(net, head, images, data.train_y[:config.batch_size], config.amp)
+
+
 def count_train_tflop(config: TrainConfig, net: nn.Module, head: nn.Module, data: ImageData,
                       normalize: Normalize) -> float:
-    """The run's training compute in TFLOP: `training_flops_per_image` on the first training batch,
-    unaugmented (cropping and flipping do not change the count), times images per epoch times epochs."""
-    images = normalize(data.train_x[:config.batch_size])
-    per_image = training_flops_per_image(net, head, images, data.train_y[:config.batch_size], config.amp)
-    return per_image * len(data.train_y) * config.epochs / 1e12
+    """The run's training compute in TFLOP: `first_batch_flops_per_image` times images per epoch times epochs."""
+    return first_batch_flops_per_image(config, net, head, data, normalize) * len(data.train_y) * config.epochs / 1e12
 
 
 def margin_ramp(config: TrainConfig, step: int, total_steps: int) -> float:
@@ -163,8 +168,8 @@ def check_finite(losses: torch.Tensor, start: int, stop: int, epoch: int) -> Non
 
 def evaluates_at(config: TrainConfig, epoch: int) -> bool:
     """Whether the loop evaluates the test set after epoch `epoch` (0-based): every --eval-every-th, and the last.
-    Evaluation draws no random number and leaves the weights and BatchNorm statistics alone, so skipping it
-    changes nothing in training."""
+    Evaluation draws no random number and leaves the weights and BatchNorm statistics alone (a triplet head's
+    centres, refitted at each evaluation, do not enter its loss), so skipping it changes nothing in training."""
     return (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
 
 

@@ -18,7 +18,6 @@ import train_mnist
 from common.results import append_row, read_rows
 from helpers import TINY, no_data_reads, one_line_exit_2
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 SCRIPTS = {"mnist": (train_mnist, "gray_folder"), "cifar10": (train_cifar10, "rgb_folder")}
