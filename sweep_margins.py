@@ -73,8 +73,8 @@ def jobs_for(grid: list[tuple], seeds: list[int], shard: tuple[int, int],
 SIGNATURE_KEYS = ("dataset", "epochs", "max_train_samples", "train_subset", "latent_dim", "widths", "convs_per_stage",
                   "batch_size", "lr", "momentum", "weight_decay", "warmup", "triplet_margin", "image_size", "amp",
                   "corruption_samples", "device", "head_weight_decay", "label_smoothing", "embedding_bn", "whiten",
-                  "dirac_init", "bn_bias_lr", "margin_warmup", "margin_tail", "margin_grad", "crop_padding", "flip",
-                  "flip_tta")
+                  "dirac_init", "bn_bias_lr", "lookahead", "margin_warmup", "margin_tail", "margin_grad",
+                  "crop_padding", "flip", "flip_tta", "translate_tta")
 # Values of columns that rows from before the column existed lack (the value they were run with), as in CSV text.
 SIGNATURE_DEFAULTS = {key: str(value) for key, value in FORMER_VALUES.items()}
 # Rows from before --crop-padding and --flip: the augmentation each script then hard-coded.
@@ -197,11 +197,13 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 # Training-script flags the sweep passes on when given (default: the script's).
 PASS_THROUGH = ("--data-root", "--max-train-samples", "--device", "--latent-dim", "--widths", "--convs-per-stage",
-                "--batch-size", "--lr", "--bn-bias-lr", "--weight-decay", "--head-weight-decay", "--label-smoothing",
-                "--margin-warmup", "--crop-padding", "--margin-tail", "--margin-grad",
-                "--imbalance", "--holdout-classes", "--corruption-samples", "--eval-every")
+                "--batch-size", "--lr", "--momentum", "--warmup", "--bn-bias-lr", "--weight-decay",
+                "--head-weight-decay", "--label-smoothing", "--triplet-margin", "--margin-warmup", "--crop-padding",
+                "--margin-tail", "--margin-grad", "--image-size", "--imbalance", "--holdout-classes",
+                "--corruption-samples", "--eval-every")
 # On/off flags passed on as --flag / --no-flag when given.
-SWITCHES = ("--embedding-bn", "--whiten", "--dirac-init", "--flip", "--flip-tta", "--amp")
+SWITCHES = ("--embedding-bn", "--whiten", "--dirac-init", "--lookahead", "--flip", "--flip-tta", "--translate-tta",
+            "--amp")
 
 
 def build_parser() -> argparse.ArgumentParser:

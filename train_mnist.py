@@ -18,8 +18,9 @@ from common.data import MNIST, augment
 from common.evaluation import evaluate, evaluate_extras
 from common.network import as_float, net_forward
 from common.results import write_results
-from common.training import (build_model, check_finite, count_train_tflop, evaluates_at, fit_whitening,
-                             load_training_data, make_optimizer, record_epoch, set_margin_ramp, start, steps_per_epoch)
+from common.training import (Lookahead, build_model, check_finite, count_train_tflop, evaluates_at, fit_whitening,
+                             load_training_data, make_optimizer, record_epoch, set_margin_ramp, start,
+                             steps_per_epoch)
 
 # The recipe of results/README.md "The training recipe on MNIST": a narrower, deeper network than the
 # report's (17.8 TFLOP of training against its 66), the margins' unit gradient and warm-up, bfloat16 where
@@ -61,12 +62,14 @@ def run(config: TrainConfig) -> dict:
     generator = torch.Generator(device).manual_seed(config.seed)  # shuffling and augmentation
     record = resume_run(config, net, head, optimizer, scheduler, generator)  # --resume, or a new record
     record.train_tflop = count_train_tflop(config, net, head, data, normalize)
+    lookahead = Lookahead(config, steps * config.epochs)  # --lookahead (off: no-ops)
     metrics = None
 
     for epoch in range(record.first_epoch, config.epochs):
         started = time.perf_counter()
         net.train()
         head.train()
+        lookahead.begin_epoch(net, head, epoch * steps)
         order = torch.randperm(len(data.train_y), generator=generator, device=device)
         losses = torch.zeros(steps, device=device)  # per-step losses, kept on the device
         batches = tqdm(order.split(config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
@@ -75,10 +78,12 @@ def run(config: TrainConfig) -> dict:
             set_margin_ramp(head, config, epoch * steps + step, config.epochs * steps)  # --margin-warmup
             losses[step] = train_step(config, net, head, optimizer, scheduler, normalize, generator,
                                       data.train_x[batch], data.train_y[batch])
+            lookahead.step(net, head, epoch * steps + step + 1)
             if (step + 1) % CHECK_EVERY == 0:
                 check_finite(losses, step + 1 - CHECK_EVERY, step + 1, epoch)
                 batches.set_postfix(loss=f"{losses[step].item():.4f}")
         check_finite(losses, steps - steps % CHECK_EVERY, steps, epoch)  # the steps after the last full window
+        lookahead.end_epoch(net, head)
         record.train_seconds += time.perf_counter() - started
 
         metrics = None

@@ -18,14 +18,15 @@ from .results import RunRecord, environment_info, new_run_id
 RESUME_KEYS = ("dataset", "loss", "s", "m1", "m2", "m3", "triplet_margin", "latent_dim", "widths",
                "convs_per_stage", "epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup",
                "head_weight_decay", "label_smoothing", "embedding_bn", "whiten", "dirac_init", "bn_bias_lr",
-               "margin_warmup", "margin_tail", "margin_grad", "crop_padding", "flip",
+               "lookahead", "margin_warmup", "margin_tail", "margin_grad", "crop_padding", "flip",
                "seed", "image_size", "max_train_samples", "train_subset", "imbalance", "holdout_classes")
 # The value a setting had before it became a config field: what result rows and checkpoints written then,
 # which lack the column, ran with. Read by check_resume and by sweep_margins.py's run signature.
 FORMER_VALUES = {"train_subset": "", "momentum": 0.9, "weight_decay": 0.0005, "warmup": 0.2, "triplet_margin": 0.2,
                  "amp": False, "corruption_samples": 2000, "head_weight_decay": 0.0005, "label_smoothing": 0.0,
-                 "embedding_bn": False, "whiten": False, "dirac_init": False, "bn_bias_lr": 1.0, "margin_warmup": 0.0,
-                 "flip_tta": False, "margin_tail": "sphereface", "margin_grad": "exact"}
+                 "embedding_bn": False, "whiten": False, "dirac_init": False, "bn_bias_lr": 1.0,
+                 "lookahead": False, "margin_warmup": 0.0,
+                 "flip_tta": False, "translate_tta": False, "margin_tail": "sphereface", "margin_grad": "exact"}
 REQUIRED = ("net", "head", "optimizer", "scheduler", "generator", "epoch", "history", "train_seconds", "config")
 
 

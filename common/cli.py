@@ -25,6 +25,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         text = action.help or ""
         if "default" in text or action.default in (None, argparse.SUPPRESS, []) or not action.option_strings:
             return text
+        if isinstance(action, argparse.BooleanOptionalAction):  # --x / --no-x: on or off as the default says
+            return f"{text} (default: {'on' if action.default else 'off'})"
         if action.nargs == 0:  # store_true / store_false: the switch is off unless given
             return f"{text} (default: off)"
         default = action.default
@@ -107,6 +109,10 @@ def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse
     p.add_argument("--bn-bias-lr", type=float, default=d.bn_bias_lr,
                    help="BatchNorm biases train at this multiple of --lr, with --weight-decay divided by it "
                         "(airbench: 64)")
+    p.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=d.lookahead,
+                   help="airbench's lookahead: from 30%% of the steps on, every 5 steps an average of the weights "
+                        "(and BatchNorm statistics) moves toward them and replaces them, averaging harder as "
+                        "training ends; the model is the average after every epoch")
     p.add_argument("--margin-tail", choices=TAILS, default=d.margin_tail,
                    help="target logit beyond theta_b = (pi - m2) / m1, where cos(m1*theta + m2) bottoms out: "
                         "sphereface: its periodic extension (slope 0 at theta_b); cosine: cos(theta) minus a constant "
@@ -124,6 +130,10 @@ def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse
     p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=d.flip_tta,
                    help="test-time augmentation: classify (and embed) each test image by the mean embedding of it "
                         "and its mirror image")
+    p.add_argument("--translate-tta", action=argparse.BooleanOptionalAction, default=d.translate_tta,
+                   help="test-time augmentation: also embed each test image shifted one pixel up-left and one "
+                        "down-right (reflect padding; each with its mirror under --flip-tta) and weight the "
+                        "shifted copies 1/4 each, the image 1/2, as airbench's")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of initialisation, shuffling and augmentation")
     p.add_argument("--device", default=d.device, type=device_flag,
                    help="auto, cpu, cuda, cuda:N or mps; auto picks cuda, then mps, then cpu")

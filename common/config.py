@@ -41,12 +41,14 @@ class TrainConfig:
     whiten: bool = False  # a fixed patch-whitening first layer (network.WhiteningStem), as airbench's
     dirac_init: bool = False  # 3x3 convs start as partly the identity (network.dirac_init), as airbench's
     bn_bias_lr: float = 1.0  # BatchNorm biases train at this multiple of --lr, with --weight-decay divided by it
+    lookahead: bool = False  # airbench's lookahead averaging of the weights (training.Lookahead)
     margin_warmup: float = 0.0  # fraction of the steps over which the margins grow linearly from none to full
     margin_tail: str = "sphereface"  # psi beyond (pi - m2) / m1: see heads.margin_target
     margin_grad: str = "exact"  # "unit": the margin is a constant in the backward pass (heads.ArcNet)
     crop_padding: int = 0  # random-crop augmentation: zero padding in pixels (0: no crop)
     flip: bool = False  # random horizontal flips in training
     flip_tta: bool = False  # evaluate on the mean embedding of each test image and its mirror image
+    translate_tta: bool = False  # also on copies shifted one pixel up-left and down-right (evaluation.embed)
     seed: int = 0
     device: str = "auto"
     amp: bool | None = False  # bfloat16 autocast of the backbone; None: on where bfloat16 is native (`resolved`)

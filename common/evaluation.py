@@ -24,16 +24,27 @@ EVAL_SEED = 0  # fixes the corrupted subset and the noise, identical for every r
 
 
 @torch.no_grad()
-def embed(net: nn.Module, images: torch.Tensor, normalize, amp: bool, flip_tta: bool = False) -> torch.Tensor:
+def embed(net: nn.Module, images: torch.Tensor, normalize, amp: bool, flip_tta: bool = False,
+          translate_tta: bool = False) -> torch.Tensor:
     """Embeddings (N, D), float32 (float64 for a float64 model), of uint8 images (N, C, H, W), in eval mode, in
-    batches. flip_tta: the mean of the embeddings of each image and its mirror image (test-time augmentation;
-    every head and metric then sees that mean)."""
+    batches. Test-time augmentation (every head and metric then sees the averaged embedding): flip_tta, the
+    mean of the embeddings of each image and its mirror image; translate_tta, 1/2 x that of the image plus
+    1/4 x each of its copies shifted one pixel up-left and one down-right (reflect padding, so no zero
+    border appears), as airbench's level-2 test-time augmentation."""
     net.eval()
+
+    def view(x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) normalised -> (B, D), with its mirror if flip_tta
+        out = as_float(net_forward(net, x, amp))
+        return (out + as_float(net_forward(net, x.flip(3), amp))) / 2 if flip_tta else out
 
     def one(chunk: torch.Tensor) -> torch.Tensor:
         x = normalize(chunk)
-        out = as_float(net_forward(net, x, amp))
-        return (out + as_float(net_forward(net, x.flip(3), amp))) / 2 if flip_tta else out
+        if not translate_tta:
+            return view(x)
+        height, width = x.shape[2:]
+        padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")  # (B, C, H + 2, W + 2)
+        shifted = view(padded[:, :, :height, :width]) + view(padded[:, :, 2:, 2:])
+        return view(x) / 2 + shifted / 4
 
     return torch.cat([one(chunk) for chunk in images.split(EVAL_BATCH)])
 
@@ -41,16 +52,16 @@ def embed(net: nn.Module, images: torch.Tensor, normalize, amp: bool, flip_tta: 
 @torch.no_grad()
 def evaluate(net: nn.Module, head: nn.Module, data: ImageData, normalize: Normalize,
              config: TrainConfig) -> tuple[dict, torch.Tensor]:
-    """Test-set metrics and (C, C) confusion matrix (with config's --amp and --flip-tta). A triplet head's
-    centres are refitted first. Two diagnostics of the geometry go with the metrics: `embedding_norm`,
+    """Test-set metrics and (C, C) confusion matrix (with config's --amp, --flip-tta and --translate-tta). A
+    triplet head's centres are refitted first. Two diagnostics of the geometry go with the metrics: `embedding_norm`,
     the mean length of the test embeddings before any normalisation, and, for a margin head,
     `target_angle`, the mean angle in degrees between a test embedding and its own class centre, and
     `centre_angle`, the mean angle between two class centres (`mean_pairwise_angle`)."""
     head.eval()
-    amp, tta = config.amp, config.flip_tta
+    amp, tta = config.amp, (config.flip_tta, config.translate_tta)  # --flip-tta, --translate-tta
     if isinstance(head, CentroidHead):
-        head.fit_centres(embed(net, data.train_x, normalize, amp, tta), data.train_y)
-    embeddings = embed(net, data.test_x, normalize, amp, tta)  # (N, D)
+        head.fit_centres(embed(net, data.train_x, normalize, amp, *tta), data.train_y)
+    embeddings = embed(net, data.test_x, normalize, amp, *tta)  # (N, D)
     logits = head(embeddings)  # (N, C); s * cos for a margin head (no labels: no margin)
     confusion = confusion_matrix(data.test_y, logits.argmax(dim=1), data.num_classes)
     metrics = {**classification_metrics(confusion), "embedding_norm": embeddings.norm(dim=1).mean().item()}
@@ -78,16 +89,17 @@ def evaluate_extras(config: TrainConfig, net: nn.Module, head: nn.Module, data: 
     test images and labels); with --corruptions, corrupted accuracy (also returned per corruption and
     severity). Call after the final `evaluate`, which fits a triplet head's class centres."""
     head.eval()
+    tta = (config.flip_tta, config.translate_tta)
     columns = {"train_class_counts": ";".join(map(str, data.train_class_counts())),
                "tail_recall": tail_recall(metrics["per_class_recall"]),
-               **retrieval_metrics(embed(net, data.test_x, normalize, config.amp, config.flip_tta), data.test_y)}
+               **retrieval_metrics(embed(net, data.test_x, normalize, config.amp, *tta), data.test_y)}
     if config.holdout_classes:
         open_x, open_y = subsample(*open_set, VERIFY_MAX_IMAGES)
-        columns.update(open_set_metrics(embed(net, open_x, normalize, config.amp, config.flip_tta), open_y))
+        columns.update(open_set_metrics(embed(net, open_x, normalize, config.amp, *tta), open_y))
     corrupted = []
     if config.corruptions:
         def classify(images: torch.Tensor) -> torch.Tensor:
-            return head(embed(net, images, normalize, config.amp, config.flip_tta)).argmax(dim=1)
+            return head(embed(net, images, normalize, config.amp, *tta)).argmax(dim=1)
         corrupted = corruption_accuracy(classify, data.test_x, data.test_y, config.corruption_samples)
         columns.update(corruption_columns(corrupted))
     return columns, corrupted

@@ -31,8 +31,9 @@ from .evaluation import evaluate, evaluate_extras
 from .heads import ArcNet, margin_target, ramped_margins
 from .network import Network, as_float, net_forward
 from .results import RunRecord, environment_info, new_run_id, write_results
-from .training import (DivergedError, build_model, check_finite, count_train_tflop, evaluates_at, load_training_data,
-                       make_optimizer, record_epoch, seed_everything, set_margin_ramp, start, steps_per_epoch)
+from .training import (DivergedError, Lookahead, build_model, check_finite, count_train_tflop, evaluates_at,
+                       load_training_data, make_optimizer, record_epoch, seed_everything, set_margin_ramp, start,
+                       steps_per_epoch)
 
 CHECK_EVERY = 50  # steps between checks for a non-finite loss (one host sync each)
 
@@ -160,6 +161,7 @@ def run_group(configs: list[TrainConfig], dataset: Dataset) -> list[dict | Diver
     steps = steps_per_epoch(len(data.train_y), base.batch_size)
     optimizer, scheduler = make_optimizer(base, group_net, group_head, steps * base.epochs)
     generator = torch.Generator(device).manual_seed(base.seed)
+    lookahead = Lookahead(base, steps * base.epochs)  # --lookahead; per element, so each model its own average
     k = len(configs)
     histories, failed = [[] for _ in configs], [None] * k
     train_seconds, metrics, confusions = 0.0, [None] * k, [None] * k
@@ -177,9 +179,11 @@ def run_group(configs: list[TrainConfig], dataset: Dataset) -> list[dict | Diver
             per_model.sum().backward()  # disjoint parameters: each model gets its own gradient
             optimizer.step()
             scheduler.step()
+            lookahead.step(group_net, group_head, epoch * steps + step + 1)
             losses[step] = per_model.detach()
             if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
                 note_divergence(losses, step, epoch, failed)
+        lookahead.end_epoch(group_net, group_head)
         train_seconds += time.perf_counter() - started
         evaluated = evaluates_at(base, epoch)  # --eval-every; always after the last epoch
         for i, config in enumerate(configs):

@@ -1,8 +1,8 @@
 """The steps every training script's `run()` takes before and inside its loop, in the order it takes them:
 `start` (validate, device, threads, seed), `load_training_data`, `build_model`, `fit_whitening`,
 `make_optimizer` (SGD and its schedule), `count_train_tflop`; in the loop `set_margin_ramp` (--margin-warmup),
-`check_finite` (the divergence guard) and `record_epoch`. The loops themselves live in the scripts;
-evaluation, checkpoints and result files have modules of their own."""
+`Lookahead` (--lookahead), `check_finite` (the divergence guard) and `record_epoch`. The loops themselves live
+in the scripts; evaluation, checkpoints and result files have modules of their own."""
 from __future__ import annotations
 
 import copy
@@ -152,6 +152,58 @@ def set_margin_ramp(head: nn.Module, config: TrainConfig, step: int, total_steps
     """Apply `margin_ramp` to a margin head (other heads have no margins)."""
     if hasattr(head, "ramp"):
         head.ramp = margin_ramp(config, step, total_steps)
+
+
+class Lookahead:
+    """Airbench's lookahead on the weights (--lookahead): from START of the training steps on, every EVERY
+    steps an average of the model's floating-point state (the weights of net and head and the BatchNorm
+    running statistics) moves toward the model, average += (1 - rho) * (model - average), and the model is
+    set to the average, so training goes on from it. rho = BASE**EVERY * (steps done / total)**POWER grows
+    over training: little averaging while the learning rate is high, strong averaging as it falls.
+
+    At the end of every epoch (`end_epoch`) the model is set to the average, so the epoch's evaluation and
+    checkpoint see it, and a run resumed from that checkpoint (`begin_epoch` starts the average from the
+    model) continues exactly as the uninterrupted one. Off (config.lookahead False), every method is a no-op.
+    """
+
+    START, EVERY, BASE, POWER = 0.3, 5, 0.95, 3.0  # airbench94's: from epoch 3 of 10, every 5 steps
+
+    def __init__(self, config: TrainConfig, total_steps: int):
+        self.enabled, self.total_steps = config.lookahead, total_steps
+        self.start = math.ceil(self.START * total_steps)  # steps done before the averaging begins
+        self.average: list[torch.Tensor] | None = None
+
+    @staticmethod
+    def _state(*modules: nn.Module) -> list[torch.Tensor]:
+        # state_dict's tensors share storage with the parameters and buffers: writing them writes the model
+        return [t for m in modules for t in m.state_dict().values() if t.is_floating_point()]
+
+    def decay(self, steps_done: int) -> float:
+        return self.BASE ** self.EVERY * (steps_done / self.total_steps) ** self.POWER
+
+    @torch.no_grad()
+    def begin_epoch(self, net: nn.Module, head: nn.Module, steps_done: int) -> None:
+        if self.enabled and self.average is None and steps_done >= self.start:
+            self.average = [t.clone() for t in self._state(net, head)]
+
+    @torch.no_grad()
+    def step(self, net: nn.Module, head: nn.Module, steps_done: int) -> None:
+        """Call after each optimiser step, with the steps done so far (1 after the first)."""
+        if not self.enabled or steps_done < self.start:
+            return
+        if self.average is None:  # the first step at START: the average starts from the model
+            self.average = [t.clone() for t in self._state(net, head)]
+        elif steps_done % self.EVERY == 0:
+            rho = self.decay(steps_done)
+            for average, t in zip(self.average, self._state(net, head)):
+                average.lerp_(t, 1 - rho)
+                t.copy_(average)
+
+    @torch.no_grad()
+    def end_epoch(self, net: nn.Module, head: nn.Module) -> None:
+        if self.average is not None:
+            for average, t in zip(self.average, self._state(net, head)):
+                t.copy_(average)
 
 
 def check_finite(losses: torch.Tensor, start: int, stop: int, epoch: int) -> None:

@@ -139,9 +139,14 @@ def train_mnist_parser():
 
 
 def test_help_of_the_scripts_names_typed_values():
+    from common.cli import build_parser
+
     text = " ".join(train_mnist_parser().format_help().split())
     assert "e.g. 64-256-64 (default: 32-64-128)" in text and "fail if the data is missing (default: off)" in text
     assert "no tqdm progress bars (default: off)" in text
+    cifar = " ".join(build_parser("train_cifar10.py", train_cifar10.DEFAULTS, "").format_help().split())
+    assert "random horizontal flips in training (default: on)" in cifar  # a switch whose default is on
+    assert "whiten the training images' patches" in cifar and "(default: off)" in cifar
     sweep = " ".join(sweep_margins.build_parser().format_help().split())
     assert "(a job-array index) (default: 0/1)" in sweep and "each setting runs once per seed (default: 0)" in sweep
 

@@ -107,6 +107,26 @@ def test_flip_tta_embeds_the_mean_of_an_image_and_its_mirror():
     assert torch.allclose(embed(net, symmetric, normalize, False, True), embed(net, symmetric, normalize, False), atol=1e-6)
 
 
+def test_translate_tta_weights_the_image_one_half_and_its_one_pixel_shifts_one_quarter_each():
+    torch.manual_seed(0)
+    net = Network(3, 4, widths=(4, 8)).eval()
+    images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
+    normalize = lambda x: x.float() / 255  # noqa: E731
+    # reflect padding by hand: the row (column) before the first is the second, the one after the last the
+    # second-to-last
+    up_left = [1] + list(range(7))  # pixel i of the shifted image is pixel i - 1 of the image
+    down_right = list(range(1, 8)) + [6]  # pixel i is pixel i + 1
+    shifted = [images[:, :, rows][..., rows] for rows in (up_left, down_right)]
+    for flip in (False, True):
+        expected = (embed(net, images, normalize, False, flip) / 2
+                    + sum(embed(net, s, normalize, False, flip) for s in shifted) / 4)
+        got = embed(net, images, normalize, False, flip, translate_tta=True)
+        assert torch.allclose(got, expected, atol=1e-6)
+    flat = torch.full((2, 3, 8, 8), 77, dtype=torch.uint8)  # every shift of a flat image is itself
+    assert torch.allclose(embed(net, flat, normalize, False, translate_tta=True), embed(net, flat, normalize, False),
+                          atol=1e-6)
+
+
 def test_evaluation_reports_embedding_length_and_angle_to_the_own_class_centre():
     from torch import nn
 

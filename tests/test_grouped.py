@@ -87,7 +87,8 @@ def history(out, row):
 @pytest.mark.parametrize("script, fixture", [(train_mnist, "gray_folder"), (train_cifar10, "rgb_folder")])
 def test_grouped_training_matches_training_each_setting_alone(script, fixture, tmp_path, request, float64):
     folder = request.getfixturevalue(fixture)
-    recipe = ["--margin-warmup", "0.5", "--label-smoothing", "0.1"]  # both implemented by the grouped head too
+    # implemented by the grouped head and loop too
+    recipe = ["--margin-warmup", "0.5", "--label-smoothing", "0.1", "--lookahead"]
     configs = [parse_config([*TINY, *recipe, *m, "--data-root", folder, "--out", str(tmp_path / "g.csv")],
                             script.DEFAULTS, "t", "") for m in MARGINS]
     assert groupable(configs)

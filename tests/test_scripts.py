@@ -87,7 +87,10 @@ def _history(results_stem, row):
         return [(r["train_loss"], r["test_acc"]) for r in csv.DictReader(handle)]
 
 
-def test_resume_continues_exactly_where_the_checkpoint_left(rgb_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra", [[], ["--lookahead"]], ids=["plain", "lookahead"])
+def test_resume_continues_exactly_where_the_checkpoint_left(extra, rgb_folder, tmp_path, monkeypatch):
+    # with --lookahead the averaging starts at 30% of the steps, inside the first of the three epochs, so the
+    # resumed run must restart the average from the checkpoint's weights
     ckpt = str(tmp_path / "run.pt")
     saved = train_cifar10.save_run
 
@@ -97,10 +100,10 @@ def test_resume_continues_exactly_where_the_checkpoint_left(rgb_folder, tmp_path
         shutil.copy(config.checkpoint, f"{config.checkpoint}.epoch{epochs_done}")
 
     monkeypatch.setattr(train_cifar10, "save_run", save_and_keep_each_epoch)
-    full = train(train_cifar10, rgb_folder, tmp_path / "full.csv", "--epochs", "3", "--checkpoint", ckpt)
+    full = train(train_cifar10, rgb_folder, tmp_path / "full.csv", "--epochs", "3", "--checkpoint", ckpt, *extra)
     monkeypatch.setattr(train_cifar10, "save_run", saved)
     resumed = train(train_cifar10, rgb_folder, tmp_path / "resumed.csv", "--epochs", "3",
-                    "--resume", f"{ckpt}.epoch1")
+                    "--resume", f"{ckpt}.epoch1", *extra)
     assert resumed["test_acc"] == full["test_acc"] and resumed["per_class_recall"] == full["per_class_recall"]
     assert _history(tmp_path / "full", full) == _history(tmp_path / "resumed", resumed)
 

@@ -166,3 +166,16 @@ def test_sigterm_ends_the_workers_with_the_sweep():
         worker.join(timeout=20)
         assert not worker.is_alive()
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_the_sweep_passes_on_every_training_flag_it_does_not_set_itself():
+    from common.cli import build_parser
+
+    own = {"--loss", "--s", "--m1", "--m2", "--m3", "--epochs", "--seed", "--threads", "--corruptions", "--out",
+           "--checkpoint", "--resume", "--no-progress", "--no-download"}  # the sweep's own, or per-run files
+    passed = set(sweep_margins.PASS_THROUGH) | set(sweep_margins.SWITCHES)
+    for script in sweep_margins.SCRIPTS.values():
+        parser = build_parser("t", script.DEFAULTS, "")
+        flags = {a.option_strings[0] for a in parser._actions if a.option_strings and a.option_strings[0] != "-h"}
+        assert flags - own - passed == set()
+        assert passed <= flags
