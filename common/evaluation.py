@@ -49,6 +49,11 @@ def embed(net: nn.Module, images: torch.Tensor, normalize, amp: bool, flip_tta: 
     return torch.cat([one(chunk) for chunk in images.split(EVAL_BATCH)])
 
 
+def embed_as(config: TrainConfig, net: nn.Module, images: torch.Tensor, normalize) -> torch.Tensor:
+    """`embed` with the run's --amp, --flip-tta and --translate-tta."""
+    return embed(net, images, normalize, config.amp, config.flip_tta, config.translate_tta)
+
+
 @torch.no_grad()
 def evaluate(net: nn.Module, head: nn.Module, data: ImageData, normalize: Normalize,
              config: TrainConfig) -> tuple[dict, torch.Tensor]:
@@ -58,10 +63,9 @@ def evaluate(net: nn.Module, head: nn.Module, data: ImageData, normalize: Normal
     `target_angle`, the mean angle in degrees between a test embedding and its own class centre, and
     `centre_angle`, the mean angle between two class centres (`mean_pairwise_angle`)."""
     head.eval()
-    amp, tta = config.amp, (config.flip_tta, config.translate_tta)  # --flip-tta, --translate-tta
     if isinstance(head, CentroidHead):
-        head.fit_centres(embed(net, data.train_x, normalize, amp, *tta), data.train_y)
-    embeddings = embed(net, data.test_x, normalize, amp, *tta)  # (N, D)
+        head.fit_centres(embed_as(config, net, data.train_x, normalize), data.train_y)
+    embeddings = embed_as(config, net, data.test_x, normalize)  # (N, D)
     logits = head(embeddings)  # (N, C); s * cos for a margin head (no labels: no margin)
     confusion = confusion_matrix(data.test_y, logits.argmax(dim=1), data.num_classes)
     metrics = {**classification_metrics(confusion), "embedding_norm": embeddings.norm(dim=1).mean().item()}
@@ -89,17 +93,16 @@ def evaluate_extras(config: TrainConfig, net: nn.Module, head: nn.Module, data: 
     test images and labels); with --corruptions, corrupted accuracy (also returned per corruption and
     severity). Call after the final `evaluate`, which fits a triplet head's class centres."""
     head.eval()
-    tta = (config.flip_tta, config.translate_tta)
     columns = {"train_class_counts": ";".join(map(str, data.train_class_counts())),
                "tail_recall": tail_recall(metrics["per_class_recall"]),
-               **retrieval_metrics(embed(net, data.test_x, normalize, config.amp, *tta), data.test_y)}
+               **retrieval_metrics(embed_as(config, net, data.test_x, normalize), data.test_y)}
     if config.holdout_classes:
         open_x, open_y = subsample(*open_set, VERIFY_MAX_IMAGES)
-        columns.update(open_set_metrics(embed(net, open_x, normalize, config.amp, *tta), open_y))
+        columns.update(open_set_metrics(embed_as(config, net, open_x, normalize), open_y))
     corrupted = []
     if config.corruptions:
         def classify(images: torch.Tensor) -> torch.Tensor:
-            return head(embed(net, images, normalize, config.amp, *tta)).argmax(dim=1)
+            return head(embed_as(config, net, images, normalize)).argmax(dim=1)
         corrupted = corruption_accuracy(classify, data.test_x, data.test_y, config.corruption_samples)
         columns.update(corruption_columns(corrupted))
     return columns, corrupted

@@ -183,16 +183,14 @@ class Lookahead:
 
     @torch.no_grad()
     def begin_epoch(self, net: nn.Module, head: nn.Module, steps_done: int) -> None:
-        if self.enabled and self.average is None and steps_done >= self.start:
+        if self.enabled and self.average is None and steps_done >= self.start:  # a run resumed past START
             self.average = [t.clone() for t in self._state(net, head)]
 
     @torch.no_grad()
     def step(self, net: nn.Module, head: nn.Module, steps_done: int) -> None:
         """Call after each optimiser step, with the steps done so far (1 after the first)."""
-        if not self.enabled or steps_done < self.start:
-            return
-        if self.average is None:  # the first step at START: the average starts from the model
-            self.average = [t.clone() for t in self._state(net, head)]
+        if self.average is None:  # before START (or off): at START the average starts from the model
+            self.begin_epoch(net, head, steps_done)
         elif steps_done % self.EVERY == 0:
             rho = self.decay(steps_done)
             for average, t in zip(self.average, self._state(net, head)):
