@@ -34,7 +34,7 @@ from common.checkpoints import FORMER_VALUES
 from common.data import DATASETS, DataError, is_image_folder, list_image_folder
 from common.heads import check_margins
 from common.device import pick_device
-from common.grouped import UNGROUPED, run_group
+from common.grouped import run_group, ungrouped_settings
 from common.results import append_row, environment_info, read_rows, write_csv
 from common.sweep_summary import CLAIM_SCENARIOS, row_key, scenario_of, setting, table1_grid, write_summary
 from common.training import DivergedError
@@ -73,7 +73,7 @@ def jobs_for(grid: list[tuple], seeds: list[int], shard: tuple[int, int],
 SIGNATURE_KEYS = ("dataset", "epochs", "max_train_samples", "train_subset", "latent_dim", "widths", "convs_per_stage",
                   "batch_size", "lr", "momentum", "weight_decay", "warmup", "triplet_margin", "image_size", "amp",
                   "corruption_samples", "device", "head_weight_decay", "label_smoothing", "embedding_bn", "whiten",
-                  "dirac_init", "bn_bias_lr", "lookahead", "margin_warmup", "margin_tail", "margin_grad",
+                  "dirac_init", "activation", "pool_first", "global_pool", "bn_scale", "bn_bias_lr", "lookahead", "margin_warmup", "margin_tail", "margin_grad",
                   "crop_padding", "flip", "flip_tta", "translate_tta")
 # Values of columns that rows from before the column existed lack (the value they were run with), as in CSV text.
 SIGNATURE_DEFAULTS = {key: str(value) for key, value in FORMER_VALUES.items()}
@@ -199,10 +199,10 @@ def parse_shard(text: str) -> tuple[int, int]:
 PASS_THROUGH = ("--data-root", "--max-train-samples", "--device", "--latent-dim", "--widths", "--convs-per-stage",
                 "--batch-size", "--lr", "--momentum", "--warmup", "--bn-bias-lr", "--weight-decay",
                 "--head-weight-decay", "--label-smoothing", "--triplet-margin", "--margin-warmup", "--crop-padding",
-                "--margin-tail", "--margin-grad", "--image-size", "--imbalance", "--holdout-classes",
+                "--activation", "--global-pool", "--margin-tail", "--margin-grad", "--image-size", "--imbalance", "--holdout-classes",
                 "--corruption-samples", "--eval-every")
 # On/off flags passed on as --flag / --no-flag when given.
-SWITCHES = ("--embedding-bn", "--whiten", "--dirac-init", "--lookahead", "--flip", "--flip-tta", "--translate-tta",
+SWITCHES = ("--embedding-bn", "--whiten", "--dirac-init", "--pool-first", "--bn-scale", "--lookahead", "--flip", "--flip-tta", "--translate-tta",
             "--amp")
 
 
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             except ValueError as exc:
                 parser.error(str(exc))
     base = base_config(args)  # exits 2 on a bad pass-through flag, before any data is read
-    ungrouped = [name for name in UNGROUPED if getattr(base, name)]
+    ungrouped = ungrouped_settings(base)
     if args.group_size > 1 and ungrouped:
         parser.error(f"--group-size > 1 cannot train --{ungrouped[0].replace('_', '-')} (common/grouped.py does not "
                      "implement it); use --group-size 1")

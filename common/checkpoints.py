@@ -17,7 +17,8 @@ from .results import RunRecord, environment_info, new_run_id
 # Settings that must match for a checkpoint to be resumed under a config.
 RESUME_KEYS = ("dataset", "loss", "s", "m1", "m2", "m3", "triplet_margin", "latent_dim", "widths",
                "convs_per_stage", "epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup",
-               "head_weight_decay", "label_smoothing", "embedding_bn", "whiten", "dirac_init", "bn_bias_lr",
+               "head_weight_decay", "label_smoothing", "embedding_bn", "whiten", "dirac_init", "activation",
+               "pool_first", "global_pool", "bn_scale", "bn_bias_lr",
                "lookahead", "margin_warmup", "margin_tail", "margin_grad", "crop_padding", "flip",
                "seed", "image_size", "max_train_samples", "train_subset", "imbalance", "holdout_classes")
 # The value a setting had before it became a config field: what result rows and checkpoints written then,
@@ -25,7 +26,7 @@ RESUME_KEYS = ("dataset", "loss", "s", "m1", "m2", "m3", "triplet_margin", "late
 FORMER_VALUES = {"train_subset": "", "momentum": 0.9, "weight_decay": 0.0005, "warmup": 0.2, "triplet_margin": 0.2,
                  "amp": False, "corruption_samples": 2000, "head_weight_decay": 0.0005, "label_smoothing": 0.0,
                  "embedding_bn": False, "whiten": False, "dirac_init": False, "bn_bias_lr": 1.0,
-                 "lookahead": False, "margin_warmup": 0.0,
+                 "lookahead": False, "activation": "relu", "pool_first": False, "global_pool": "avg", "bn_scale": True, "margin_warmup": 0.0,
                  "flip_tta": False, "translate_tta": False, "margin_tail": "sphereface", "margin_grad": "exact"}
 REQUIRED = ("net", "head", "optimizer", "scheduler", "generator", "epoch", "history", "train_seconds", "config")
 

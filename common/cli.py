@@ -13,6 +13,7 @@ from .config import TrainConfig
 from .data import DataError
 from .device import device_flag, pick_device
 from .heads import LOSSES, MARGIN_GRADS, TAILS
+from .network import ACTIVATIONS, GLOBAL_POOLS
 from .training import DivergedError
 
 
@@ -106,6 +107,16 @@ def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse
                         "negatives), then ReLU, before the first stage, as airbench's")
     p.add_argument("--dirac-init", action=argparse.BooleanOptionalAction, default=d.dirac_init,
                    help="start every 3x3 conv with its first min(out, in) filters as the identity, as airbench's")
+    p.add_argument("--activation", choices=ACTIVATIONS, default=d.activation,
+                   help="activation after every BatchNorm (and the whitening stem); gelu as airbench's")
+    p.add_argument("--pool-first", action=argparse.BooleanOptionalAction, default=d.pool_first,
+                   help="each stage's first conv max-pools before its BatchNorm and activation (airbench's order: "
+                        "the statistics are those of the pooled map) instead of after them")
+    p.add_argument("--global-pool", choices=GLOBAL_POOLS, default=d.global_pool,
+                   help="pooling of the last stage's map before the embedding layer: avg, or max as airbench's")
+    p.add_argument("--bn-scale", action=argparse.BooleanOptionalAction, default=d.bn_scale,
+                   help="train the scales of the conv BatchNorms; --no-bn-scale fixes them at 1, as airbench "
+                        "(the shifts always train)")
     p.add_argument("--bn-bias-lr", type=float, default=d.bn_bias_lr,
                    help="BatchNorm biases train at this multiple of --lr, with --weight-decay divided by it "
                         "(airbench: 64)")

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from .checkpoints import check_resume
 from .device import has_native_bf16, pick_device
 from .heads import LOSSES, MARGIN_DEFAULTS, NO_MARGINS, check_margin_options, check_margins
+from .network import ACTIVATIONS, GLOBAL_POOLS
 from .results import check_writable
 
 
@@ -40,6 +41,10 @@ class TrainConfig:
     embedding_bn: bool = False  # BatchNorm1d on the embedding, as insightface's backbones
     whiten: bool = False  # a fixed patch-whitening first layer (network.WhiteningStem), as airbench's
     dirac_init: bool = False  # 3x3 convs start as partly the identity (network.dirac_init), as airbench's
+    activation: str = "relu"  # of every conv (and the whitening stem): relu or gelu (airbench's)
+    pool_first: bool = False  # each stage's first conv max-pools before its BatchNorm and activation, as airbench's
+    global_pool: str = "avg"  # after the last stage: avg, or max (airbench's)
+    bn_scale: bool = True  # train the BatchNorm2d scales; off: fixed at 1, as airbench's
     bn_bias_lr: float = 1.0  # BatchNorm biases train at this multiple of --lr, with --weight-decay divided by it
     lookahead: bool = False  # airbench's lookahead averaging of the weights (training.Lookahead)
     margin_warmup: float = 0.0  # fraction of the steps over which the margins grow linearly from none to full
@@ -130,6 +135,10 @@ class TrainConfig:
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         check_margin_options(self.margin_tail, self.margin_grad)
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if self.global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"--global-pool must be one of {', '.join(GLOBAL_POOLS)}, got {self.global_pool!r}")
         if not 0 <= self.margin_warmup <= 1:
             raise ValueError(f"--margin-warmup must be in [0, 1], got {self.margin_warmup}")
         if self.resume is not None and not os.path.isfile(self.resume):

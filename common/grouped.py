@@ -121,15 +121,20 @@ class GroupedArcHead(nn.Module):
         return template
 
 
-# Settings the grouped model does not implement; configs using them train alone.
-UNGROUPED = ("embedding_bn", "whiten")
+# Settings the grouped model does not implement; configs that change them from TrainConfig's defaults train alone.
+UNGROUPED = ("embedding_bn", "whiten", "activation", "pool_first", "global_pool", "bn_scale")
+
+
+def ungrouped_settings(config: TrainConfig) -> list[str]:
+    """The UNGROUPED settings that `config` changes from TrainConfig's defaults."""
+    return [name for name in UNGROUPED if getattr(config, name) != getattr(TrainConfig, name)]
 
 
 def groupable(configs: list[TrainConfig]) -> bool:
     """True when the configs differ only in ArcNet margins (and the loss's name): one architecture,
-    data, schedule and seed, no checkpoint or resume, and none of the UNGROUPED settings on."""
+    data, schedule and seed, no checkpoint or resume, and none of the UNGROUPED settings changed."""
     first = configs[0]
-    if any(getattr(first, name) for name in UNGROUPED):
+    if ungrouped_settings(first):
         return False
     same = [replace(c, loss="arcface", s=None, m1=None, m2=None, m3=None, out=first.out) for c in configs]
     return (all(c.loss not in ("softmax", "triplet") for c in configs) and all(c == same[0] for c in same)

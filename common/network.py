@@ -8,13 +8,29 @@ import torch
 from torch import nn
 
 
-def conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
+ACTIVATIONS = ("relu", "gelu")
+GLOBAL_POOLS = ("avg", "max")
+
+
+def activation_layer(name: str) -> nn.Module:
+    return nn.GELU() if name == "gelu" else nn.ReLU(inplace=True)
+
+
+def conv_bn_act(in_channels: int, out_channels: int, activation: str = "relu", pool: bool = False,
+                pool_first: bool = False, bn_scale: bool = True) -> list[nn.Module]:
+    """A 3x3 conv, BatchNorm and activation, with a 2x2 max-pool after them when `pool` (before the
+    BatchNorm when also `pool_first`, as airbench: its statistics are then those of the pooled map).
+    `bn_scale` False fixes the BatchNorm's scale at 1 (not trained), as airbench."""
     # bias=False: the BatchNorm that follows has its own shift.
-    return [
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    ]
+    layers = [nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)]
+    norm = nn.BatchNorm2d(out_channels)
+    norm.weight.requires_grad_(bn_scale)
+    after = [norm, activation_layer(activation)]
+    if pool:
+        layers += [nn.MaxPool2d(2)] + after if pool_first else after + [nn.MaxPool2d(2)]
+    else:
+        layers += after
+    return layers
 
 
 class Network(nn.Module):
@@ -22,8 +38,10 @@ class Network(nn.Module):
 
     One stage per entry of `widths`: a 3x3 conv to that width, 2x2 max-pooling, then
     `convs_per_stage - 1` more 3x3 convs at the pooled resolution; every conv is followed by
-    BatchNorm and ReLU. After the last stage a global average pool, a flatten and a linear
-    layer give the embedding. The default (64, 256, 64) with one conv per stage is the
+    BatchNorm and ReLU (`activation` "gelu": GELU). After the last stage a global average pool
+    (`global_pool` "max": a global max pool, as airbench), a flatten and a linear layer give the
+    embedding. `pool_first` pools each stage's first conv before its BatchNorm (airbench's order);
+    `bn_scale` False fixes every BatchNorm2d scale at 1 (airbench trains only their shifts). The default (64, 256, 64) with one conv per stage is the
     report's network; any image size of at least 2**len(widths) pixels works. `embedding_bn` adds
     a BatchNorm1d after the linear layer (off in the report's network). `whiten` puts a fixed
     whitening stem before the first stage (`WhiteningStem`: 2x2 patches, as airbench's first layer;
@@ -41,25 +59,30 @@ class Network(nn.Module):
         embedding_bn: bool = False,
         whiten: bool = False,
         dirac: bool = False,
+        activation: str = "relu",
+        pool_first: bool = False,
+        global_pool: str = "avg",
+        bn_scale: bool = True,
     ):
         super().__init__()
         if in_channels < 1 or latent_dim < 1 or not widths or convs_per_stage < 1:
             raise ValueError("Network needs in_channels, latent_dim, widths and convs_per_stage >= 1")
+        if activation not in ACTIVATIONS or global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"Network: activation must be one of {ACTIVATIONS}, global_pool one of {GLOBAL_POOLS}")
         layers: list[nn.Module] = []
         channels = in_channels
         if whiten:
-            layers.append(WhiteningStem(in_channels))
+            layers.append(WhiteningStem(in_channels, activation))
             channels = layers[-1].out_channels
         for width in widths:
-            layers += conv_bn_relu(channels, width)
-            layers.append(nn.MaxPool2d(2))
+            layers += conv_bn_act(channels, width, activation, pool=True, pool_first=pool_first, bn_scale=bn_scale)
             for _ in range(convs_per_stage - 1):
-                layers += conv_bn_relu(width, width)
+                layers += conv_bn_act(width, width, activation, bn_scale=bn_scale)
             channels = width
         self.features = nn.Sequential(*layers)
         if dirac:
             dirac_init(self)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = nn.AdaptiveMaxPool2d(1) if global_pool == "max" else nn.AdaptiveAvgPool2d(1)
         self.embed = nn.Linear(channels, latent_dim)
         # insightface's backbones end in a BatchNorm on the embedding (--embedding-bn); here it collapsed the
         # angular-margin losses on CIFAR-10 (results/README.md, "Why the margin losses trained worse"), so it is off.
@@ -91,7 +114,7 @@ def net_forward(net: nn.Module, images: torch.Tensor, amp: bool) -> torch.Tensor
 
 
 class WhiteningStem(nn.Module):
-    """A fixed 2x2 convolution (no padding) whose filters whiten image patches, then ReLU.
+    """A fixed 2x2 convolution (no padding) whose filters whiten image patches, then ReLU (or GELU).
 
     For P = 4 * in_channels pixel values per 2x2 patch, with patch covariance V diag(lambda) V^T,
     the filters are the rows of diag(lambda + eps)^(-1/2) V^T and their negatives (2P output
@@ -104,8 +127,9 @@ class WhiteningStem(nn.Module):
 
     EPS = 1e-2
 
-    def __init__(self, in_channels: int):
+    def __init__(self, in_channels: int, activation: str = "relu"):
         super().__init__()
+        self.activation = activation_layer(activation)
         patch = 4 * in_channels
         self.out_channels = 2 * patch
         self.conv = nn.Conv2d(in_channels, self.out_channels, kernel_size=2, bias=True)
@@ -136,7 +160,7 @@ class WhiteningStem(nn.Module):
         self.conv.weight.copy_(torch.cat([filters, -filters]))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.conv(images))
+        return self.activation(self.conv(images))
 
 
 def init_whitening(net: Network, images: torch.Tensor) -> None:

@@ -65,7 +65,8 @@ def build_model(config: TrainConfig, in_channels: int, num_classes: int, device:
     """The backbone (channels-last) and the loss's head that `config` describes, on `device`."""
     s, m1, m2, m3 = config.margins()
     net = Network(in_channels, config.latent_dim, config.widths, config.convs_per_stage, config.embedding_bn,
-                  config.whiten, config.dirac_init)
+                  config.whiten, config.dirac_init, config.activation, config.pool_first, config.global_pool,
+                  config.bn_scale)
     head = build_head(config.loss, config.latent_dim, num_classes, s, m1, m2, m3, config.triplet_margin,
                       config.label_smoothing, config.margin_tail, config.margin_grad)
     return net.to(device, memory_format=torch.channels_last), head.to(device)

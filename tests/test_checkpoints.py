@@ -24,7 +24,8 @@ def test_checkpoints_from_before_a_recipe_setting_resume_with_its_old_value(gray
            "--device", "cpu", "--no-amp", "--no-progress", "--out", out, "--margin-grad", "exact", "--margin-warmup", "0"]
     train_mnist.main(old + ["--checkpoint", path])
     state = torch.load(path, weights_only=True)
-    for key in ("whiten", "margin_grad", "margin_warmup", "margin_tail", "embedding_bn", "label_smoothing"):
+    for key in ("whiten", "margin_grad", "margin_warmup", "margin_tail", "embedding_bn", "label_smoothing",
+                "activation", "pool_first", "global_pool", "bn_scale"):
         del state["config"][key]  # as a checkpoint written before these settings existed
     torch.save(state, path)
     as_then = parse_config(old, train_mnist.DEFAULTS, "t", "")

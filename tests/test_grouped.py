@@ -132,3 +132,7 @@ def test_groupable_only_for_margin_settings_of_one_run():
     assert not groupable([base, replace(base, loss="softmax")])
     assert not groupable([base, replace(base, seed=1)])
     assert not groupable([base, replace(base, lr=0.01)])
+    for change in ({"activation": "gelu"}, {"pool_first": True}, {"global_pool": "max"}, {"bn_scale": False},
+                   {"whiten": True}, {"embedding_bn": True}):  # what GroupedNetwork does not implement
+        changed = replace(base, **change)
+        assert not groupable([changed, replace(changed, m2=0.3)])

@@ -248,6 +248,18 @@ def test_whiten_trains_end_to_end_and_needs_one_more_pixel(rgb_folder, tmp_path,
     assert exit_info.value.code == 2 and "--image-size must be >= 5" in capsys.readouterr().err
 
 
+def test_airbench_network_options_train_end_to_end_and_a_bad_choice_exits_2(rgb_folder, tmp_path, capsys):
+    flags = ["--data-root", rgb_folder, "--widths", "8-16", "--latent-dim", "8", "--epochs", "1", "--batch-size", "12",
+             "--device", "cpu", "--no-amp", "--no-progress", "--out", str(tmp_path / "r.csv"), "--whiten", "--dirac-init"]
+    row = train_cifar10.main(flags + ["--activation", "gelu", "--pool-first", "--global-pool", "max", "--no-bn-scale"])
+    assert (row["activation"], row["pool_first"], row["global_pool"], row["bn_scale"]) == ("gelu", True, "max", False)
+    assert math.isfinite(row["test_acc"])
+    for flag, value in (("--activation", "tanh"), ("--global-pool", "median")):
+        with pytest.raises(SystemExit) as exit_info:
+            train_cifar10.main(flags + [flag, value])
+        assert exit_info.value.code == 2 and f"argument {flag}: invalid choice" in capsys.readouterr().err
+
+
 def test_eval_every_leaves_training_and_the_row_unchanged(gray_folder, tmp_path):
     every = train(train_mnist, gray_folder, tmp_path / "every.csv", "--epochs", "3")
     sparse = train(train_mnist, gray_folder, tmp_path / "sparse.csv", "--epochs", "3", "--eval-every", "2")
