@@ -73,8 +73,8 @@ def jobs_for(grid: list[tuple], seeds: list[int], shard: tuple[int, int],
 SIGNATURE_KEYS = ("dataset", "epochs", "max_train_samples", "train_subset", "latent_dim", "widths", "convs_per_stage",
                   "batch_size", "lr", "momentum", "weight_decay", "warmup", "triplet_margin", "image_size", "amp",
                   "corruption_samples", "device", "head_weight_decay", "label_smoothing", "embedding_bn", "whiten",
-                  "dirac_init", "activation", "pool_first", "global_pool", "bn_scale", "bn_bias_lr", "lookahead", "margin_warmup", "margin_tail", "margin_grad",
-                  "crop_padding", "flip", "flip_tta", "translate_tta")
+                  "dirac_init", "activation", "pool_first", "global_pool", "bn_scale", "bn_bias_lr", "lookahead",
+                  "margin_warmup", "margin_tail", "margin_grad", "crop_padding", "flip", "flip_tta", "translate_tta")
 # Values of columns that rows from before the column existed lack (the value they were run with), as in CSV text.
 SIGNATURE_DEFAULTS = {key: str(value) for key, value in FORMER_VALUES.items()}
 # Rows from before --crop-padding and --flip: the augmentation each script then hard-coded.
@@ -199,11 +199,11 @@ def parse_shard(text: str) -> tuple[int, int]:
 PASS_THROUGH = ("--data-root", "--max-train-samples", "--device", "--latent-dim", "--widths", "--convs-per-stage",
                 "--batch-size", "--lr", "--momentum", "--warmup", "--bn-bias-lr", "--weight-decay",
                 "--head-weight-decay", "--label-smoothing", "--triplet-margin", "--margin-warmup", "--crop-padding",
-                "--activation", "--global-pool", "--margin-tail", "--margin-grad", "--image-size", "--imbalance", "--holdout-classes",
-                "--corruption-samples", "--eval-every")
+                "--activation", "--global-pool", "--margin-tail", "--margin-grad", "--image-size", "--imbalance",
+                "--holdout-classes", "--corruption-samples", "--eval-every")
 # On/off flags passed on as --flag / --no-flag when given.
-SWITCHES = ("--embedding-bn", "--whiten", "--dirac-init", "--pool-first", "--bn-scale", "--lookahead", "--flip", "--flip-tta", "--translate-tta",
-            "--amp")
+SWITCHES = ("--embedding-bn", "--whiten", "--dirac-init", "--pool-first", "--bn-scale", "--lookahead", "--flip",
+            "--flip-tta", "--translate-tta", "--amp")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,8 +282,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     base = base_config(args)  # exits 2 on a bad pass-through flag, before any data is read
     ungrouped = ungrouped_settings(base)
     if args.group_size > 1 and ungrouped:
-        parser.error(f"--group-size > 1 cannot train --{ungrouped[0].replace('_', '-')} (common/grouped.py does not "
-                     "implement it); use --group-size 1")
+        name, value = ungrouped[0].replace("_", "-"), getattr(base, ungrouped[0])
+        given = f"--{name}" if value is True else f"--no-{name}" if value is False else f"--{name} {value}"
+        parser.error(f"--group-size > 1 cannot train {given} (common/grouped.py does not implement it); "
+                     "use --group-size 1")
 
     base_row = {k: "" if v is None else v for k, v in base.as_row().items()}
     scenarios = list(CLAIM_SCENARIOS.values()) if args.preset == "claims" else [scenario_of(base_row)]

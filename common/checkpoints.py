@@ -26,7 +26,8 @@ RESUME_KEYS = ("dataset", "loss", "s", "m1", "m2", "m3", "triplet_margin", "late
 FORMER_VALUES = {"train_subset": "", "momentum": 0.9, "weight_decay": 0.0005, "warmup": 0.2, "triplet_margin": 0.2,
                  "amp": False, "corruption_samples": 2000, "head_weight_decay": 0.0005, "label_smoothing": 0.0,
                  "embedding_bn": False, "whiten": False, "dirac_init": False, "bn_bias_lr": 1.0,
-                 "lookahead": False, "activation": "relu", "pool_first": False, "global_pool": "avg", "bn_scale": True, "margin_warmup": 0.0,
+                 "lookahead": False, "activation": "relu", "pool_first": False, "global_pool": "avg", "bn_scale": True,
+                 "margin_warmup": 0.0,
                  "flip_tta": False, "translate_tta": False, "margin_tail": "sphereface", "margin_grad": "exact"}
 REQUIRED = ("net", "head", "optimizer", "scheduler", "generator", "epoch", "history", "train_seconds", "config")
 

@@ -26,11 +26,10 @@ def conv_bn_act(in_channels: int, out_channels: int, activation: str = "relu", p
     norm = nn.BatchNorm2d(out_channels)
     norm.weight.requires_grad_(bn_scale)
     after = [norm, activation_layer(activation)]
-    if pool:
-        layers += [nn.MaxPool2d(2)] + after if pool_first else after + [nn.MaxPool2d(2)]
-    else:
-        layers += after
-    return layers
+    if not pool:
+        return layers + after
+    pooling = [nn.MaxPool2d(2)]
+    return layers + (pooling + after if pool_first else after + pooling)
 
 
 class Network(nn.Module):
@@ -41,9 +40,9 @@ class Network(nn.Module):
     BatchNorm and ReLU (`activation` "gelu": GELU). After the last stage a global average pool
     (`global_pool` "max": a global max pool, as airbench), a flatten and a linear layer give the
     embedding. `pool_first` pools each stage's first conv before its BatchNorm (airbench's order);
-    `bn_scale` False fixes every BatchNorm2d scale at 1 (airbench trains only their shifts). The default (64, 256, 64) with one conv per stage is the
-    report's network; any image size of at least 2**len(widths) pixels works. `embedding_bn` adds
-    a BatchNorm1d after the linear layer (off in the report's network). `whiten` puts a fixed
+    `bn_scale` False fixes every BatchNorm2d scale at 1 (airbench trains only their shifts). The
+    default (64, 256, 64) with one conv per stage is the report's network; any image size of at least
+    2**len(widths) pixels works. `embedding_bn` adds a BatchNorm1d after the linear layer (off in the report's network). `whiten` puts a fixed
     whitening stem before the first stage (`WhiteningStem`: 2x2 patches, as airbench's first layer;
     the image shrinks by one pixel, so it needs 2**len(widths) + 1); `init_whitening` sets its
     filters from training images before training starts. `dirac` starts every 3x3 conv as partly

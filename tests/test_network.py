@@ -77,7 +77,8 @@ def test_gelu_reaches_the_whitening_stem_and_a_bad_name_is_refused():
     net = Network(3, 4, widths=(4, 8), whiten=True, activation="gelu")
     assert isinstance(net.features[0].activation, nn.GELU)
     x = torch.randn(2, 3, 9, 9)
-    assert torch.allclose(net.features[0](x), F.gelu(F.conv2d(x, net.features[0].conv.weight, net.features[0].conv.bias)))
+    stem = net.features[0]
+    assert torch.allclose(stem(x), F.gelu(F.conv2d(x, stem.conv.weight, stem.conv.bias)))
     with pytest.raises(ValueError, match="activation"):
         Network(3, 4, widths=(4,), activation="tanh")
     with pytest.raises(ValueError, match="global_pool"):

@@ -250,7 +250,8 @@ def test_whiten_trains_end_to_end_and_needs_one_more_pixel(rgb_folder, tmp_path,
 
 def test_airbench_network_options_train_end_to_end_and_a_bad_choice_exits_2(rgb_folder, tmp_path, capsys):
     flags = ["--data-root", rgb_folder, "--widths", "8-16", "--latent-dim", "8", "--epochs", "1", "--batch-size", "12",
-             "--device", "cpu", "--no-amp", "--no-progress", "--out", str(tmp_path / "r.csv"), "--whiten", "--dirac-init"]
+             "--device", "cpu", "--no-amp", "--no-progress", "--out", str(tmp_path / "r.csv"),
+             "--whiten", "--dirac-init"]
     row = train_cifar10.main(flags + ["--activation", "gelu", "--pool-first", "--global-pool", "max", "--no-bn-scale"])
     assert (row["activation"], row["pool_first"], row["global_pool"], row["bn_scale"]) == ("gelu", True, "max", False)
     assert math.isfinite(row["test_acc"])
