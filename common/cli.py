@@ -104,7 +104,7 @@ def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse
                    help="BatchNorm1d on the embedding, as in insightface's backbones")
     p.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=d.whiten,
                    help="a first layer of fixed 2x2 filters that whiten the training images' patches (and their "
-                        "negatives), then ReLU, before the first stage, as airbench's")
+                        "negatives), then --activation, before the first stage, as airbench's")
     p.add_argument("--dirac-init", action=argparse.BooleanOptionalAction, default=d.dirac_init,
                    help="start every 3x3 conv with its first min(out, in) filters as the identity, as airbench's")
     p.add_argument("--activation", choices=ACTIVATIONS, default=d.activation,

@@ -146,7 +146,9 @@ def test_help_of_the_scripts_names_typed_values():
     assert "no tqdm progress bars (default: off)" in text
     cifar = " ".join(build_parser("train_cifar10.py", train_cifar10.DEFAULTS, "").format_help().split())
     assert "random horizontal flips in training (default: on)" in cifar  # a switch whose default is on
-    assert "whiten the training images' patches" in cifar and "(default: off)" in cifar
+    report = " ".join(build_parser("train_cifar10.py", train_cifar10.REPORT, "").format_help().split())
+    whiten = "whiten the training images' patches (and their negatives), then --activation, before the first stage, as "
+    assert whiten + "airbench's (default: on)" in cifar and whiten + "airbench's (default: off)" in report
     sweep = " ".join(sweep_margins.build_parser().format_help().split())
     assert "(a job-array index) (default: 0/1)" in sweep and "each setting runs once per seed (default: 0)" in sweep
 
