@@ -36,7 +36,7 @@ from common.heads import check_margins
 from common.device import pick_device
 from common.grouped import run_group, ungrouped_settings
 from common.results import append_row, environment_info, read_rows, write_csv
-from common.sweep_summary import CLAIM_SCENARIOS, row_key, scenario_of, setting, table1_grid, write_summary
+from common.sweep_summary import CLAIM_SCENARIOS, COLLAPSE_BELOW, row_key, scenario_of, setting, table1_grid, write_summary
 from common.training import DivergedError
 
 SCRIPTS = {"mnist": train_mnist, "cifar10": train_cifar10}
@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="results CSV (default results/sweep/<dataset>.csv); rows already in it are skipped")
     p.add_argument("--summarize", nargs="+", default=None, metavar="CSV",
                    help="train nothing: merge these CSVs into --out and summarise them")
+    p.add_argument("--collapse-below", type=float, default=COLLAPSE_BELOW, metavar="PERCENT",
+                   help="the summary counts a finished run below this test accuracy (%%) as collapsed, apart from "
+                        "diverged runs (95 suits MNIST; give CIFAR-10 its own)")
     for flag in PASS_THROUGH:
         p.add_argument(flag, default=None, help=f"passed to the training script's {flag} (default: the script's)")
     for flag in SWITCHES:
@@ -259,6 +262,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.out = args.out or os.path.join("results", "sweep", f"{args.dataset}.csv")
+    if not 0 <= args.collapse_below <= 100:
+        parser.error(f"--collapse-below must be a test accuracy in percent, 0 to 100 (got {args.collapse_below:g})")
     if args.summarize:
         missing = [p for p in args.summarize if not os.path.isfile(p)]
         if missing:
@@ -267,7 +272,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         merged = {(signature(r), row_key(r)): r for path in args.summarize for r in read_rows(path)}
         rows = list(merged.values())
         write_csv(args.out, rows)
-        for path in write_summary(rows, args.out):
+        for path in write_summary(rows, args.out, args.collapse_below):
             print(f"wrote {path}")
         return rows
     parser.check_losses(args.losses)
@@ -310,7 +315,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print("\ninterrupted: finished runs are in the CSV; rerun the same command to continue", file=sys.stderr)
         sys.exit(130)
     rows = read_rows(args.out)
-    for path in write_summary(rows, args.out):
+    for path in write_summary(rows, args.out, args.collapse_below):
         print(f"wrote {path}")
     return rows
 

@@ -99,9 +99,14 @@ def is_plain(row: dict) -> bool:
     return plain_training_set(*scenario_of(row)[:2])
 
 
-def summarize(rows: list[dict]) -> list[dict]:
-    """Per (setting, training set): mean, std and count of test accuracy (%), diverged runs, and the
-    source table's value (MNIST on the plain training set only)."""
+COLLAPSE_BELOW = 95.0  # % test accuracy: a finished MNIST run below it has collapsed (sweep_margins.py --collapse-below)
+
+
+def summarize(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) -> list[dict]:
+    """Per (setting, training set): mean, std and count of test accuracy (%) over the finished runs, how many
+    of those collapsed (finished below `collapse_below` %; counted in the mean, apart from diverged runs,
+    which stopped on a non-finite loss and have no accuracy), and the source table's value (MNIST on the
+    plain training set only)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         key, (imbalance, holdout, _), _ = row_key(row)
@@ -113,6 +118,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         plain = plain_training_set(imbalance, holdout)
         summary.append({**dict(zip(SETTING_KEYS, key)), "dataset": dataset, "imbalance": imbalance,
                         "holdout_classes": holdout, "mean_acc": mean, "std_acc": std, "runs": len(accs),
+                        "collapsed": sum(a < collapse_below for a in accs), "collapse_below": collapse_below,
                         "diverged": len(members) - len(accs),
                         "source_acc": source_value(key) if plain and dataset == "mnist" else None})
     return summary
@@ -121,16 +127,17 @@ def summarize(rows: list[dict]) -> list[dict]:
 def markdown_table(summary: list[dict]) -> str:
     """One line per summary row; a "training set" column appears only when some row is not the plain one."""
     special = not all(plain_training_set(r["imbalance"], r["holdout_classes"]) for r in summary)
+    below = summary[0]["collapse_below"] if summary else COLLAPSE_BELOW
     lines = ["| loss | s | m1 | m2 | m3 |" + (" training set |" if special else "") +
-             " test acc % (mean ± std) | runs | diverged | source paper % |",
-             "|---|---|---|---|---|" + ("---|" if special else "") + "---|---|---|---|"]
+             f" test acc % (mean ± std) | runs | collapsed (< {below:g}%) | diverged | source paper % |",
+             "|---|---|---|---|---|" + ("---|" if special else "") + "---|---|---|---|---|"]
     fmt = lambda v: "" if v is None else f"{v:g}"  # noqa: E731
     for r in summary:
         acc = format_mean_std(r["mean_acc"], r["std_acc"])
         source = "" if r["source_acc"] is None else f"{r['source_acc']:.2f}"
         trained = f" imbalance {r['imbalance']:g}, {r['holdout_classes']} classes held out |" if special else ""
         lines.append(f"| {r['loss']} | {fmt(r['s'])} | {fmt(r['m1'])} | {fmt(r['m2'])} | {fmt(r['m3'])} |{trained} {acc} | "
-                     f"{r['runs']} | {r['diverged']} | {source} |")
+                     f"{r['runs']} | {r['collapsed']} | {r['diverged']} | {source} |")
     return "\n".join(lines) + "\n"
 
 
@@ -304,11 +311,11 @@ def plot_summary(summary: list[dict], out_stem: str, rows: list[dict] = ()) -> l
     return written
 
 
-def write_summary(rows: list[dict], out_csv: str) -> list[str]:
+def write_summary(rows: list[dict], out_csv: str, collapse_below: float = COLLAPSE_BELOW) -> list[str]:
     """<stem>_summary.{csv,md} and plots; the regression and plots use plain-training-set runs only.
     With runs of --preset claims, also <stem>_comparison.{csv,md}."""
     stem = os.path.splitext(out_csv)[0]
-    summary = summarize(rows)
+    summary = summarize(rows, collapse_below)
     lines = [line for line in (recommend(rows, loss) for loss in ("arcface", "combined", "cosface", "sphereface")) if line]
     write_csv(f"{stem}_summary.csv", summary)
     atomic_write_text(f"{stem}_summary.md", markdown_table(summary) + "".join(f"\n{line}\n" for line in lines))

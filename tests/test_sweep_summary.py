@@ -53,9 +53,29 @@ def test_summary_statistics_and_markdown_on_a_synthetic_csv(tmp_path, capsys):
     assert summary[("combined", 0.41, 0.2)]["diverged"] == "1" and summary[("combined", 0.41, 0.2)]["runs"] == "0"
     assert summary[("arcface", 0.5, 0.0)]["source_acc"] == "98.93"
     markdown = (tmp_path / "runs_summary.md").read_text()
-    assert "| arcface | 30 | 1 | 0.46 | 0 | 99.00 ± 0.07 | 2 | 0 | 98.85 |" in markdown
+    assert "| runs | collapsed (< 95%) | diverged | source paper % |" in markdown
+    assert "| arcface | 30 | 1 | 0.46 | 0 | 99.00 ± 0.07 | 2 | 0 | 0 | 98.85 |" in markdown
     for name in ("runs_arcface_m2.png", "runs_combined_heatmap.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_collapsed_runs_are_counted_apart_from_diverged_ones_at_the_given_threshold(tmp_path, capsys):
+    cell = {"loss": "arcface", "s": 30, "m1": 1, "m2": 0.5, "m3": 0}
+    rows = [{**cell, "seed": 0, "test_acc": 0.9940}, {**cell, "seed": 1, "test_acc": 0.9499},  # just below 95%
+            {**cell, "seed": 2, "test_acc": 0.9500}, {**cell, "seed": 3, "test_acc": "", "diverged": 1}]
+    (line,) = sweep_summary.summarize(rows)
+    assert (line["runs"], line["collapsed"], line["diverged"]) == (3, 1, 1)
+    assert line["mean_acc"] == pytest.approx((99.40 + 94.99 + 95.00) / 3)  # collapsed runs stay in the mean
+    assert sweep_summary.summarize(rows, collapse_below=99.5)[0]["collapsed"] == 3
+    path = str(tmp_path / "runs.csv")
+    write_csv(path, rows)
+    sweep_margins.main(["--summarize", path, "--out", path, "--collapse-below", "99"])
+    assert "| 3 | 2 | 1 | 98.93 |" in (tmp_path / "runs_summary.md").read_text()
+    assert "collapsed (< 99%)" in (tmp_path / "runs_summary.md").read_text()
+    for bad in ("101", "-1", "nan"):
+        with pytest.raises(SystemExit) as exit_info:
+            sweep_margins.main(["--summarize", path, "--out", path, "--collapse-below", bad])
+        assert exit_info.value.code == 2 and "--collapse-below must be a test accuracy in percent" in capsys.readouterr().err
 
 
 def test_regression_recovers_the_best_margins():
