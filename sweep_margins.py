@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import itertools
 import multiprocessing
 import os
@@ -35,7 +36,7 @@ from common.data import DATASETS, DataError, is_image_folder, list_image_folder
 from common.heads import check_margins
 from common.device import pick_device
 from common.grouped import run_group, ungrouped_settings
-from common.results import append_row, environment_info, read_rows, write_csv
+from common.results import append_row, check_writable, environment_info, read_rows, write_csv
 from common.sweep_summary import CLAIM_SCENARIOS, COLLAPSE_BELOW, row_key, scenario_of, setting, table1_grid, write_summary
 from common.training import DivergedError
 
@@ -86,10 +87,26 @@ def signature(row: dict) -> tuple:
     return tuple(str(row.get(k, "")) or defaults.get(k, "") for k in SIGNATURE_KEYS)
 
 
-def config_for(job: tuple, base, threads: int):
+def checkpoint_name(job: tuple, base) -> str:
+    """A file name for one job's checkpoint under --checkpoint-dir: its setting, scenario and seed, and a
+    hash of the sweep's run settings (the signature), so sweeps of other settings never share a file."""
     (loss, s, m1, m2, m3), (imbalance, holdout, corruptions), seed = job
-    return replace(base, loss=loss, s=s, m1=m1, m2=m2, m3=m3, seed=seed, threads=threads, progress=False,
-                   imbalance=imbalance, holdout_classes=holdout, corruptions=corruptions)
+    row = {k: "" if v is None else v for k, v in base.as_row().items()}
+    digest = hashlib.sha1(repr(signature({**row, "device": pick_device(base.device).type})).encode()).hexdigest()[:10]
+    margins = "" if s is None else f"-s{s:g}-m1{m1:g}-m2{m2:g}-m3{m3:g}"
+    return f"{loss}{margins}-imb{imbalance:g}-held{holdout}{'-corr' if corruptions else ''}-seed{seed}-{digest}.pt"
+
+
+def config_for(job: tuple, base, threads: int, checkpoint_dir: str | None = None):
+    """The training config of one job; with `checkpoint_dir` it saves there after every epoch and resumes
+    from there when an earlier sweep left the file (an interrupted run goes on from its last epoch)."""
+    (loss, s, m1, m2, m3), (imbalance, holdout, corruptions), seed = job
+    config = replace(base, loss=loss, s=s, m1=m1, m2=m2, m3=m3, seed=seed, threads=threads, progress=False,
+                     imbalance=imbalance, holdout_classes=holdout, corruptions=corruptions)
+    if checkpoint_dir is None:
+        return config
+    path = os.path.join(checkpoint_dir, checkpoint_name(job, base))
+    return replace(config, checkpoint=path, resume=path if os.path.isfile(path) else None)
 
 
 def record_diverged(config, exc: DivergedError) -> dict:
@@ -100,19 +117,20 @@ def record_diverged(config, exc: DivergedError) -> dict:
     return row
 
 
-def run_job(job: tuple, base, dataset: str, threads: int) -> dict:
+def run_job(job: tuple, base, dataset: str, threads: int, checkpoint_dir: str | None = None) -> dict:
     """Train one (setting, scenario, seed); a diverged run becomes a row with diverged=1 and no accuracy."""
-    config = config_for(job, base, threads)
+    config = config_for(job, base, threads, checkpoint_dir)
     try:
         return SCRIPTS[dataset].run(config)
     except DivergedError as exc:
         return record_diverged(config, exc)
 
 
-def run_unit(unit: list[tuple], base, dataset: str, threads: int) -> list[dict]:
-    """One job alone, or several margin settings of one (scenario, seed) trained together (common/grouped.py)."""
+def run_unit(unit: list[tuple], base, dataset: str, threads: int, checkpoint_dir: str | None = None) -> list[dict]:
+    """One job alone, or several margin settings of one (scenario, seed) trained together (common/grouped.py;
+    never with checkpoints: `main` refuses --group-size > 1 with --checkpoint-dir)."""
     if len(unit) == 1:
-        return [run_job(unit[0], base, dataset, threads)]
+        return [run_job(unit[0], base, dataset, threads, checkpoint_dir)]
     configs = [config_for(job, base, threads) for job in unit]
     results = run_group(configs, DATASETS[dataset])
     return [record_diverged(c, r) if isinstance(r, DivergedError) else r for c, r in zip(configs, results)]
@@ -169,19 +187,21 @@ def exit_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_sweep(units: list[list[tuple]], base, dataset: str, workers: int, threads: int = 0) -> None:
+def run_sweep(units: list[list[tuple]], base, dataset: str, workers: int, threads: int = 0,
+              checkpoint_dir: str | None = None) -> None:
     """Run the units (jobs already filtered to those not done), `workers` processes at a time, with one
-    overall bar over jobs. `threads` is torch's CPU threads per worker; 0 splits the cores between workers."""
+    overall bar over jobs. `threads` is torch's CPU threads per worker; 0 splits the cores between workers.
+    With `checkpoint_dir` every run saves after each epoch there and resumes from what it finds."""
     threads = threads or (0 if workers == 1 else max(1, (os.cpu_count() or 1) // workers))
     with tqdm(total=sum(map(len, units)), desc="sweep", unit="run") as bar:  # closed on Ctrl-C too
         if workers == 1:
             for unit in units:
-                run_unit(unit, base, dataset, threads)
+                run_unit(unit, base, dataset, threads, checkpoint_dir)
                 bar.update(len(unit))
             return
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
         with exit_on_sigterm(), context.Pool(workers, maxtasksperchild=1) as pool:  # workers end with the sweep
-            for rows in pool.imap_unordered(_worker, [(unit, base, dataset, threads) for unit in units]):
+            for rows in pool.imap_unordered(_worker, [(unit, base, dataset, threads, checkpoint_dir) for unit in units]):
                 bar.update(len(rows))
 
 
@@ -237,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                        help=f"passed to the training script's {flag} (default: the script's)")
     p.add_argument("--corruptions", action="store_true", help="passed to the training script's --corruptions")
+    p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="each run saves a checkpoint here after every epoch, and a rerun of the sweep resumes an "
+                        "interrupted run from it instead of starting it again (default: no checkpoints)")
     p.add_argument("--dry-run", action="store_true", help="print the jobs this shard would run, and stop")
     return p
 
@@ -291,6 +314,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         given = f"--{name}" if value is True else f"--no-{name}" if value is False else f"--{name} {value}"
         parser.error(f"--group-size > 1 cannot train {given} (common/grouped.py does not implement it); "
                      "use --group-size 1")
+    if args.group_size > 1 and args.checkpoint_dir:
+        parser.error("--checkpoint-dir needs --group-size 1 (grouped training saves no checkpoints)")
+    if args.checkpoint_dir:
+        try:
+            check_writable(args.checkpoint_dir, "--checkpoint-dir", folder=True)
+        except ValueError as exc:
+            parser.error(str(exc))
 
     base_row = {k: "" if v is None else v for k, v in base.as_row().items()}
     scenarios = list(CLAIM_SCENARIOS.values()) if args.preset == "claims" else [scenario_of(base_row)]
@@ -308,7 +338,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     try:
         if todo:
             check_data(base, args.dataset)  # a missing or broken dataset is one line, before the first run
-        run_sweep(group_jobs(todo, args.group_size), base, args.dataset, args.workers, args.threads)
+        run_sweep(group_jobs(todo, args.group_size), base, args.dataset, args.workers, args.threads, args.checkpoint_dir)
     except DataError as exc:
         parser.exit(2, f"sweep_margins.py: error: {exc}\n")
     except KeyboardInterrupt:

@@ -243,6 +243,7 @@ def train(args, recipe: Recipe) -> dict:
         print(f"epoch {epoch + 1}/{math.ceil(recipe.epochs)}  loss {loss.item() / len(batch):.4f}  "
               f"{seconds:.0f} s", flush=True)
         if args.checkpoint:
+            os.makedirs(os.path.dirname(os.path.abspath(args.checkpoint)), exist_ok=True)
             tmp = args.checkpoint + ".tmp"
             torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "average": average,
                         "flipped": flipped, "step": done, "seconds": seconds, "generator": generator.get_state()}, tmp)

@@ -67,7 +67,7 @@ def test_lookahead_pulls_toward_the_average_and_ends_on_it():
 
 
 def test_a_tiny_run_writes_its_row_and_a_finished_checkpoint_resumes_to_the_same_result(rgb_folder, tmp_path, capsys):
-    out, ckpt = tmp_path / "r.csv", tmp_path / "ck.pt"
+    out, ckpt = tmp_path / "r.csv", tmp_path / "new-folder" / "ck.pt"  # the folder is made
     flags = ["--data-root", rgb_folder, "--batch-size", "12", "--epochs", "2", "--widths", "8-16-8",
              "--whiten-images", "10", "--device", "cpu", "--out", str(out), "--checkpoint", str(ckpt)]
     row = ref.main(flags)

@@ -179,3 +179,42 @@ def test_the_sweep_passes_on_every_training_flag_it_does_not_set_itself():
         flags = {a.option_strings[0] for a in parser._actions if a.option_strings and a.option_strings[0] != "-h"}
         assert flags - own - passed == set()
         assert passed <= flags
+
+
+def test_checkpoint_dir_resumes_an_interrupted_run_from_its_last_epoch(gray_folder, tmp_path, monkeypatch):
+    flags = ["--m2", "0.5", "--seeds", "0", "--data-root", gray_folder, *TINY, "--epochs", "2"]
+    plain = sweep_margins.main([*flags, "--out", str(tmp_path / "plain.csv")])
+    out, ckdir = tmp_path / "sweep.csv", tmp_path / "ck"
+    real_save, saves = sweep_margins.train_mnist.save_run, []
+
+    def save_then_interrupt(*args):
+        real_save(*args)
+        saves.append(args[-1])
+        raise KeyboardInterrupt  # Ctrl-C right after the first epoch's checkpoint
+
+    monkeypatch.setattr(sweep_margins.train_mnist, "save_run", save_then_interrupt)
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_margins.main([*flags, "--out", str(out), "--checkpoint-dir", str(ckdir)])
+    assert exit_info.value.code == 130 and saves == [1] and not os.path.exists(out)
+    (name,) = os.listdir(ckdir)
+    assert name.startswith("arcface-s30-m11-m20.5-m30-imb1-held0-seed0-") and name.endswith(".pt")
+    monkeypatch.setattr(sweep_margins.train_mnist, "save_run", real_save)
+    calls, real_run = [], sweep_margins.train_mnist.run
+    monkeypatch.setattr(sweep_margins.train_mnist, "run", lambda config: calls.append(config.resume) or real_run(config))
+    (row,) = sweep_margins.main([*flags, "--out", str(out), "--checkpoint-dir", str(ckdir)])
+    assert calls == [str(ckdir / name)]  # resumed, not started again
+    assert row["test_acc"] == plain[0]["test_acc"]  # and bit for bit the uninterrupted run's result
+    other = sweep_margins.config_for(sweep_margins.jobs_for([("arcface", 30.0, 1.0, 0.5, 0.0)], [0], (0, 1))[0],
+                                     sweep_margins.base_config(sweep_margins.build_parser().parse_args(
+                                         [*flags, "--lr", "0.01", "--out", str(out)])), 1, str(ckdir))
+    assert other.resume is None and os.path.basename(other.checkpoint) != name  # other settings: another file
+
+
+def test_checkpoint_dir_is_refused_with_grouped_training_or_when_it_is_a_file(gray_folder, tmp_path, capsys):
+    flags = ["--m2", "0.5", "--data-root", gray_folder, *TINY, "--out", str(tmp_path / "s.csv")]
+    for extra, message in ((["--group-size", "2", "--checkpoint-dir", str(tmp_path)], "--checkpoint-dir needs --group-size 1"),
+                           (["--checkpoint-dir", str(tmp_path / "s.csv")], "--checkpoint-dir")):
+        (tmp_path / "s.csv").write_text("")
+        with pytest.raises(SystemExit) as exit_info:
+            sweep_margins.main([*flags, *extra])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
