@@ -105,8 +105,8 @@ COLLAPSE_BELOW = 95.0  # % test accuracy: a finished MNIST run below it has coll
 def summarize(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) -> list[dict]:
     """Per (setting, training set): mean, std and count of test accuracy (%) over the finished runs, how many
     of those collapsed (finished below `collapse_below` %; counted in the mean, apart from diverged runs,
-    which stopped on a non-finite loss and have no accuracy), and the source table's value (MNIST on the
-    plain training set only)."""
+    which stopped on a non-finite loss and have no accuracy), mean and std of macro F1 and MAP@R (%) over the
+    finished runs that report them, and the source table's value (MNIST on the plain training set only)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         key, (imbalance, holdout, _), _ = row_key(row)
@@ -116,10 +116,14 @@ def summarize(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) -> list[
         accs = [100 * a for a in map(accuracy_of, members) if a is not None]
         mean, std = mean_std(accs)
         plain = plain_training_set(imbalance, holdout)
+        finished = [r for r in members if accuracy_of(r) is not None]
+        f1, map_r = (mean_std([100 * float(r[c]) for r in finished if str(r.get(c, "")) != ""])
+                     for c in ("test_f1", "map_at_r"))
         summary.append({**dict(zip(SETTING_KEYS, key)), "dataset": dataset, "imbalance": imbalance,
                         "holdout_classes": holdout, "mean_acc": mean, "std_acc": std, "runs": len(accs),
                         "collapsed": sum(a < collapse_below for a in accs), "collapse_below": collapse_below,
-                        "diverged": len(members) - len(accs),
+                        "diverged": len(members) - len(accs), "mean_f1": f1[0], "std_f1": f1[1],
+                        "mean_map_at_r": map_r[0], "std_map_at_r": map_r[1],
                         "source_acc": source_value(key) if plain and dataset == "mnist" else None})
     return summary
 
@@ -129,15 +133,17 @@ def markdown_table(summary: list[dict]) -> str:
     special = not all(plain_training_set(r["imbalance"], r["holdout_classes"]) for r in summary)
     below = summary[0]["collapse_below"] if summary else COLLAPSE_BELOW
     lines = ["| loss | s | m1 | m2 | m3 |" + (" training set |" if special else "") +
-             f" test acc % (mean ± std) | runs | collapsed (< {below:g}%) | diverged | source paper % |",
-             "|---|---|---|---|---|" + ("---|" if special else "") + "---|---|---|---|---|"]
+             f" test acc % (mean ± std) | runs | collapsed (< {below:g}%) | diverged | macro F1 % | MAP@R % |"
+             " source paper % |",
+             "|---|---|---|---|---|" + ("---|" if special else "") + "---|---|---|---|---|---|---|"]
     fmt = lambda v: "" if v is None else f"{v:g}"  # noqa: E731
     for r in summary:
         acc = format_mean_std(r["mean_acc"], r["std_acc"])
         source = "" if r["source_acc"] is None else f"{r['source_acc']:.2f}"
         trained = f" imbalance {r['imbalance']:g}, {r['holdout_classes']} classes held out |" if special else ""
         lines.append(f"| {r['loss']} | {fmt(r['s'])} | {fmt(r['m1'])} | {fmt(r['m2'])} | {fmt(r['m3'])} |{trained} {acc} | "
-                     f"{r['runs']} | {r['collapsed']} | {r['diverged']} | {source} |")
+                     f"{r['runs']} | {r['collapsed']} | {r['diverged']} | {format_mean_std(r['mean_f1'], r['std_f1'])} | "
+                     f"{format_mean_std(r['mean_map_at_r'], r['std_map_at_r'])} | {source} |")
     return "\n".join(lines) + "\n"
 
 

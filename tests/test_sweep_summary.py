@@ -53,8 +53,8 @@ def test_summary_statistics_and_markdown_on_a_synthetic_csv(tmp_path, capsys):
     assert summary[("combined", 0.41, 0.2)]["diverged"] == "1" and summary[("combined", 0.41, 0.2)]["runs"] == "0"
     assert summary[("arcface", 0.5, 0.0)]["source_acc"] == "98.93"
     markdown = (tmp_path / "runs_summary.md").read_text()
-    assert "| runs | collapsed (< 95%) | diverged | source paper % |" in markdown
-    assert "| arcface | 30 | 1 | 0.46 | 0 | 99.00 ± 0.07 | 2 | 0 | 0 | 98.85 |" in markdown
+    assert "| runs | collapsed (< 95%) | diverged | macro F1 % | MAP@R % | source paper % |" in markdown
+    assert "| arcface | 30 | 1 | 0.46 | 0 | 99.00 ± 0.07 | 2 | 0 | 0 | — | — | 98.85 |" in markdown  # no F1 in these rows
     for name in ("runs_arcface_m2.png", "runs_combined_heatmap.png"):
         assert (tmp_path / name).stat().st_size > 1000
 
@@ -70,12 +70,23 @@ def test_collapsed_runs_are_counted_apart_from_diverged_ones_at_the_given_thresh
     path = str(tmp_path / "runs.csv")
     write_csv(path, rows)
     sweep_margins.main(["--summarize", path, "--out", path, "--collapse-below", "99"])
-    assert "| 3 | 2 | 1 | 98.93 |" in (tmp_path / "runs_summary.md").read_text()
+    assert "| 3 | 2 | 1 | — | — | 98.93 |" in (tmp_path / "runs_summary.md").read_text()
     assert "collapsed (< 99%)" in (tmp_path / "runs_summary.md").read_text()
     for bad in ("101", "-1", "nan"):
         with pytest.raises(SystemExit) as exit_info:
             sweep_margins.main(["--summarize", path, "--out", path, "--collapse-below", bad])
         assert exit_info.value.code == 2 and "--collapse-below must be a test accuracy in percent" in capsys.readouterr().err
+
+
+def test_summary_gives_macro_f1_and_map_at_r_over_the_finished_runs():
+    cell = {"loss": "softmax", "s": "", "m1": "", "m2": "", "m3": "", "dataset": "cifar10"}
+    rows = [{**cell, "seed": 0, "test_acc": 0.90, "test_f1": 0.89, "map_at_r": 0.70},
+            {**cell, "seed": 1, "test_acc": 0.92, "test_f1": 0.91, "map_at_r": 0.74},
+            {**cell, "seed": 2, "test_acc": "", "test_f1": "", "map_at_r": "", "diverged": 1}]
+    (line,) = sweep_summary.summarize(rows)
+    assert line["mean_f1"] == pytest.approx(90.0) and line["std_f1"] == pytest.approx(math.sqrt(2))
+    assert line["mean_map_at_r"] == pytest.approx(72.0) and line["std_map_at_r"] == pytest.approx(2 * math.sqrt(2))
+    assert "| 90.00 ± 1.41 | 72.00 ± 2.83 |" in sweep_summary.markdown_table([line])
 
 
 def test_regression_recovers_the_best_margins():
