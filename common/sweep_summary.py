@@ -206,11 +206,14 @@ def quadratic_features(v: torch.Tensor, curved: tuple[bool, ...] | None = None) 
     return torch.stack(cols, 1)
 
 
-def fit_quadratic(points: list[tuple[tuple[float, ...], float]], bootstrap: int = 200, seed: int = 0) -> dict | None:
+def fit_quadratic(points: list[tuple[tuple[float, ...], float]], bootstrap: int = 200, seed: int = 0,
+                  at: tuple[float, ...] | None = None) -> dict | None:
     """Least-squares quadratic (with cross terms) of accuracy over the margins that vary, its maximiser on
-    a grid spanning the sweep, and the bootstrap (over runs) standard deviation of that maximiser. Only
-    margins swept at three or more values get a square term (`quadratic_features`); None with fewer than
-    3k + 1 runs for k varying margins."""
+    a grid spanning the sweep, and the bootstrap (over runs) standard deviation of that maximiser. With
+    `at` (all margins of a point, for example the loss's default) also the predicted gain of the maximum
+    over the fit's value there, and that gain's bootstrap standard deviation: a gain within about one of
+    those is not a recommendation the runs support. Only margins swept at three or more values get a
+    square term (`quadratic_features`); None with fewer than 3k + 1 runs for k varying margins."""
     names = [i for i in range(len(points[0][0])) if len({p[0][i] for p in points}) > 1] if points else []
     curved = tuple(len({p[0][i] for p in points}) >= 3 for i in names)
     if not names or len(points) < 3 * len(names) + 1:
@@ -220,28 +223,32 @@ def fit_quadratic(points: list[tuple[tuple[float, ...], float]], bootstrap: int 
     axes = [torch.linspace(x[:, j].min().item(), x[:, j].max().item(), 41, dtype=torch.float64) for j in range(len(names))]
     grid = torch.cartesian_prod(*axes).view(-1, len(names))
 
+    point = None if at is None else quadratic_features(torch.tensor([[at[i] for i in names]], dtype=torch.float64), curved)
+
     def best(xs, ys):
         coef = torch.linalg.lstsq(quadratic_features(xs, curved), ys.view(-1, 1)).solution
         predicted = (quadratic_features(grid, curved) @ coef).squeeze(1)
-        return grid[predicted.argmax()], predicted.max().item(), coef
+        gain = math.nan if point is None else predicted.max().item() - (point @ coef).item()
+        return grid[predicted.argmax()], predicted.max().item(), coef, gain
 
-    where, value, coef = best(x, y)
+    where, value, coef, gain = best(x, y)
     generator = torch.Generator().manual_seed(seed)
-    draws = [best(x[i], y[i])[0] for i in (torch.randint(0, len(y), (len(y),), generator=generator) for _ in range(bootstrap))]
-    spread = torch.stack(draws).std(dim=0)
+    draws = [best(x[i], y[i]) for i in (torch.randint(0, len(y), (len(y),), generator=generator) for _ in range(bootstrap))]
+    spread = torch.stack([d[0] for d in draws]).std(dim=0)
+    gain_std = torch.tensor([d[3] for d in draws], dtype=torch.float64).std().item()
     return {"varying": names, "curved": curved, "best": where.tolist(), "best_std": spread.tolist(),
-            "predicted_acc": value, "coefficients": coef.squeeze(1).tolist()}
+            "predicted_acc": value, "coefficients": coef.squeeze(1).tolist(), "gain": gain, "gain_std": gain_std}
 
 
 def recommend(rows: list[dict], loss: str) -> str | None:
     """One line: the fitted best margins for `loss`, their bootstrap spread and the gain over the loss's default."""
     points = [((*(float(r[k]) for k in SETTING_KEYS[1:]),), 100 * a) for r in rows
               if r["loss"] == loss and is_plain(r) and (a := accuracy_of(r)) is not None]
-    fit = fit_quadratic(points)
+    default = setting(loss)
+    fit = fit_quadratic(points, at=default[1:])
     if fit is None:
         return None
     names = [SETTING_KEYS[1 + i] for i in fit["varying"]]
-    default = setting(loss)
     default_x = torch.tensor([[default[1 + i] for i in fit["varying"]]], dtype=torch.float64)
     features = quadratic_features(default_x, fit["curved"])
     at_default = (features @ torch.tensor(fit["coefficients"], dtype=torch.float64)).item()
@@ -251,7 +258,8 @@ def recommend(rows: list[dict], loss: str) -> str | None:
     return (f"{loss}: quadratic fit over {len(points)} runs recommends {best} (predicted {fit['predicted_acc']:.2f}%); "
             f"at the default {', '.join(f'{n} = {default[1 + i]:g}' for n, i in zip(names, fit['varying']))} "
             f"it predicts {at_default:.2f}%{' (extrapolated: outside the swept range)' if outside else ''} "
-            f"(gain {fit['predicted_acc'] - at_default:+.2f} points)")
+            f"(gain {fit['predicted_acc'] - at_default:+.2f} ± {fit['gain_std']:.2f} points, bootstrap std"
+            f"{'' if fit['gain'] > fit['gain_std'] else ': within it, no evidence for the recommendation'})")
 
 
 def error_bars(line: list[dict]) -> tuple[list[float], list[float]]:

@@ -102,6 +102,23 @@ def test_regression_recovers_the_best_margins():
     assert recommended(sweep_summary.recommend(rows, "arcface"), "m2") == pytest.approx(0.47, abs=0.004)
 
 
+def arcface_rows(accuracy, seeds=3):
+    return [{"loss": "arcface", "s": 30, "m1": 1, "m2": m2, "m3": 0, "seed": seed, "test_acc": accuracy(m2, seed) / 100}
+            for m2 in (0.40, 0.45, 0.50, 0.55, 0.59) for seed in range(seeds)]
+
+
+def test_regression_gain_is_weighed_against_its_bootstrap_spread():
+    # a clear optimum at 0.45, 1 point above the default 0.5, with 0.01-point seed noise: a supported gain
+    clear = arcface_rows(lambda m2, seed: 99.0 - 400 * (m2 - 0.45) ** 2 + 0.01 * (seed - 1))
+    fit = sweep_summary.fit_quadratic([((30.0, 1.0, r["m2"], 0.0), 100 * r["test_acc"]) for r in clear], at=(30.0, 1.0, 0.5, 0.0))
+    assert fit["gain"] == pytest.approx(1.0, abs=0.01) and fit["gain_std"] < 0.05
+    line = sweep_summary.recommend(clear, "arcface")
+    assert "gain +1.00 ±" in line and "no evidence" not in line
+    # no effect of m2 at all, 0.3-point seed noise: whatever the fit's maximum, its gain is within the spread
+    flat = arcface_rows(lambda m2, seed: 99.0 + 0.3 * ((7 * seed + int(100 * m2)) % 5 - 2) / 2)
+    assert "within it, no evidence for the recommendation" in sweep_summary.recommend(flat, "arcface")
+
+
 def test_a_margin_swept_at_two_values_gets_no_square_term():
     # accuracy quadratic in m2 (five values), linear in m3 (two values): the fit must recover both,
     # where a square term for m3 would leave the least-squares problem underdetermined
