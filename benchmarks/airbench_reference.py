@@ -107,6 +107,12 @@ def fit_whitening(conv: nn.Conv2d, images: torch.Tensor, eps: float) -> None:
     conv.weight.data.copy_(torch.cat([filters, -filters]).float())
 
 
+def whitening_images(images: torch.Tensor, count: int) -> torch.Tensor:
+    """`count` images evenly strided through the training set: an image folder is loaded class by class, so
+    its first images would all be of one class (airbench takes the first 5,000 of the shuffled original)."""
+    return images[::max(1, len(images) // count)][:count]
+
+
 def optimizer_for(net: nn.Sequential, recipe: Recipe) -> torch.optim.SGD:
     """Nesterov SGD on the summed loss. With momentum m a constant gradient moves a weight 1 + 1/(1 - m) times
     the learning rate per step, so the per-1024-examples rate is divided by 1024 (1 + 1/(1 - m)); the weight
@@ -198,7 +204,7 @@ def train(args, recipe: Recipe) -> dict:
     test_x = (data.test_x.to(device).float() / 255 - mean) / std
 
     net = make_net(recipe, data.num_classes).to(device)
-    fit_whitening(net[0], train_x[:recipe.whiten_images], recipe.whiten_eps)
+    fit_whitening(net[0], whitening_images(train_x, recipe.whiten_images), recipe.whiten_eps)
     optimizer = optimizer_for(net, recipe)
     steps_per_epoch = len(train_y) // recipe.batch_size  # the last partial batch is dropped
     if steps_per_epoch == 0:

@@ -20,6 +20,14 @@ def test_whitening_filters_make_the_patch_covariance_the_identity():
     torch.testing.assert_close(conv.weight[12:], -conv.weight[:12])  # the negatives: GELU keeps both signs
 
 
+def test_whitening_images_come_from_every_class_of_a_class_sorted_set():
+    labels = torch.arange(10).repeat_interleave(500)  # (5000,) class-sorted, as an image folder loads
+    images = labels.view(-1, 1, 1, 1).float().expand(-1, 3, 2, 2)
+    chosen = ref.whitening_images(images, 100)
+    assert chosen.shape[0] == 100 and set(chosen[:, 0, 0, 0].long().tolist()) == set(range(10))
+    assert ref.whitening_images(images[:50], 100).shape[0] == 50  # fewer images than asked: all of them
+
+
 def test_translate_moves_each_image_by_at_most_pad_with_reflect_padding():
     images = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6)
     out = ref.translate(images, 2, torch.Generator().manual_seed(0))
