@@ -199,11 +199,12 @@ def train(args, recipe: Recipe) -> dict:
     torch.manual_seed(args.seed)
     data = CIFAR10.load(TrainConfig(dataset="cifar10", data_root=args.data_root, download=False))
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (MEAN, STD))
-    train_x = ((data.train_x.to(device).float() / 255 - mean) / std).contiguous()  # (N, 3, 32, 32)
+    channels_last = torch.channels_last  # the layout oneDNN and cuDNN convolve fastest (1.3x here on one CPU thread)
+    train_x = ((data.train_x.to(device).float() / 255 - mean) / std).contiguous(memory_format=channels_last)
     train_y, test_y = data.train_y.to(device), data.test_y.to(device)
-    test_x = (data.test_x.to(device).float() / 255 - mean) / std
+    test_x = ((data.test_x.to(device).float() / 255 - mean) / std).contiguous(memory_format=channels_last)
 
-    net = make_net(recipe, data.num_classes).to(device)
+    net = make_net(recipe, data.num_classes).to(device, memory_format=channels_last)
     fit_whitening(net[0], whitening_images(train_x, recipe.whiten_images), recipe.whiten_eps)
     optimizer = optimizer_for(net, recipe)
     steps_per_epoch = len(train_y) // recipe.batch_size  # the last partial batch is dropped
@@ -229,7 +230,7 @@ def train(args, recipe: Recipe) -> dict:
         net.train()
         net[0].bias.requires_grad_(epoch < recipe.whiten_bias_epochs)
         images = torch.where(flipped[:, None, None, None] ^ bool(epoch % 2), train_x.flip(3), train_x)
-        images = translate(images, recipe.translate, generator)
+        images = translate(images, recipe.translate, generator).contiguous(memory_format=channels_last)
         order = torch.randperm(len(train_y), generator=generator, device=device)
         for i in range(steps_per_epoch):
             if done >= total:
