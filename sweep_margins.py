@@ -87,12 +87,21 @@ def signature(row: dict) -> tuple:
     return tuple(str(row.get(k, "")) or defaults.get(k, "") for k in SIGNATURE_KEYS)
 
 
+def base_row(base) -> dict:
+    """The sweep's base config as a results row (None as an empty cell, as in the CSV)."""
+    return {k: "" if v is None else v for k, v in base.as_row().items()}
+
+
+def run_signature(base) -> tuple:
+    """The signature that this sweep's rows carry: its run settings and the device type it trains on."""
+    return signature({**base_row(base), "device": pick_device(base.device).type})
+
+
 def checkpoint_name(job: tuple, base) -> str:
     """A file name for one job's checkpoint under --checkpoint-dir: its setting, scenario and seed, and a
     hash of the sweep's run settings (the signature), so sweeps of other settings never share a file."""
     (loss, s, m1, m2, m3), (imbalance, holdout, corruptions), seed = job
-    row = {k: "" if v is None else v for k, v in base.as_row().items()}
-    digest = hashlib.sha1(repr(signature({**row, "device": pick_device(base.device).type})).encode()).hexdigest()[:10]
+    digest = hashlib.sha1(repr(run_signature(base)).encode()).hexdigest()[:10]
     margins = "" if s is None else f"-s{s:g}-m1{m1:g}-m2{m2:g}-m3{m3:g}"
     return f"{loss}{margins}-imb{imbalance:g}-held{holdout}{'-corr' if corruptions else ''}-seed{seed}-{digest}.pt"
 
@@ -322,10 +331,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         except ValueError as exc:
             parser.error(str(exc))
 
-    base_row = {k: "" if v is None else v for k, v in base.as_row().items()}
-    scenarios = list(CLAIM_SCENARIOS.values()) if args.preset == "claims" else [scenario_of(base_row)]
+    scenarios = list(CLAIM_SCENARIOS.values()) if args.preset == "claims" else [scenario_of(base_row(base))]
     jobs = jobs_for(grid, args.seeds, args.shard, scenarios)
-    wanted = signature({**base_row, "device": pick_device(base.device).type})
+    wanted = run_signature(base)
     done = {row_key(r) for r in read_rows(args.out) if signature(r) == wanted}
     todo = [job for job in jobs if job not in done]
     print(f"{len(grid)} settings x {len(scenarios)} scenarios x {len(args.seeds)} seeds; shard {args.shard[0]}/{args.shard[1]}: {len(jobs)} runs, "

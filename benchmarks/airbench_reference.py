@@ -41,9 +41,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from common.cli import OneLineErrorParser  # noqa: E402
 from common.config import TrainConfig  # noqa: E402
-from common.data import CIFAR10, DataError  # noqa: E402
+from common.checkpoints import save_checkpoint  # noqa: E402
+from common.data import CIFAR10, DataError, Normalize  # noqa: E402
 from common.device import device_flag, device_name, pick_device  # noqa: E402
+from common.evaluation import embed  # noqa: E402
 from common.results import append_row, check_writable, environment_info  # noqa: E402
+from common.training import whitening_sample  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # airbench's normalisation of CIFAR-10
 
@@ -107,12 +110,6 @@ def fit_whitening(conv: nn.Conv2d, images: torch.Tensor, eps: float) -> None:
     conv.weight.data.copy_(torch.cat([filters, -filters]).float())
 
 
-def whitening_images(images: torch.Tensor, count: int) -> torch.Tensor:
-    """`count` images evenly strided through the training set: an image folder is loaded class by class, so
-    its first images would all be of one class (airbench takes the first 5,000 of the shuffled original)."""
-    return images[::max(1, len(images) // count)][:count]
-
-
 def optimizer_for(net: nn.Sequential, recipe: Recipe) -> torch.optim.SGD:
     """Nesterov SGD on the summed loss. With momentum m a constant gradient moves a weight 1 + 1/(1 - m) times
     the learning rate per step, so the per-1024-examples rate is divided by 1024 (1 + 1/(1 - m)); the weight
@@ -164,22 +161,6 @@ def translate(images: torch.Tensor, pad: int, generator: torch.Generator) -> tor
     return padded[batch, torch.arange(images.shape[1], device=images.device)[None, :, None, None], rows, cols]
 
 
-def tta_logits(net: nn.Module, images: torch.Tensor, scale: float, batch: int = 1000) -> torch.Tensor:
-    """Level-2 test-time augmentation: 1/2 the mean logits of each image and its mirror, plus 1/4 each of the
-    same for copies shifted one pixel up-left and down-right (reflect padding). (N, classes)."""
-    def mirrored(x):
-        return (net(x) + net(x.flip(3))) * scale / 2
-
-    out = []
-    with torch.no_grad():
-        for x in images.split(batch):
-            padded = F.pad(x, (1,) * 4, mode="reflect")
-            h, w = x.shape[2:]
-            shifted = (mirrored(padded[:, :, :h, :w]) + mirrored(padded[:, :, 2:, 2:])) / 2
-            out.append((mirrored(x) + shifted) / 2)
-    return torch.cat(out)
-
-
 def step_flops(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: Recipe) -> int:
     """FLOPs of one forward and backward pass on `images` (torch.utils.flop_counter)."""
     state = {k: v.clone() for k, v in net.state_dict().items()}  # BatchNorm statistics stay as they were
@@ -198,14 +179,13 @@ def train(args, recipe: Recipe) -> dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     data = CIFAR10.load(TrainConfig(dataset="cifar10", data_root=args.data_root, download=False))
-    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (MEAN, STD))
-    channels_last = torch.channels_last  # the layout oneDNN and cuDNN convolve fastest (1.3x here on one CPU thread)
-    train_x = ((data.train_x.to(device).float() / 255 - mean) / std).contiguous(memory_format=channels_last)
+    normalize = Normalize(MEAN, STD, device)  # uint8 -> float32, channels-last (1.3x per step on one CPU thread)
+    train_x = normalize(data.train_x.to(device))  # (N, 3, 32, 32)
     train_y, test_y = data.train_y.to(device), data.test_y.to(device)
-    test_x = ((data.test_x.to(device).float() / 255 - mean) / std).contiguous(memory_format=channels_last)
 
-    net = make_net(recipe, data.num_classes).to(device, memory_format=channels_last)
-    fit_whitening(net[0], whitening_images(train_x, recipe.whiten_images), recipe.whiten_eps)
+    net = make_net(recipe, data.num_classes).to(device, memory_format=torch.channels_last)
+    # strided, not the first images: an image folder loads class by class (airbench's file is shuffled)
+    fit_whitening(net[0], whitening_sample(train_x, recipe.whiten_images), recipe.whiten_eps)
     optimizer = optimizer_for(net, recipe)
     steps_per_epoch = len(train_y) // recipe.batch_size  # the last partial batch is dropped
     if steps_per_epoch == 0:
@@ -230,7 +210,7 @@ def train(args, recipe: Recipe) -> dict:
         net.train()
         net[0].bias.requires_grad_(epoch < recipe.whiten_bias_epochs)
         images = torch.where(flipped[:, None, None, None] ^ bool(epoch % 2), train_x.flip(3), train_x)
-        images = translate(images, recipe.translate, generator).contiguous(memory_format=channels_last)
+        images = translate(images, recipe.translate, generator).contiguous(memory_format=torch.channels_last)
         order = torch.randperm(len(train_y), generator=generator, device=device)
         for i in range(steps_per_epoch):
             if done >= total:
@@ -250,14 +230,11 @@ def train(args, recipe: Recipe) -> dict:
         print(f"epoch {epoch + 1}/{math.ceil(recipe.epochs)}  loss {loss.item() / len(batch):.4f}  "
               f"{seconds:.0f} s", flush=True)
         if args.checkpoint:
-            os.makedirs(os.path.dirname(os.path.abspath(args.checkpoint)), exist_ok=True)
-            tmp = args.checkpoint + ".tmp"
-            torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "average": average,
-                        "flipped": flipped, "step": done, "seconds": seconds, "generator": generator.get_state()}, tmp)
-            os.replace(tmp, args.checkpoint)
+            save_checkpoint(args.checkpoint, net=net.state_dict(), optimizer=optimizer.state_dict(), average=average,
+                            flipped=flipped, step=done, seconds=seconds, generator=generator.get_state())
 
-    net.eval()
-    predicted = tta_logits(net, test_x, recipe.logit_scale).argmax(1)
+    # level-2 test-time augmentation on the logits (the x 1/9 scale does not change the argmax)
+    predicted = embed(net, data.test_x.to(device), normalize, False, flip_tta=True, translate_tta=True).argmax(1)
     accuracy = (predicted == test_y).float().mean().item()
     row = {"recipe": "airbench94 (reimplemented)", "data_root": args.data_root, "seed": args.seed,
            "epochs": recipe.epochs, "batch_size": recipe.batch_size, "steps": total, "widths": "-".join(map(str, recipe.widths)),

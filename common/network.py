@@ -42,10 +42,11 @@ class Network(nn.Module):
     embedding. `pool_first` pools each stage's first conv before its BatchNorm (airbench's order);
     `bn_scale` False fixes every BatchNorm2d scale at 1 (airbench trains only their shifts). The
     default (64, 256, 64) with one conv per stage is the report's network; any image size of at least
-    2**len(widths) pixels works. `embedding_bn` adds a BatchNorm1d after the linear layer (off in the report's network). `whiten` puts a fixed
-    whitening stem before the first stage (`WhiteningStem`: 2x2 patches, as airbench's first layer;
-    the image shrinks by one pixel, so it needs 2**len(widths) + 1); `init_whitening` sets its
-    filters from training images before training starts. `dirac` starts every 3x3 conv as partly
+    2**len(widths) pixels works. `embedding_bn` adds a BatchNorm1d after the linear layer (off in the
+    report's network). `whiten` puts a fixed whitening stem before the first stage (`WhiteningStem`:
+    2x2 patches, as airbench's first layer; the image shrinks by one pixel, so it needs
+    2**len(widths) + 1); `init_whitening` sets its filters from training images before training
+    starts. `dirac` starts every 3x3 conv as partly
     the identity (`dirac_init`).
     """
 

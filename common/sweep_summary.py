@@ -113,10 +113,10 @@ def summarize(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) -> list[
         groups.setdefault((key, imbalance, holdout, row.get("dataset", "mnist")), []).append(row)
     summary = []
     for (key, imbalance, holdout, dataset), members in groups.items():
-        accs = [100 * a for a in map(accuracy_of, members) if a is not None]
+        finished = [r for r in members if accuracy_of(r) is not None]
+        accs = [100 * accuracy_of(r) for r in finished]
         mean, std = mean_std(accs)
         plain = plain_training_set(imbalance, holdout)
-        finished = [r for r in members if accuracy_of(r) is not None]
         f1, map_r = (mean_std([100 * float(r[c]) for r in finished if str(r.get(c, "")) != ""])
                      for c in ("test_f1", "map_at_r"))
         summary.append({**dict(zip(SETTING_KEYS, key)), "dataset": dataset, "imbalance": imbalance,
@@ -249,16 +249,14 @@ def recommend(rows: list[dict], loss: str) -> str | None:
     if fit is None:
         return None
     names = [SETTING_KEYS[1 + i] for i in fit["varying"]]
-    default_x = torch.tensor([[default[1 + i] for i in fit["varying"]]], dtype=torch.float64)
-    features = quadratic_features(default_x, fit["curved"])
-    at_default = (features @ torch.tensor(fit["coefficients"], dtype=torch.float64)).item()
+    at_default = fit["predicted_acc"] - fit["gain"]  # the fit's value at the default margins
     swept = [sorted({p[0][i] for p in points}) for i in fit["varying"]]
-    outside = any(not lo[0] <= v <= lo[-1] for lo, v in zip(swept, default_x[0].tolist()))
+    outside = any(not lo[0] <= default[1 + i] <= lo[-1] for lo, i in zip(swept, fit["varying"]))
     best = ", ".join(f"{n} = {b:.3f} ± {e:.3f}" for n, b, e in zip(names, fit["best"], fit["best_std"]))
     return (f"{loss}: quadratic fit over {len(points)} runs recommends {best} (predicted {fit['predicted_acc']:.2f}%); "
             f"at the default {', '.join(f'{n} = {default[1 + i]:g}' for n, i in zip(names, fit['varying']))} "
             f"it predicts {at_default:.2f}%{' (extrapolated: outside the swept range)' if outside else ''} "
-            f"(gain {fit['predicted_acc'] - at_default:+.2f} ± {fit['gain_std']:.2f} points, bootstrap std"
+            f"(gain {fit['gain']:+.2f} ± {fit['gain_std']:.2f} points, bootstrap std"
             f"{'' if fit['gain'] > fit['gain_std'] else ': within it, no evidence for the recommendation'})")
 
 

@@ -72,9 +72,9 @@ def build_model(config: TrainConfig, in_channels: int, num_classes: int, device:
     return net.to(device, memory_format=torch.channels_last), head.to(device)
 
 
-def whitening_sample(images: torch.Tensor) -> torch.Tensor:
-    """About WHITENING_IMAGES training images, evenly strided (a class-sorted folder gives every class)."""
-    return images[::max(1, len(images) // WHITENING_IMAGES)][:WHITENING_IMAGES]
+def whitening_sample(images: torch.Tensor, count: int = WHITENING_IMAGES) -> torch.Tensor:
+    """About `count` training images, evenly strided (a class-sorted folder gives every class)."""
+    return images[::max(1, len(images) // count)][:count]
 
 
 def fit_whitening(config: TrainConfig, net: nn.Module, data: ImageData, normalize: Normalize) -> None:

@@ -6,6 +6,7 @@ import torch
 
 import airbench_reference as ref
 from common.results import read_rows
+from common.training import whitening_sample
 
 
 def test_whitening_filters_make_the_patch_covariance_the_identity():
@@ -23,9 +24,9 @@ def test_whitening_filters_make_the_patch_covariance_the_identity():
 def test_whitening_images_come_from_every_class_of_a_class_sorted_set():
     labels = torch.arange(10).repeat_interleave(500)  # (5000,) class-sorted, as an image folder loads
     images = labels.view(-1, 1, 1, 1).float().expand(-1, 3, 2, 2)
-    chosen = ref.whitening_images(images, 100)
+    chosen = whitening_sample(images, 100)
     assert chosen.shape[0] == 100 and set(chosen[:, 0, 0, 0].long().tolist()) == set(range(10))
-    assert ref.whitening_images(images[:50], 100).shape[0] == 50  # fewer images than asked: all of them
+    assert whitening_sample(images[:50], 100).shape[0] == 50  # fewer images than asked: all of them
 
 
 def test_translate_moves_each_image_by_at_most_pad_with_reflect_padding():
