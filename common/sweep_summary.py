@@ -12,6 +12,7 @@ import torch
 
 from .heads import MARGIN_DEFAULTS
 from .results import REPO_ROOT, atomic_write_text, read_rows, write_csv
+from .significance import difference, permutation_p
 
 SETTING_KEYS = ("loss", "s", "m1", "m2", "m3")
 # What a run trains on and reports besides the margins: (imbalance, holdout_classes, corruptions).
@@ -260,6 +261,78 @@ def recommend(rows: list[dict], loss: str) -> str | None:
             f"{'' if fit['gain'] > fit['gain_std'] else ': within it, no evidence for the recommendation'})")
 
 
+def table1_cells(rows: list[dict], loss: str) -> dict[tuple, list[float]]:
+    """{(m2, m3): test accuracies in %} of the finished MNIST runs of `loss` on the plain training set at
+    Table 1's s = 30 and m1 = 1, one entry per run (seed)."""
+    cells: dict[tuple, list[float]] = {}
+    for row in rows:
+        if (row["loss"] == loss and row.get("dataset", "mnist") == "mnist" and is_plain(row)
+                and float(row["s"]) == 30 and float(row["m1"]) == 1 and (a := accuracy_of(row)) is not None):
+            cells.setdefault((float(row["m2"]), float(row["m3"])), []).append(100 * a)
+    return cells
+
+
+def pooled(cells: dict[tuple, list[float]]) -> list[float]:
+    return [a for runs in cells.values() for a in runs]
+
+
+def described(values: list[float]) -> str:
+    return format_mean_std(*mean_std(values))
+
+
+def table1_checks(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) -> list[str]:
+    """The source paper's claims about its Table 1, tested on a sweep's runs (`table1_cells`): do the ArcFace
+    m2 cells differ beyond their seeds, is m2 = 0.5 better than its neighbours, is the combined margin
+    (m3 > 0) better than ArcFace, and are the paper's low cells (more than 1 point below the median of its
+    table) low here too, or low only through collapsed runs. Means are compared over the runs that did not
+    collapse (one collapse would outweigh every other difference), and the collapsed runs are counted
+    beside them. Permutation p-values (common/significance.py), each uncorrected for the number of tests
+    made; a question the runs do not cover (fewer than two cells, no runs at m2 = 0.5) has no line."""
+    cells = {"arcface": {k: v for k, v in table1_cells(rows, "arcface").items() if k[1] == 0},
+             "combined": {k: v for k, v in table1_cells(rows, "combined").items() if k[1] > 0}}
+    kept = {loss: {k: [a for a in v if a >= collapse_below] for k, v in c.items()} for loss, c in cells.items()}
+    collapsed = {loss: len(pooled(cells[loss])) - len(pooled(kept[loss])) for loss in cells}
+    arc, lines = kept["arcface"], []
+    if len(arc) >= 2:
+        ranked = sorted((k for k in arc if arc[k]), key=lambda k: -mean_std(arc[k])[0])
+        head = (f"ArcFace, {len(arc)} m2 cells, {len(pooled(cells['arcface']))} runs ({collapsed['arcface']} collapsed, "
+                f"left out below): best mean at m2 = {ranked[0][0]:g} ({described(arc[ranked[0]])})")
+        if arc.get((0.5, 0.0)):
+            head += f"; m2 = 0.5 {described(arc[(0.5, 0.0)])}, rank {ranked.index((0.5, 0.0)) + 1} of {len(ranked)}"
+        p = permutation_p(list(arc.values()))
+        lines.append(f"{head}; cells differ beyond their seeds: permutation p = {p:.3f}")
+        order = sorted(arc)
+        if arc.get((0.5, 0.0)):
+            at = order.index((0.5, 0.0))
+            near = [k for k in order[max(0, at - 1):at + 2] if k != (0.5, 0.0)]
+            gain, p = difference(arc[(0.5, 0.0)], pooled({k: arc[k] for k in near}))
+            lines.append(f"ArcFace m2 = 0.5 against its neighbours m2 = {', '.join(f'{k[0]:g}' for k in near)} "
+                         f"(runs pooled): {gain:+.2f} points, p = {p:.3f}")
+    if arc and kept["combined"]:
+        gain, p = difference(pooled(kept["combined"]), pooled(arc))
+        lines.append(f"combined margin ({len(kept['combined'])} cell{'s' * (len(kept['combined']) != 1)} with m3 > 0, {len(pooled(cells['combined']))} runs, "
+                     f"{collapsed['combined']} collapsed) against ArcFace ({len(arc)} cells, "
+                     f"{len(pooled(cells['arcface']))} runs, {collapsed['arcface']} collapsed), over the runs that "
+                     f"did not collapse: {gain:+.2f} points, p = {p:.3f}")
+    paper = table1()
+    values = sorted(paper.values())
+    median = (values[(len(values) - 1) // 2] + values[len(values) // 2]) / 2
+    for key, source in paper.items():
+        loss, cell = key[0], (key[3], key[4])
+        if source >= median - 1 or cell not in cells[loss] or len(cells[loss]) < 2:
+            continue
+        runs, rest = cells[loss][cell], pooled({k: v for k, v in kept[loss].items() if k != cell})
+        gain, p = difference(kept[loss][cell], rest)
+        low = len(runs) - len(kept[loss][cell])
+        verdict = ("reproduced" if gain < 0 and p < 0.05 else
+                   f"not reproduced, but {low} of {len(runs)} runs collapsed" if low else "not reproduced")
+        name = f"m2 = {cell[0]:g}" + (f", m3 = {cell[1]:g}" if loss == "combined" else "")
+        lines.append(f"paper's low cell {loss} {name} (paper {source:.2f}, its median {median:.2f}): "
+                     f"{described(runs)} over {len(runs)} runs, lowest {min(runs):.2f}, {low} collapsed; "
+                     f"without those {gain:+.2f} points against the other {loss} cells, p = {p:.3f}: {verdict}")
+    return lines
+
+
 def error_bars(line: list[dict]) -> tuple[list[float], list[float]]:
     """(below, above) lengths of mean ± std bars for summary rows of accuracies in %: no bar for a single run,
     and none reaching past 100% (the bar above stops at 100; every run is drawn as a dot beside it)."""
@@ -329,6 +402,7 @@ def write_summary(rows: list[dict], out_csv: str, collapse_below: float = COLLAP
     stem = os.path.splitext(out_csv)[0]
     summary = summarize(rows, collapse_below)
     lines = [line for line in (recommend(rows, loss) for loss in ("arcface", "combined", "cosface", "sphereface")) if line]
+    lines += table1_checks(rows, collapse_below)
     write_csv(f"{stem}_summary.csv", summary)
     atomic_write_text(f"{stem}_summary.md", markdown_table(summary) + "".join(f"\n{line}\n" for line in lines))
     for line in lines:

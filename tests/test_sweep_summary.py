@@ -165,3 +165,44 @@ def test_error_bars_never_reach_past_100_percent():
     assert below == [19.92, 0.04, 0.0]
     assert above == pytest.approx([100 - 91.06, 0.04, 0.0])
     assert all(r["mean_acc"] + a <= 100 for r, a in zip(line, above))
+
+
+def table1_rows(accuracy, seeds=3):
+    """Rows of all 40 Table 1 cells, accuracy(loss, m2, m3, seed) in %."""
+    return [{"loss": loss, "s": 30, "m1": 1, "m2": m2, "m3": m3, "seed": seed, "test_acc": accuracy(loss, m2, m3, seed) / 100}
+            for loss, _, _, m2, m3 in sweep_summary.table1_grid() for seed in range(seeds)]
+
+
+def test_table1_checks_find_a_real_low_cell_and_clear_the_others():
+    def accuracy(loss, m2, m3, seed):  # 0.02-point seed noise; the 0.59 cell 2 points low, nothing else differs
+        return 99.5 + 0.02 * (seed - 1) - (2.0 if (loss, m2) == ("arcface", 0.59) else 0)
+    lines = sweep_summary.table1_checks(table1_rows(accuracy))
+    cells, neighbours, combined, *low = lines
+    assert "20 m2 cells, 60 runs (0 collapsed" in cells and float(cells.rsplit("p = ", 1)[1]) < 0.01
+    assert "neighbours m2 = 0.49, 0.51" in neighbours and "+0.00 points" in neighbours
+    assert "20 cells with m3 > 0, 60 runs" in combined
+    assert len(low) == 5  # the paper's cells more than 1 point below its median of 98.77
+    verdicts = {line.split(" (paper")[0]: line.rsplit(": ", 1)[1] for line in low}
+    assert verdicts["paper's low cell arcface m2 = 0.59"] == "reproduced"
+    assert "lowest 97.48, 0 collapsed" in next(line for line in low if "m2 = 0.59" in line)
+    assert [v for k, v in verdicts.items() if "0.59" not in k] == ["not reproduced"] * 4
+
+
+def test_table1_checks_compare_runs_that_did_not_collapse_and_name_the_collapsed_ones():
+    def accuracy(loss, m2, m3, seed):  # combined 0.3 points above ArcFace; seed 2 of (0.41, 0.2) collapses
+        collapsed = (loss, m2, m3, seed) == ("combined", 0.41, 0.2, 2)
+        return 11.35 if collapsed else 99.3 + 0.05 * ((seed * 7 + int(100 * m2)) % 3 - 1) + 0.3 * (loss == "combined")
+    lines = sweep_summary.table1_checks(table1_rows(accuracy))
+    combined = next(line for line in lines if line.startswith("combined margin"))
+    assert "60 runs, 1 collapsed) against ArcFace (20 cells, 60 runs, 0 collapsed)" in combined
+    assert float(combined.split("collapse: ")[1].split(" points")[0]) == pytest.approx(0.3, abs=0.01)
+    assert float(combined.rsplit("p = ", 1)[1]) < 0.01
+    low = next(line for line in lines if "m2 = 0.41, m3 = 0.2 " in line)
+    assert "lowest 11.35, 1 collapsed" in low and low.endswith(": not reproduced, but 1 of 3 runs collapsed")
+
+
+def test_table1_checks_need_cells_to_compare():
+    one_cell = [{"loss": "arcface", "s": 30, "m1": 1, "m2": 0.5, "m3": 0, "seed": s, "test_acc": 0.995} for s in range(3)]
+    assert sweep_summary.table1_checks(one_cell) == []
+    cifar = [dict(r, dataset="cifar10") for r in table1_rows(lambda *a: 90.0)]
+    assert sweep_summary.table1_checks(cifar) == []

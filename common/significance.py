@@ -1,0 +1,51 @@
+"""Permutation tests for the sweep's verdicts: do groups of runs (one group per margin setting, each run
+one seed) differ by more than the seed-to-seed spread would give by chance?
+
+No normal distribution is assumed: the labelling of runs into groups is shuffled at random `draws` times,
+and the p-value is the share of shuffles whose groups lie at least as far apart as the observed ones.
+Safeguards: the observed labelling counts as one of the shuffles, ((hits + 1) / (draws + 1)), so a
+p-value is never 0; a shuffle within rounding of the observed statistic counts as a hit, so identical
+values give p = 1; fewer than two non-empty groups give NaN (nothing to compare). Seeded: the same
+inputs always give the same p-value."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+DRAWS = 9999
+
+
+def between_groups(values: torch.Tensor, labels: torch.Tensor, groups: int) -> torch.Tensor:
+    """Between-group sum of squares, sum_i S_i^2 / n_i - N * mean^2, for each labelling.
+
+    values: (N,) float64; labels: (P, N) group index of each value in each of P labellings -> (P,).
+    Every group must be non-empty (true of any shuffle of a labelling whose groups are)."""
+    counts = torch.zeros(labels.shape[0], groups, dtype=torch.float64)
+    counts.scatter_add_(1, labels, torch.ones_like(labels, dtype=torch.float64))
+    sums = torch.zeros(labels.shape[0], groups, dtype=torch.float64)
+    sums.scatter_add_(1, labels, values.expand(labels.shape[0], -1))
+    return (sums ** 2 / counts).sum(1) - len(values) * values.mean() ** 2
+
+
+def permutation_p(groups: list[list[float]], draws: int = DRAWS, seed: int = 0) -> float:
+    """p-value of "all groups come from one distribution" against "their means differ" (one-way: the
+    between-group sum of squares). With two groups this is the two-sided test of their difference of means."""
+    groups = [list(g) for g in groups if len(g)]
+    if len(groups) < 2:
+        return math.nan
+    values = torch.tensor([v for g in groups for v in g], dtype=torch.float64)  # (N,)
+    labels = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor([len(g) for g in groups]))  # (N,)
+    generator = torch.Generator().manual_seed(seed)
+    shuffled = labels[torch.rand(draws, len(values), generator=generator).argsort(dim=1)]  # (draws, N)
+    observed = between_groups(values, labels.unsqueeze(0), len(groups))[0]
+    rounding = 1e-9 * ((values - values.mean()) ** 2).sum()  # ties within float error count as hits
+    hits = (between_groups(values, shuffled, len(groups)) >= observed - rounding).sum().item()
+    return (hits + 1) / (draws + 1)
+
+
+def difference(a: list[float], b: list[float], draws: int = DRAWS, seed: int = 0) -> tuple[float, float]:
+    """mean(a) - mean(b) and its two-sided permutation p-value (NaN where either is empty)."""
+    if not a or not b:
+        return math.nan, math.nan
+    return sum(a) / len(a) - sum(b) / len(b), permutation_p([a, b], draws, seed)
