@@ -280,6 +280,41 @@ def described(values: list[float]) -> str:
     return format_mean_std(*mean_std(values))
 
 
+def arcface_margin_lines(arc: dict[tuple, list[float]], runs: int, collapsed: int) -> list[str]:
+    """Do the ArcFace m2 cells differ, and is m2 = 0.5 better than its neighbours; `arc` holds the runs that
+    did not collapse, `runs` and `collapsed` count all of them."""
+    ranked = sorted((k for k in arc if arc[k]), key=lambda k: -mean_std(arc[k])[0])
+    if len(ranked) < 2:
+        return []
+    head = (f"ArcFace, {len(arc)} m2 cells, {runs} runs ({collapsed} collapsed, left out below): best mean at "
+            f"m2 = {ranked[0][0]:g} ({described(arc[ranked[0]])})")
+    if (0.5, 0.0) not in ranked:
+        return [f"{head}; cells differ beyond their seeds: permutation p = {permutation_p(list(arc.values())):.3f}"]
+    head += f"; m2 = 0.5 {described(arc[(0.5, 0.0)])}, rank {ranked.index((0.5, 0.0)) + 1} of {len(ranked)}"
+    order = sorted(ranked)
+    at = order.index((0.5, 0.0))
+    near = [k for k in order[max(0, at - 1):at + 2] if k != (0.5, 0.0)]
+    gain, p = difference(arc[(0.5, 0.0)], pooled({k: arc[k] for k in near}))
+    return [f"{head}; cells differ beyond their seeds: permutation p = {permutation_p(list(arc.values())):.3f}",
+            f"ArcFace m2 = 0.5 against its neighbours m2 = {', '.join(f'{k[0]:g}' for k in near)} (runs pooled): "
+            f"{gain:+.2f} points, p = {p:.3f}"]
+
+
+def low_cell_line(loss: str, cell: tuple, source: float, median: float, runs: list[float],
+                  others: list[float], collapse_below: float) -> str:
+    """Is one of the paper's low cells low here: its runs that did not collapse against `others` (those of
+    the loss's other cells), and its collapsed runs counted."""
+    kept = [a for a in runs if a >= collapse_below]
+    gain, p = difference(kept, others)
+    low = len(runs) - len(kept)
+    verdict = ("reproduced: every run collapsed" if not kept else "reproduced" if gain < 0 and p < 0.05
+               else f"not reproduced, but {low} of {len(runs)} runs collapsed" if low else "not reproduced")
+    name = f"m2 = {cell[0]:g}" + (f", m3 = {cell[1]:g}" if loss == "combined" else "")
+    return (f"paper's low cell {loss} {name} (paper {source:.2f}, its median {median:.2f}): {described(runs)} "
+            f"over {len(runs)} runs, lowest {min(runs):.2f}, {low} collapsed; without those {gain:+.2f} points "
+            f"against the other {loss} cells, p = {p:.3f}: {verdict}")
+
+
 def table1_checks(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) -> list[str]:
     """The source paper's claims about its Table 1, tested on a sweep's runs (`table1_cells`): do the ArcFace
     m2 cells differ beyond their seeds, is m2 = 0.5 better than its neighbours, is the combined margin
@@ -291,45 +326,22 @@ def table1_checks(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) -> l
     cells = {"arcface": {k: v for k, v in table1_cells(rows, "arcface").items() if k[1] == 0},
              "combined": {k: v for k, v in table1_cells(rows, "combined").items() if k[1] > 0}}
     kept = {loss: {k: [a for a in v if a >= collapse_below] for k, v in c.items()} for loss, c in cells.items()}
-    collapsed = {loss: len(pooled(cells[loss])) - len(pooled(kept[loss])) for loss in cells}
-    arc, lines = kept["arcface"], []
-    if len(arc) >= 2:
-        ranked = sorted((k for k in arc if arc[k]), key=lambda k: -mean_std(arc[k])[0])
-        head = (f"ArcFace, {len(arc)} m2 cells, {len(pooled(cells['arcface']))} runs ({collapsed['arcface']} collapsed, "
-                f"left out below): best mean at m2 = {ranked[0][0]:g} ({described(arc[ranked[0]])})")
-        if arc.get((0.5, 0.0)):
-            head += f"; m2 = 0.5 {described(arc[(0.5, 0.0)])}, rank {ranked.index((0.5, 0.0)) + 1} of {len(ranked)}"
-        p = permutation_p(list(arc.values()))
-        lines.append(f"{head}; cells differ beyond their seeds: permutation p = {p:.3f}")
-        order = sorted(arc)
-        if arc.get((0.5, 0.0)):
-            at = order.index((0.5, 0.0))
-            near = [k for k in order[max(0, at - 1):at + 2] if k != (0.5, 0.0)]
-            gain, p = difference(arc[(0.5, 0.0)], pooled({k: arc[k] for k in near}))
-            lines.append(f"ArcFace m2 = 0.5 against its neighbours m2 = {', '.join(f'{k[0]:g}' for k in near)} "
-                         f"(runs pooled): {gain:+.2f} points, p = {p:.3f}")
-    if arc and kept["combined"]:
-        gain, p = difference(pooled(kept["combined"]), pooled(arc))
-        lines.append(f"combined margin ({len(kept['combined'])} cell{'s' * (len(kept['combined']) != 1)} with m3 > 0, {len(pooled(cells['combined']))} runs, "
-                     f"{collapsed['combined']} collapsed) against ArcFace ({len(arc)} cells, "
-                     f"{len(pooled(cells['arcface']))} runs, {collapsed['arcface']} collapsed), over the runs that "
-                     f"did not collapse: {gain:+.2f} points, p = {p:.3f}")
-    paper = table1()
-    values = sorted(paper.values())
+    runs = {loss: len(pooled(cells[loss])) for loss in cells}
+    collapsed = {loss: runs[loss] - len(pooled(kept[loss])) for loss in cells}
+    lines = arcface_margin_lines(kept["arcface"], runs["arcface"], collapsed["arcface"])
+    if pooled(kept["arcface"]) and pooled(kept["combined"]):
+        gain, p = difference(pooled(kept["combined"]), pooled(kept["arcface"]))
+        count = len(cells["combined"])
+        lines.append(f"combined margin ({count} cell{'s' * (count != 1)} with m3 > 0, {runs['combined']} runs, "
+                     f"{collapsed['combined']} collapsed) against ArcFace ({len(cells['arcface'])} cells, "
+                     f"{runs['arcface']} runs, {collapsed['arcface']} collapsed), over the runs that did not "
+                     f"collapse: {gain:+.2f} points, p = {p:.3f}")
+    values = sorted(table1().values())
     median = (values[(len(values) - 1) // 2] + values[len(values) // 2]) / 2
-    for key, source in paper.items():
-        loss, cell = key[0], (key[3], key[4])
-        if source >= median - 1 or cell not in cells[loss] or len(cells[loss]) < 2:
-            continue
-        runs, rest = cells[loss][cell], pooled({k: v for k, v in kept[loss].items() if k != cell})
-        gain, p = difference(kept[loss][cell], rest)
-        low = len(runs) - len(kept[loss][cell])
-        verdict = ("reproduced" if gain < 0 and p < 0.05 else
-                   f"not reproduced, but {low} of {len(runs)} runs collapsed" if low else "not reproduced")
-        name = f"m2 = {cell[0]:g}" + (f", m3 = {cell[1]:g}" if loss == "combined" else "")
-        lines.append(f"paper's low cell {loss} {name} (paper {source:.2f}, its median {median:.2f}): "
-                     f"{described(runs)} over {len(runs)} runs, lowest {min(runs):.2f}, {low} collapsed; "
-                     f"without those {gain:+.2f} points against the other {loss} cells, p = {p:.3f}: {verdict}")
+    for (loss, _, _, m2, m3), source in table1().items():
+        if source < median - 1 and (m2, m3) in cells[loss] and len(cells[loss]) >= 2:
+            others = pooled({k: v for k, v in kept[loss].items() if k != (m2, m3)})
+            lines.append(low_cell_line(loss, (m2, m3), source, median, cells[loss][(m2, m3)], others, collapse_below))
     return lines
 
 

@@ -206,3 +206,8 @@ def test_table1_checks_need_cells_to_compare():
     assert sweep_summary.table1_checks(one_cell) == []
     cifar = [dict(r, dataset="cifar10") for r in table1_rows(lambda *a: 90.0)]
     assert sweep_summary.table1_checks(cifar) == []
+
+
+def test_a_low_cell_whose_every_run_collapsed_is_reproduced():
+    line = sweep_summary.low_cell_line("arcface", (0.59, 0.0), 96.01, 98.77, [11.35, 10.1, 9.8], [99.5, 99.6, 99.55], 95.0)
+    assert "3 collapsed" in line and line.endswith(": reproduced: every run collapsed")
