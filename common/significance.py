@@ -20,9 +20,8 @@ def between_groups(values: torch.Tensor, labels: torch.Tensor, groups: int) -> t
     """Between-group sum of squares, sum_i S_i^2 / n_i - N * mean^2, for each labelling.
 
     values: (N,) float64; labels: (P, N) group index of each value in each of P labellings -> (P,).
-    Every group must be non-empty (true of any shuffle of a labelling whose groups are)."""
-    counts = torch.zeros(labels.shape[0], groups, dtype=torch.float64)
-    counts.scatter_add_(1, labels, torch.ones_like(labels, dtype=torch.float64))
+    Every labelling must have the same non-empty group sizes (true of the shuffles of one labelling)."""
+    counts = torch.bincount(labels[0], minlength=groups).to(torch.float64)  # (groups,): a shuffle keeps them
     sums = torch.zeros(labels.shape[0], groups, dtype=torch.float64)
     sums.scatter_add_(1, labels, values.expand(labels.shape[0], -1))
     return (sums ** 2 / counts).sum(1) - len(values) * values.mean() ** 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import statistics
 
 import torch
 
@@ -288,16 +289,17 @@ def arcface_margin_lines(arc: dict[tuple, list[float]], runs: int, collapsed: in
         return []
     head = (f"ArcFace, {len(arc)} m2 cells, {runs} runs ({collapsed} collapsed, left out below): best mean at "
             f"m2 = {ranked[0][0]:g} ({described(arc[ranked[0]])})")
-    if (0.5, 0.0) not in ranked:
-        return [f"{head}; cells differ beyond their seeds: permutation p = {permutation_p(list(arc.values())):.3f}"]
-    head += f"; m2 = 0.5 {described(arc[(0.5, 0.0)])}, rank {ranked.index((0.5, 0.0)) + 1} of {len(ranked)}"
-    order = sorted(ranked)
-    at = order.index((0.5, 0.0))
-    near = [k for k in order[max(0, at - 1):at + 2] if k != (0.5, 0.0)]
-    gain, p = difference(arc[(0.5, 0.0)], pooled({k: arc[k] for k in near}))
-    return [f"{head}; cells differ beyond their seeds: permutation p = {permutation_p(list(arc.values())):.3f}",
-            f"ArcFace m2 = 0.5 against its neighbours m2 = {', '.join(f'{k[0]:g}' for k in near)} (runs pooled): "
-            f"{gain:+.2f} points, p = {p:.3f}"]
+    if (0.5, 0.0) in ranked:
+        head += f"; m2 = 0.5 {described(arc[(0.5, 0.0)])}, rank {ranked.index((0.5, 0.0)) + 1} of {len(ranked)}"
+    lines = [f"{head}; cells differ beyond their seeds: permutation p = {permutation_p(list(arc.values())):.3f}"]
+    if (0.5, 0.0) in ranked:
+        order = sorted(ranked)
+        at = order.index((0.5, 0.0))
+        near = [k for k in order[max(0, at - 1):at + 2] if k != (0.5, 0.0)]
+        gain, p = difference(arc[(0.5, 0.0)], pooled({k: arc[k] for k in near}))
+        lines.append(f"ArcFace m2 = 0.5 against its neighbours m2 = {', '.join(f'{k[0]:g}' for k in near)} "
+                     f"(runs pooled): {gain:+.2f} points, p = {p:.3f}")
+    return lines
 
 
 def low_cell_line(loss: str, cell: tuple, source: float, median: float, runs: list[float],
@@ -336,8 +338,7 @@ def table1_checks(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) -> l
                      f"{collapsed['combined']} collapsed) against ArcFace ({len(cells['arcface'])} cells, "
                      f"{runs['arcface']} runs, {collapsed['arcface']} collapsed), over the runs that did not "
                      f"collapse: {gain:+.2f} points, p = {p:.3f}")
-    values = sorted(table1().values())
-    median = (values[(len(values) - 1) // 2] + values[len(values) // 2]) / 2
+    median = statistics.median(table1().values())
     for (loss, _, _, m2, m3), source in table1().items():
         if source < median - 1 and (m2, m3) in cells[loss] and len(cells[loss]) >= 2:
             others = pooled({k: v for k, v in kept[loss].items() if k != (m2, m3)})
