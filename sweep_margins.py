@@ -6,6 +6,8 @@ live in common/sweep_summary.py).
     python sweep_margins.py --losses arcface cosface softmax --m2 0.3 0.5 --m3 0.2 0.35 --seeds 0 1
     python sweep_margins.py --preset table1 --shard 3/8 --out results/sweep/shard3.csv   # one job of 8
     python sweep_margins.py --summarize results/sweep/shard*.csv --out results/sweep/merged.csv
+    python sweep_margins.py --summarize results/sweep/table1_20epochs.csv --baseline results/sweep/table1.csv \
+        --out results/sweep/table1_20epochs.csv     # also: does the budget change the ranking?
     python sweep_margins.py --preset claims --seeds 0 1 2 --data-root ../shared/data   # the report's other claims
 
 --preset claims trains every loss at its default margins in four scenarios (clean with corrupted test
@@ -257,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="results CSV (default results/sweep/<dataset>.csv); rows already in it are skipped")
     p.add_argument("--summarize", nargs="+", default=None, metavar="CSV",
                    help="train nothing: merge these CSVs into --out and summarise them")
+    p.add_argument("--baseline", nargs="+", default=None, metavar="CSV",
+                   help="with --summarize: also compare, setting by setting, with these rows (the same settings at "
+                        "another budget, for example Table 1 at 4 epochs against 20) in <out stem>_budget.md")
     p.add_argument("--collapse-below", type=float, default=COLLAPSE_BELOW, metavar="PERCENT",
                    help="the summary counts a finished run below this test accuracy (%%) as collapsed, apart from "
                         "diverged runs (95 suits MNIST; give CIFAR-10 its own)")
@@ -297,16 +302,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not 0 <= args.collapse_below <= 100:
         parser.error(f"--collapse-below must be a test accuracy in percent, 0 to 100 (got {args.collapse_below:g})")
     if args.summarize:
-        missing = [p for p in args.summarize if not os.path.isfile(p)]
-        if missing:
-            parser.error(f"--summarize: no such file {missing[0]}")
+        for flag, paths in (("--summarize", args.summarize), ("--baseline", args.baseline or [])):
+            missing = [p for p in paths if not os.path.isfile(p)]
+            if missing:
+                parser.error(f"{flag}: no such file {missing[0]}")
         # one row per (run settings, setting, scenario, seed): the same run in two shards counts once
         merged = {(signature(r), row_key(r)): r for path in args.summarize for r in read_rows(path)}
         rows = list(merged.values())
         write_csv(args.out, rows)
-        for path in write_summary(rows, args.out, args.collapse_below):
+        baseline = [r for path in args.baseline or [] for r in read_rows(path)]
+        for path in write_summary(rows, args.out, args.collapse_below, baseline):
             print(f"wrote {path}")
         return rows
+    if args.baseline:
+        parser.error("--baseline needs --summarize")
     parser.check_losses(args.losses)
     parser.check_minimums(args, {"workers": 1, "threads": 0, "group_size": 1})
     grid = {"table1": table1_grid, "claims": claims_grid}.get(args.preset, lambda: custom_grid(args))()

@@ -346,6 +346,82 @@ def table1_checks(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) -> l
     return lines
 
 
+def kept_cells(rows: list[dict], collapse_below: float) -> dict[tuple, tuple[list[float], int]]:
+    """{setting: (test accuracies in % of its finished runs on the plain training set that did not collapse,
+    how many of its finished runs collapsed)}."""
+    cells: dict[tuple, tuple[list[float], int]] = {}
+    for row in rows:
+        if is_plain(row) and (a := accuracy_of(row)) is not None:
+            kept, low = cells.get(row_key(row)[0], ([], 0))
+            cells[row_key(row)[0]] = (kept + [100 * a], low) if 100 * a >= collapse_below else (kept, low + 1)
+    return cells
+
+
+def setting_label(key: tuple) -> str:
+    """'softmax', 'arcface m2 = 0.5', 'combined m2 = 0.41, m3 = 0.2' (s and m1 named only where they differ
+    from the loss's default)."""
+    loss, *margins = key
+    if loss not in MARGIN_DEFAULTS:
+        return loss
+    named = [f"{n} = {v:g}" for n, v, d in zip(SETTING_KEYS[1:], margins, MARGIN_DEFAULTS[loss])
+             if v != d or n == "m2" or (n == "m3" and loss == "combined")]
+    return f"{loss} {', '.join(named)}"
+
+
+def ranks(values: list[float]) -> list[float]:
+    """1 for the largest value; ties share the mean of their ranks."""
+    order = sorted(values, reverse=True)
+    return [sum(i + 1 for i, o in enumerate(order) if o == v) / order.count(v) for v in values]
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Rank correlation of two equally long lists (NaN below 3 entries or where one list is constant)."""
+    if len(a) < 3:
+        return math.nan
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    norm = math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
+    return cov / norm if norm else math.nan
+
+
+def budget_of(rows: list[dict]) -> str:
+    """'20 epochs', '1 epoch', or '4, 20 epochs' for rows of mixed budgets."""
+    values = sorted({str(r.get("epochs", "?")) for r in rows}, key=lambda e: (len(e), e))
+    return ", ".join(values) + (" epoch" if values == ["1"] else " epochs")
+
+
+def budget_comparison(rows: list[dict], baseline: list[dict],
+                      collapse_below: float = COLLAPSE_BELOW) -> tuple[str, list[str]]:
+    """Does the training budget change the ranking? For every setting that both `rows` and `baseline` (the
+    same settings at another budget) have runs of: mean ± std at each budget, its rank among these settings
+    at each, the change and its permutation p. Then one line: the mean change, the rank correlation, and
+    whether the settings differ beyond their seeds at each budget (a reordering of settings that do not
+    differ is noise, not a change of ranking). Means over the runs that did not collapse, collapsed runs
+    counted beside them, as in `table1_checks`; a setting with no such run at either budget is left out.
+    Returns (markdown table, lines); ("", []) without shared settings."""
+    new, old = kept_cells(rows, collapse_below), kept_cells(baseline, collapse_below)
+    shared = [k for k in old if k in new and old[k][0] and new[k][0]]
+    if not shared:
+        return "", []
+    at_new, at_old = budget_of(rows), budget_of(baseline)
+    means_new, means_old = [mean_std(new[k][0])[0] for k in shared], [mean_std(old[k][0])[0] for k in shared]
+    rank_new, rank_old = ranks(means_new), ranks(means_old)
+    lines = [f"| setting | {at_old}: test acc % | rank | collapsed | {at_new}: test acc % | rank | collapsed | "
+             "change, points | p |", "|---|---|---|---|---|---|---|---|---|"]
+    for i, k in enumerate(shared):
+        change, p = difference(new[k][0], old[k][0])
+        lines.append(f"| {setting_label(k)} | {described(old[k][0])} ({len(old[k][0])}) | {rank_old[i]:g} | {old[k][1]} | "
+                     f"{described(new[k][0])} ({len(new[k][0])}) | {rank_new[i]:g} | {new[k][1]} | {change:+.2f} | {p:.3f} |")
+    change = sum(means_new) / len(shared) - sum(means_old) / len(shared)
+    verdict = (f"{at_new} against {at_old}, {len(shared)} settings: mean change {change:+.2f} points; rank correlation "
+               f"(Spearman) {spearman(means_old, means_new):.2f}; settings differ beyond their seeds: permutation "
+               f"p = {permutation_p([old[k][0] for k in shared]):.3f} at {at_old}, "
+               f"p = {permutation_p([new[k][0] for k in shared]):.3f} at {at_new}")
+    note = f"\nmean ± std (runs) over the runs that did not collapse (< {collapse_below:g}%); rank 1 = best mean.\n"
+    return "\n".join(lines) + "\n" + note, [verdict]
+
+
 def error_bars(line: list[dict]) -> tuple[list[float], list[float]]:
     """(below, above) lengths of mean ± std bars for summary rows of accuracies in %: no bar for a single run,
     and none reaching past 100% (the bar above stops at 100; every run is drawn as a dot beside it)."""
@@ -418,9 +494,11 @@ def plot_summary(summary: list[dict], out_stem: str, rows: list[dict] = ()) -> l
     return written
 
 
-def write_summary(rows: list[dict], out_csv: str, collapse_below: float = COLLAPSE_BELOW) -> list[str]:
+def write_summary(rows: list[dict], out_csv: str, collapse_below: float = COLLAPSE_BELOW,
+                  baseline: list[dict] = ()) -> list[str]:
     """<stem>_summary.{csv,md} and plots; the regression and plots use plain-training-set runs only.
-    With runs of --preset claims, also <stem>_comparison.{csv,md}."""
+    With runs of --preset claims, also <stem>_comparison.{csv,md}; with `baseline` rows (the same settings
+    at another budget), also <stem>_budget.md (`budget_comparison`)."""
     stem = os.path.splitext(out_csv)[0]
     summary = summarize(rows, collapse_below)
     lines = [line for line in (recommend(rows, loss) for loss in ("arcface", "combined", "cosface", "sphereface")) if line]
@@ -438,6 +516,11 @@ def write_summary(rows: list[dict], out_csv: str, collapse_below: float = COLLAP
         atomic_write_text(f"{stem}_comparison.md", markdown)
         print(markdown)
         written += [f"{stem}_comparison.csv", f"{stem}_comparison.md"]
+    budget, verdict = budget_comparison(rows, list(baseline), collapse_below)
+    if budget:
+        atomic_write_text(f"{stem}_budget.md", budget + "".join(f"\n{line}\n" for line in verdict))
+        print(budget + "\n".join(verdict))
+        written.append(f"{stem}_budget.md")
     return written
 
 

@@ -211,3 +211,48 @@ def test_table1_checks_need_cells_to_compare():
 def test_a_low_cell_whose_every_run_collapsed_is_reproduced():
     line = sweep_summary.low_cell_line("arcface", (0.59, 0.0), 96.01, 98.77, [11.35, 10.1, 9.8], [99.5, 99.6, 99.55], 95.0)
     assert "3 collapsed" in line and line.endswith(": reproduced: every run collapsed")
+
+
+def budget_rows(epochs, accuracy):
+    """Three settings x 3 seeds at `epochs`; accuracy(label, seed) in %."""
+    settings = {"softmax": ("softmax", "", "", "", ""), "arc": ("arcface", 30, 1, 0.5, 0),
+                "comb": ("combined", 30, 1, 0.41, 0.2)}
+    return [{**dict(zip(sweep_summary.SETTING_KEYS, key)), "epochs": epochs, "seed": seed,
+             "test_acc": accuracy(label, seed) / 100} for label, key in settings.items() for seed in range(3)]
+
+
+def test_budget_comparison_finds_a_reversed_ranking_and_counts_collapsed_runs(tmp_path, capsys):
+    order = {"softmax": 0, "arc": 1, "comb": 2}
+    short = budget_rows(4, lambda label, seed: 99.0 + 0.2 * order[label] + 0.01 * seed)
+    long = budget_rows(20, lambda label, seed: 11.35 if (label, seed) == ("arc", 2)  # one collapsed run
+                       else 99.5 - 0.2 * order[label] + 0.01 * seed)
+    table, (verdict,) = sweep_summary.budget_comparison(long, short)
+    assert "20 epochs against 4 epochs, 3 settings" in verdict and "(Spearman) -1.00" in verdict
+    assert float(verdict.split("p = ")[1].split(" at")[0]) < 0.01  # at 4 epochs the settings differ
+    assert "| arcface m2 = 0.5 | 99.21 ± 0.01 (3) | 2 | 0 | 99.31 ± 0.01 (2) | 2 | 1 | +0.10 |" in table
+    assert "| combined m2 = 0.41, m3 = 0.2 | 99.41 ± 0.01 (3) | 1 | 0 | 99.11 ± 0.01 (3) | 3 | 0 | -0.30 |" in table
+    a, b = str(tmp_path / "long.csv"), str(tmp_path / "short.csv")
+    write_csv(a, long), write_csv(b, short)
+    sweep_margins.main(["--summarize", a, "--baseline", b, "--out", a])
+    assert verdict in (tmp_path / "long_budget.md").read_text()
+    other_margins = [dict(r, m2=0.3) for r in short if r["loss"] != "softmax"]  # no setting in common
+    assert sweep_summary.budget_comparison(long, other_margins) == ("", [])
+
+
+def test_ranks_share_ties_and_spearman_needs_three_varying_values():
+    assert sweep_summary.ranks([3.0, 1.0, 3.0, 2.0]) == [1.5, 4, 1.5, 3]
+    assert sweep_summary.spearman([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
+    assert sweep_summary.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(sweep_summary.spearman([1, 2], [2, 1])) and math.isnan(sweep_summary.spearman([1, 1, 1], [1, 2, 3]))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--baseline", "x.csv"], "--baseline needs --summarize"),
+    (["--summarize", "{a}", "--baseline", "{a}.missing"], "--baseline: no such file"),
+])
+def test_baseline_flag_errors_are_one_line(tmp_path, capsys, argv, message):
+    a = str(tmp_path / "a.csv")
+    write_csv(a, budget_rows(4, lambda label, seed: 99.0))
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_margins.main([arg.format(a=a) for arg in argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
