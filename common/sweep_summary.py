@@ -11,7 +11,7 @@ import statistics
 
 import torch
 
-from .heads import MARGIN_DEFAULTS
+from .heads import LOSSES, MARGIN_DEFAULTS
 from .results import REPO_ROOT, atomic_write_text, read_rows, write_csv
 from .significance import difference, permutation_p
 
@@ -346,25 +346,63 @@ def table1_checks(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) -> l
     return lines
 
 
-def kept_cells(rows: list[dict], collapse_below: float) -> dict[tuple, tuple[list[float], int]]:
-    """{setting: (test accuracies in % of its finished runs on the plain training set that did not collapse,
-    how many of its finished runs collapsed)}."""
-    cells: dict[tuple, tuple[list[float], int]] = {}
+def kept_runs(rows: list[dict], collapse_below: float) -> dict[tuple, tuple[list[dict], int]]:
+    """{setting: (its finished runs on the plain training set that did not collapse, how many collapsed)}."""
+    cells: dict[tuple, tuple[list[dict], int]] = {}
     for row in rows:
         if is_plain(row) and (a := accuracy_of(row)) is not None:
             kept, low = cells.get(row_key(row)[0], ([], 0))
-            cells[row_key(row)[0]] = (kept + [100 * a], low) if 100 * a >= collapse_below else (kept, low + 1)
+            cells[row_key(row)[0]] = (kept + [row], low) if 100 * a >= collapse_below else (kept, low + 1)
     return cells
 
 
+def kept_cells(rows: list[dict], collapse_below: float) -> dict[tuple, tuple[list[float], int]]:
+    """`kept_runs` with each run's test accuracy in % in place of its row."""
+    return {k: ([100 * accuracy_of(r) for r in kept], low) for k, (kept, low) in kept_runs(rows, collapse_below).items()}
+
+
+def percent_values(runs: list[dict], field: str) -> list[float]:
+    return [100 * float(r[field]) for r in runs if str(r.get(field, "")) not in ("", "nan")]
+
+
+def standard_error(a: list[float], b: list[float]) -> float:
+    """Standard error of mean(a) - mean(b) from the two samples' spreads (NaN with fewer than 2 of either)."""
+    return math.sqrt(mean_std(a)[1] ** 2 / len(a) + mean_std(b)[1] ** 2 / len(b)) if min(len(a), len(b)) > 1 else math.nan
+
+
+def against_softmax(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) -> list[str]:
+    """Each other loss at its default margins (`setting(loss)`) against softmax, on the plain training set:
+    the differences of mean test accuracy and of mean MAP@R, each ± its standard error and with its
+    permutation p, over the runs that did not collapse (the collapsed counted). No lines without softmax runs."""
+    cells = kept_runs(rows, collapse_below)
+    base, base_low = cells.get(setting("softmax"), ([], 0))
+    if not base:
+        return []
+    lines = []
+    for loss in LOSSES[1:]:
+        runs, low = cells.get(setting(loss), ([], 0))
+        if not runs:
+            continue
+        parts = []
+        for name, field in (("test acc", "test_acc"), ("MAP@R", "map_at_r")):
+            a, b = percent_values(runs, field), percent_values(base, field)
+            if a and b:
+                gain, p = difference(a, b)
+                parts.append(f"{name} {gain:+.2f} ± {standard_error(a, b):.2f} points (p = {p:.3f})")
+        lines.append(f"{setting_label(setting(loss))} ({len(runs)} runs, {low} collapsed) against softmax ({len(base)} "
+                     f"runs, {base_low} collapsed): {'; '.join(parts)}; difference of means ± its standard error")
+    return lines
+
+
 def setting_label(key: tuple) -> str:
-    """'softmax', 'arcface m2 = 0.5', 'combined m2 = 0.41, m3 = 0.2' (s and m1 named only where they differ
-    from the loss's default)."""
+    """'softmax', 'arcface m2 = 0.5', 'cosface m3 = 0.35', 'combined m2 = 0.41, m3 = 0.2': the margins the
+    loss applies by default (m1 other than 1, m2 or m3 other than 0), and any that differ from its default."""
     loss, *margins = key
     if loss not in MARGIN_DEFAULTS:
         return loss
+    applied = lambda n, d: d != (1 if n == "m1" else 0) and n != "s"  # noqa: E731
     named = [f"{n} = {v:g}" for n, v, d in zip(SETTING_KEYS[1:], margins, MARGIN_DEFAULTS[loss])
-             if v != d or n == "m2" or (n == "m3" and loss == "combined")]
+             if v != d or applied(n, d)]
     return f"{loss} {', '.join(named)}"
 
 
@@ -502,7 +540,7 @@ def write_summary(rows: list[dict], out_csv: str, collapse_below: float = COLLAP
     stem = os.path.splitext(out_csv)[0]
     summary = summarize(rows, collapse_below)
     lines = [line for line in (recommend(rows, loss) for loss in ("arcface", "combined", "cosface", "sphereface")) if line]
-    lines += table1_checks(rows, collapse_below)
+    lines += table1_checks(rows, collapse_below) + against_softmax(rows, collapse_below)
     write_csv(f"{stem}_summary.csv", summary)
     atomic_write_text(f"{stem}_summary.md", markdown_table(summary) + "".join(f"\n{line}\n" for line in lines))
     for line in lines:

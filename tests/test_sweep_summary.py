@@ -256,3 +256,21 @@ def test_baseline_flag_errors_are_one_line(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         sweep_margins.main([arg.format(a=a) for arg in argv])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_each_loss_at_its_defaults_is_compared_with_softmax():
+    def run(loss, seed, acc, map_r="", **margins):
+        key = sweep_summary.setting(loss)
+        return {**dict(zip(sweep_summary.SETTING_KEYS, ("" if v is None else v for v in key))), **margins,
+                "seed": seed, "test_acc": acc, "map_at_r": map_r}
+    rows = [run("softmax", s, 0.990 + 0.001 * s, 0.90 + 0.01 * s) for s in range(3)]
+    rows += [run("arcface", s, 0.993 + 0.001 * s, 0.95 + 0.01 * s) for s in range(3)]
+    rows += [run("arcface", s, 0.5, m2=0.3) for s in range(3)]  # not the loss's default margins: left out
+    rows += [run("cosface", 0, 0.992), run("cosface", 1, 0.1135)]  # one run collapsed
+    arcface, cosface = sweep_summary.against_softmax(rows)
+    assert arcface.startswith("arcface m2 = 0.5 (3 runs, 0 collapsed) against softmax (3 runs, 0 collapsed): ")
+    assert "test acc +0.30 ± 0.08 points (p = 0.09" in arcface  # std 0.1 each: sqrt(2 * 0.01 / 3) = 0.08
+    assert "MAP@R +5.00 ± 0.82 points" in arcface
+    assert cosface.startswith("cosface m3 = 0.35 (1 runs, 1 collapsed)") and "test acc +0.10 ± nan points" in cosface
+    assert "MAP@R" not in cosface  # these runs report none
+    assert sweep_summary.against_softmax([r for r in rows if r["loss"] != "softmax"]) == []
