@@ -213,8 +213,11 @@ def fit_quadratic(points: list[tuple[tuple[float, ...], float]], bootstrap: int 
     """Least-squares quadratic (with cross terms) of accuracy over the margins that vary, its maximiser on
     a grid spanning the sweep, and the bootstrap (over runs) standard deviation of that maximiser. With
     `at` (all margins of a point, for example the loss's default) also the predicted gain of the maximum
-    over the fit's value there, and that gain's bootstrap standard deviation: a gain within about one of
-    those is not a recommendation the runs support. Only margins swept at three or more values get a
+    over the fit's value there, that gain's bootstrap standard deviation (a gain within about one of those
+    is not a recommendation the runs support). Also the fit's R^2 and `surface_p`, the share of fits to the
+    runs with their accuracies shuffled across margins (`bootstrap` of them, seeded) that explain as much:
+    a fitted maximum lies above its surface's other points even on pure noise, so a gain means nothing
+    where the surface is no better than noise. Only margins swept at three or more values get a
     square term (`quadratic_features`); None with fewer than 3k + 1 runs for k varying margins."""
     names = [i for i in range(len(points[0][0])) if len({p[0][i] for p in points}) > 1] if points else []
     curved = tuple(len({p[0][i] for p in points}) >= 3 for i in names)
@@ -238,28 +241,62 @@ def fit_quadratic(points: list[tuple[tuple[float, ...], float]], bootstrap: int 
     draws = [best(x[i], y[i]) for i in (torch.randint(0, len(y), (len(y),), generator=generator) for _ in range(bootstrap))]
     spread = torch.stack([d[0] for d in draws]).std(dim=0)
     gain_std = torch.tensor([d[3] for d in draws], dtype=torch.float64).std().item()
+    # A fitted maximum lies above the surface's other points even when the margins do nothing, so the surface
+    # itself is tested: does it explain more of the runs' variance (R^2) than fits to shuffled runs do?
+    features = quadratic_features(x, curved)
+
+    def explained(ys):  # R^2; 0 where the runs do not vary at all
+        residual = ys.view(-1, 1) - features @ torch.linalg.lstsq(features, ys.view(-1, 1)).solution
+        total = ((ys - ys.mean()) ** 2).sum().item()
+        return 1 - (residual ** 2).sum().item() / total if total > 0 else 0.0
+
+    r2 = explained(y)
+    null = [explained(y[torch.randperm(len(y), generator=generator)]) for _ in range(bootstrap)]
     return {"varying": names, "curved": curved, "best": where.tolist(), "best_std": spread.tolist(),
-            "predicted_acc": value, "coefficients": coef.squeeze(1).tolist(), "gain": gain, "gain_std": gain_std}
+            "predicted_acc": value, "coefficients": coef.squeeze(1).tolist(), "gain": gain, "gain_std": gain_std,
+            "r2": r2, "surface_p": (1 + sum(n >= r2 - 1e-12 for n in null)) / (1 + len(null))}
 
 
-def recommend(rows: list[dict], loss: str) -> str | None:
-    """One line: the fitted best margins for `loss`, their bootstrap spread and the gain over the loss's default."""
-    points = [((*(float(r[k]) for k in SETTING_KEYS[1:]),), 100 * a) for r in rows
-              if r["loss"] == loss and is_plain(r) and (a := accuracy_of(r)) is not None]
-    default = setting(loss)
-    fit = fit_quadratic(points, at=default[1:])
+def reference_margins(default: tuple, points: list[tuple[tuple[float, ...], float]], varying: list[int]) -> tuple:
+    """Where the regression's gain is measured from: the loss's default margins when the sweep spans them,
+    else the swept setting nearest to them (a quadratic's value outside its data is extrapolation, and
+    Table 1's combined grid, m2 0.40-0.44, does not reach the combined default m2 = 0.3)."""
+    inside = all(min(p[0][i] for p in points) <= default[i] <= max(p[0][i] for p in points) for i in varying)
+    if inside:
+        return default
+    return min({p[0] for p in points}, key=lambda m: sum((m[i] - default[i]) ** 2 for i in varying))
+
+
+def recommend(rows: list[dict], loss: str, collapse_below: float = COLLAPSE_BELOW) -> str | None:
+    """One line: the fitted best margins for `loss`, their bootstrap spread and the predicted gain over the
+    loss's default (or the swept setting nearest to it, `reference_margins`), weighed against the gain's own
+    bootstrap spread, and the fitted surface against fits to shuffled runs (`fit_quadratic`'s surface_p). Collapsed runs (below `collapse_below` %) are left out of the fit and counted: one
+    run at 50% would bend a quadratic fitted to 0.1-point differences, as it does the means."""
+    runs = [(tuple(float(r[k]) for k in SETTING_KEYS[1:]), 100 * a) for r in rows
+            if r["loss"] == loss and is_plain(r) and (a := accuracy_of(r)) is not None]
+    points = [p for p in runs if p[1] >= collapse_below]
+    default = setting(loss)[1:]
+    varying = [i for i in range(len(default)) if len({p[0][i] for p in points}) > 1]
+    if not varying:
+        return None
+    at = reference_margins(default, points, varying)
+    fit = fit_quadratic(points, at=at)
     if fit is None:
         return None
-    names = [SETTING_KEYS[1 + i] for i in fit["varying"]]
-    at_default = fit["predicted_acc"] - fit["gain"]  # the fit's value at the default margins
-    swept = [sorted({p[0][i] for p in points}) for i in fit["varying"]]
-    outside = any(not lo[0] <= default[1 + i] <= lo[-1] for lo, i in zip(swept, fit["varying"]))
+    names = [SETTING_KEYS[1 + i] for i in varying]
+    at_reference = fit["predicted_acc"] - fit["gain"]  # the fit's value at the reference margins
     best = ", ".join(f"{n} = {b:.3f} ± {e:.3f}" for n, b, e in zip(names, fit["best"], fit["best_std"]))
-    return (f"{loss}: quadratic fit over {len(points)} runs recommends {best} (predicted {fit['predicted_acc']:.2f}%); "
-            f"at the default {', '.join(f'{n} = {default[1 + i]:g}' for n, i in zip(names, fit['varying']))} "
-            f"it predicts {at_default:.2f}%{' (extrapolated: outside the swept range)' if outside else ''} "
-            f"(gain {fit['gain']:+.2f} ± {fit['gain_std']:.2f} points, bootstrap std"
-            f"{'' if fit['gain'] > fit['gain_std'] else ': within it, no evidence for the recommendation'})")
+    margins = lambda m: ", ".join(f"{n} = {m[i]:g}" for n, i in zip(names, varying))  # noqa: E731
+    where = (f"at the default {margins(default)}" if at == default else
+             f"the default {margins(default)} lies outside the swept range; at the nearest swept setting {margins(at)}")
+    left_out = len(runs) - len(points)
+    return (f"{loss}: quadratic fit over {len(points)} runs{f' ({left_out} collapsed left out)' if left_out else ''} "
+            f"recommends {best} (predicted {fit['predicted_acc']:.2f}%"
+            f"{', above 100%: the quadratic does not fit' if fit['predicted_acc'] > 100 else ''}); "
+            f"{where} it predicts {at_reference:.2f}% (gain {fit['gain']:+.2f} ± {fit['gain_std']:.2f} points, bootstrap std"
+            f"{'' if fit['gain'] > fit['gain_std'] else ': within it, no evidence for the recommendation'}); "
+            f"the fit explains R^2 = {fit['r2']:.2f} of the runs' variance, fits to the runs shuffled across margins "
+            f"as much: p = {fit['surface_p']:.3f}{'' if fit['surface_p'] < 0.05 else ', no evidence that the margins matter'}")
 
 
 def table1_cells(rows: list[dict], loss: str) -> dict[tuple, list[float]]:
@@ -511,25 +548,51 @@ def plot_summary(summary: list[dict], out_stem: str, rows: list[dict] = ()) -> l
     if arc:
         written.append(plot_arcface_m2(plt, arc, rows, f"{out_stem}_arcface_m2.png"))
     combined = [r for r in summary if r["loss"] == "combined" and not math.isnan(r["mean_acc"])]
-    m2s, m3s = sorted({r["m2"] for r in combined}), sorted({r["m3"] for r in combined})
-    if len(m2s) > 1 and len(m3s) > 1:
-        grid = torch.full((len(m3s), len(m2s)), math.nan)
-        for r in combined:
-            grid[m3s.index(r["m3"]), m2s.index(r["m2"])] = r["mean_acc"]
-        fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(m2s), 1.2 + 0.8 * len(m3s)))
-        image = ax.imshow(grid.numpy(), cmap="viridis", origin="lower")
-        for i in range(len(m3s)):
-            for j in range(len(m2s)):
-                if not math.isnan(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="white", fontsize=8)
-        ax.set_xticks(range(len(m2s)), [f"{v:g}" for v in m2s]), ax.set_yticks(range(len(m3s)), [f"{v:g}" for v in m3s])
-        ax.set_xlabel("m2 (ArcFace)"), ax.set_ylabel("m3 (CosFace)"), ax.set_title("combined margin: mean test accuracy (%)")
-        fig.colorbar(image, ax=ax)
-        fig.tight_layout()
-        written.append(f"{out_stem}_combined_heatmap.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+    if len({r["m2"] for r in combined}) > 1 and len({r["m3"] for r in combined}) > 1:
+        written.append(plot_combined_grid(plt, combined, f"{out_stem}_combined_heatmap.png"))
     return written
+
+
+def heatmap_label(row: dict) -> str:
+    """The text of one combined-margin cell: our mean ± std (runs), the source paper's single run where it
+    has one, and the collapsed runs where there are any (a mean alone hides them)."""
+    text = f"{row['mean_acc']:.2f}" + ("" if math.isnan(row["std_acc"]) else f" ± {row['std_acc']:.2f}")
+    text += f"\n({row['runs']} run{'s' * (row['runs'] != 1)})"
+    if row.get("source_acc") is not None:
+        text += f"\npaper {row['source_acc']:.2f}"
+    if row.get("collapsed"):
+        text += f"\n{row['collapsed']} collapsed"
+    return text
+
+
+def plot_combined_grid(plt, combined: list[dict], path: str) -> str:
+    """The combined margin over (m2, m3): each cell coloured by our mean test accuracy and labelled with
+    `heatmap_label` (mean ± std, runs, the paper's number, collapsed runs); cells without runs stay blank.
+    The colours span our means only: on the paper's 3-point scale our 0.1-point spread would be one colour.
+    `combined`: summary rows (mean_acc, std_acc, runs, collapsed, source_acc) of the combined loss."""
+    m2s, m3s = sorted({r["m2"] for r in combined}), sorted({r["m3"] for r in combined})
+    grid = torch.full((len(m3s), len(m2s)), math.nan)  # (m3, m2): rows up the m3 axis
+    for r in combined:
+        grid[m3s.index(r["m3"]), m2s.index(r["m2"])] = r["mean_acc"]
+    # colours span the cells without a collapsed run: one collapse would make every other cell one colour
+    # (such a cell shows as the scale's darkest, and its label counts the collapse)
+    means = [r["mean_acc"] for r in combined if not r.get("collapsed")] or [r["mean_acc"] for r in combined]
+    low, high = min(means), max(means)
+    middle = (low + high) / 2  # viridis is dark below it: white text there, black above
+    fig, ax = plt.subplots(figsize=(2.0 + 1.6 * len(m2s), 1.6 + 1.0 * len(m3s)))
+    image = ax.imshow(grid.numpy(), cmap="viridis", origin="lower", aspect="auto", vmin=low, vmax=max(high, low + 1e-6))
+    for r in combined:
+        i, j = m3s.index(r["m3"]), m2s.index(r["m2"])
+        ax.text(j, i, heatmap_label(r), ha="center", va="center", fontsize=7,
+                color="white" if r["mean_acc"] < middle else "black")
+    ax.set_xticks(range(len(m2s)), [f"{v:g}" for v in m2s]), ax.set_yticks(range(len(m3s)), [f"{v:g}" for v in m3s])
+    ax.set_xlabel("m2 (ArcFace)"), ax.set_ylabel("m3 (CosFace)")
+    ax.set_title("combined margin s·(cos(θ + m2) − m3): our mean test accuracy (%) ± std, beside the paper's run")
+    fig.colorbar(image, ax=ax, label="our mean test accuracy (%), cells without a collapsed run", extend="min")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def write_summary(rows: list[dict], out_csv: str, collapse_below: float = COLLAPSE_BELOW,
@@ -539,7 +602,8 @@ def write_summary(rows: list[dict], out_csv: str, collapse_below: float = COLLAP
     at another budget), also <stem>_budget.md (`budget_comparison`)."""
     stem = os.path.splitext(out_csv)[0]
     summary = summarize(rows, collapse_below)
-    lines = [line for line in (recommend(rows, loss) for loss in ("arcface", "combined", "cosface", "sphereface")) if line]
+    lines = [line for line in (recommend(rows, loss, collapse_below) for loss in ("arcface", "combined", "cosface", "sphereface"))
+             if line]
     lines += table1_checks(rows, collapse_below) + against_softmax(rows, collapse_below)
     write_csv(f"{stem}_summary.csv", summary)
     atomic_write_text(f"{stem}_summary.md", markdown_table(summary) + "".join(f"\n{line}\n" for line in lines))

@@ -98,7 +98,8 @@ def test_regression_recovers_the_best_margins():
     line = sweep_summary.recommend(rows, "combined")
     assert recommended(line, "m2") == pytest.approx(0.42, abs=0.004)  # within one grid step
     assert recommended(line, "m3") == pytest.approx(0.27, abs=0.004)
-    assert "extrapolated" in line  # the combined default (0.3, 0.2) lies outside m2 in [0.40, 0.44]
+    # the combined default (0.3, 0.2) lies outside m2 in [0.40, 0.44]: the gain is measured from the nearest swept cell
+    assert "the default m2 = 0.3, m3 = 0.2 lies outside the swept range; at the nearest swept setting m2 = 0.4, m3 = 0.2" in line
     assert recommended(sweep_summary.recommend(rows, "arcface"), "m2") == pytest.approx(0.47, abs=0.004)
 
 
@@ -112,11 +113,26 @@ def test_regression_gain_is_weighed_against_its_bootstrap_spread():
     clear = arcface_rows(lambda m2, seed: 99.0 - 400 * (m2 - 0.45) ** 2 + 0.01 * (seed - 1))
     fit = sweep_summary.fit_quadratic([((30.0, 1.0, r["m2"], 0.0), 100 * r["test_acc"]) for r in clear], at=(30.0, 1.0, 0.5, 0.0))
     assert fit["gain"] == pytest.approx(1.0, abs=0.01) and fit["gain_std"] < 0.05
+    assert fit["r2"] > 0.99 and fit["surface_p"] == pytest.approx(1 / 201)  # no shuffle of the runs explains as much
     line = sweep_summary.recommend(clear, "arcface")
-    assert "gain +1.00 ±" in line and "no evidence" not in line
+    assert "gain +1.00 ±" in line and "no evidence" not in line and "as much: p = 0.005" in line
+    # one collapsed run (50%) is left out of the fit and counted, not allowed to bend it
+    collapsed = clear + [{**clear[0], "seed": 9, "test_acc": 0.50}]
+    line = sweep_summary.recommend(collapsed, "arcface", collapse_below=90)  # the clear optimum's runs end above 91%
+    assert recommended(line, "m2") == pytest.approx(0.45, abs=0.004) and "(1 collapsed left out)" in line
+    assert "gain +1.00 ±" in line and "above 100%" not in line
+    assert "(1 collapsed left out)" not in sweep_summary.recommend(collapsed, "arcface", collapse_below=40)
     # no effect of m2 at all, 0.3-point seed noise: whatever the fit's maximum, its gain is within the spread
     flat = arcface_rows(lambda m2, seed: 99.0 + 0.3 * ((7 * seed + int(100 * m2)) % 5 - 2) / 2)
     assert "within it, no evidence for the recommendation" in sweep_summary.recommend(flat, "arcface")
+    # pure noise over a two-margin grid: the fitted maximum can beat the reference point by more than its
+    # bootstrap std, yet fits to shuffled runs explain as much; the shuffle test is what tells
+    noise = [{"loss": "combined", "s": 30, "m1": 1, "m2": m2, "m3": m3, "seed": seed,
+              "test_acc": (99.6 + 0.04 * ((13 * seed + int(100 * m2) * 7 + int(100 * m3) * 3) % 5 - 2)) / 100}
+             for m2 in (0.40, 0.41, 0.42, 0.43, 0.44) for m3 in (0.20, 0.25, 0.30, 0.35) for seed in range(3)]
+    line = sweep_summary.recommend(noise, "combined")
+    p = float(re.search(r"as much: p = ([0-9.]+)", line).group(1))
+    assert p > 0.05 and "no evidence that the margins matter" in line
 
 
 def test_a_margin_swept_at_two_values_gets_no_square_term():
@@ -274,3 +290,19 @@ def test_each_loss_at_its_defaults_is_compared_with_softmax():
     assert cosface.startswith("cosface m3 = 0.35 (1 runs, 1 collapsed)") and "test acc +0.10 ± nan points" in cosface
     assert "MAP@R" not in cosface  # these runs report none
     assert sweep_summary.against_softmax([r for r in rows if r["loss"] != "softmax"]) == []
+
+
+def test_the_gain_is_measured_from_the_default_when_swept_else_from_the_nearest_swept_setting():
+    points = [((30.0, 1.0, m2, m3), 99.0) for m2 in (0.40, 0.42, 0.44) for m3 in (0.20, 0.30)]
+    assert sweep_summary.reference_margins((30.0, 1.0, 0.42, 0.25), points, [2, 3]) == (30.0, 1.0, 0.42, 0.25)
+    assert sweep_summary.reference_margins((30.0, 1.0, 0.30, 0.20), points, [2, 3]) == (30.0, 1.0, 0.40, 0.20)
+    assert sweep_summary.reference_margins((30.0, 1.0, 0.43, 0.40), points, [2, 3]) == (30.0, 1.0, 0.44, 0.30)
+    # on an edge of the swept range counts as inside
+    assert sweep_summary.reference_margins((30.0, 1.0, 0.44, 0.20), points, [2, 3]) == (30.0, 1.0, 0.44, 0.20)
+
+
+def test_heatmap_labels_carry_the_spread_the_paper_and_collapsed_runs():
+    cell = {"mean_acc": 99.581, "std_acc": 0.034, "runs": 3, "source_acc": 95.93, "collapsed": 0}
+    assert sweep_summary.heatmap_label(cell) == "99.58 ± 0.03\n(3 runs)\npaper 95.93"
+    single = {**cell, "std_acc": math.nan, "runs": 1, "source_acc": None, "collapsed": 1}
+    assert sweep_summary.heatmap_label(single) == "99.58\n(1 run)\n1 collapsed"
