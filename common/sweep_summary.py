@@ -105,7 +105,7 @@ COLLAPSE_BELOW = 95.0  # % test accuracy: a finished MNIST run below it has coll
 
 
 def summarize(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) -> list[dict]:
-    """Per (setting, training set): mean, std and count of test accuracy (%) over the finished runs, how many
+    """Per (setting, training set), in `summary_order`: mean, std and count of test accuracy (%) over the finished runs, how many
     of those collapsed (finished below `collapse_below` %; counted in the mean, apart from diverged runs,
     which stopped on a non-finite loss and have no accuracy), mean and std of macro F1 and MAP@R (%) over the
     finished runs that report them, and the source table's value (MNIST on the plain training set only)."""
@@ -127,7 +127,15 @@ def summarize(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) -> list[
                         "diverged": len(members) - len(accs), "mean_f1": f1[0], "std_f1": f1[1],
                         "mean_map_at_r": map_r[0], "std_map_at_r": map_r[1],
                         "source_acc": source_value(key) if plain and dataset == "mnist" else None})
-    return summary
+    return sorted(summary, key=summary_order)
+
+
+def summary_order(line: dict) -> tuple:
+    """Table 1's reading order: dataset, training set, then the losses in LOSSES order (softmax first, the
+    reference), each by s, m1, m3, then m2 (ArcFace up m2; the combined grid row by row, m3 = 0.20 first)."""
+    margins = tuple(-math.inf if line[k] is None else line[k] for k in ("s", "m1", "m3", "m2"))
+    loss = LOSSES.index(line["loss"]) if line["loss"] in LOSSES else len(LOSSES)
+    return (str(line["dataset"]), line["imbalance"], line["holdout_classes"], loss, str(line["loss"]), *margins)
 
 
 def markdown_table(summary: list[dict]) -> str:

@@ -306,3 +306,14 @@ def test_heatmap_labels_carry_the_spread_the_paper_and_collapsed_runs():
     assert sweep_summary.heatmap_label(cell) == "99.58 ± 0.03\n(3 runs)\npaper 95.93"
     single = {**cell, "std_acc": math.nan, "runs": 1, "source_acc": None, "collapsed": 1}
     assert sweep_summary.heatmap_label(single) == "99.58\n(1 run)\n1 collapsed"
+
+
+def test_summary_lines_come_in_table_order_whatever_the_row_order():
+    cell = lambda loss, m2=None, m3=None: {"loss": loss, "s": 30 if m2 is not None else "", "m1": 1 if m2 is not None else "",  # noqa: E731
+                                           "m2": "" if m2 is None else m2, "m3": "" if m3 is None else m3,
+                                           "seed": 0, "test_acc": 0.99}
+    rows = [cell("combined", 0.41, 0.25), cell("triplet"), cell("arcface", 0.59, 0), cell("combined", 0.44, 0.2),
+            cell("softmax"), cell("arcface", 0.4, 0), cell("combined", 0.40, 0.25)]
+    order = [(r["loss"], r["m2"], r["m3"]) for r in sweep_summary.summarize(rows)]
+    assert order == [("softmax", None, None), ("arcface", 0.4, 0.0), ("arcface", 0.59, 0.0), ("combined", 0.44, 0.2),
+                     ("combined", 0.4, 0.25), ("combined", 0.41, 0.25), ("triplet", None, None)]
