@@ -105,8 +105,8 @@ COLLAPSE_BELOW = 95.0  # % test accuracy: a finished MNIST run below it has coll
 
 
 def summarize(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) -> list[dict]:
-    """Per (setting, training set), in `summary_order`: mean, std and count of test accuracy (%) over the finished runs, how many
-    of those collapsed (finished below `collapse_below` %; counted in the mean, apart from diverged runs,
+    """Per (setting, training set), in `summary_order`: mean, std and count of test accuracy (%) over the
+    finished runs, how many of those collapsed (finished below `collapse_below` %; counted in the mean, apart from diverged runs,
     which stopped on a non-finite loss and have no accuracy), mean and std of macro F1 and MAP@R (%) over the
     finished runs that report them, and the source table's value (MNIST on the plain training set only)."""
     groups: dict[tuple, list[dict]] = {}
@@ -216,6 +216,11 @@ def quadratic_features(v: torch.Tensor, curved: tuple[bool, ...] | None = None) 
     return torch.stack(cols, 1)
 
 
+def varying_margins(points: list[tuple[tuple[float, ...], float]]) -> list[int]:
+    """Indices of the margins that take more than one value among `points` ((margins, accuracy) pairs)."""
+    return [i for i in range(len(points[0][0])) if len({p[0][i] for p in points}) > 1] if points else []
+
+
 def fit_quadratic(points: list[tuple[tuple[float, ...], float]], bootstrap: int = 200, seed: int = 0,
                   at: tuple[float, ...] | None = None) -> dict | None:
     """Least-squares quadratic (with cross terms) of accuracy over the margins that vary, its maximiser on
@@ -227,7 +232,7 @@ def fit_quadratic(points: list[tuple[tuple[float, ...], float]], bootstrap: int 
     a fitted maximum lies above its surface's other points even on pure noise, so a gain means nothing
     where the surface is no better than noise. Only margins swept at three or more values get a
     square term (`quadratic_features`); None with fewer than 3k + 1 runs for k varying margins."""
-    names = [i for i in range(len(points[0][0])) if len({p[0][i] for p in points}) > 1] if points else []
+    names = varying_margins(points)
     curved = tuple(len({p[0][i] for p in points}) >= 3 for i in names)
     if not names or len(points) < 3 * len(names) + 1:
         return None
@@ -278,13 +283,14 @@ def reference_margins(default: tuple, points: list[tuple[tuple[float, ...], floa
 def recommend(rows: list[dict], loss: str, collapse_below: float = COLLAPSE_BELOW) -> str | None:
     """One line: the fitted best margins for `loss`, their bootstrap spread and the predicted gain over the
     loss's default (or the swept setting nearest to it, `reference_margins`), weighed against the gain's own
-    bootstrap spread, and the fitted surface against fits to shuffled runs (`fit_quadratic`'s surface_p). Collapsed runs (below `collapse_below` %) are left out of the fit and counted: one
-    run at 50% would bend a quadratic fitted to 0.1-point differences, as it does the means."""
+    bootstrap spread, and the fitted surface against fits to shuffled runs (`fit_quadratic`'s surface_p).
+    Collapsed runs (below `collapse_below` %) are left out of the fit and counted: one run at 50% would
+    bend a quadratic fitted to 0.1-point differences, as it does the means."""
     runs = [(tuple(float(r[k]) for k in SETTING_KEYS[1:]), 100 * a) for r in rows
             if r["loss"] == loss and is_plain(r) and (a := accuracy_of(r)) is not None]
     points = [p for p in runs if p[1] >= collapse_below]
     default = setting(loss)[1:]
-    varying = [i for i in range(len(default)) if len({p[0][i] for p in points}) > 1]
+    varying = varying_margins(points)
     if not varying:
         return None
     at = reference_margins(default, points, varying)
