@@ -39,7 +39,7 @@ from common.heads import check_margins
 from common.device import pick_device
 from common.grouped import run_group, ungrouped_settings
 from common.results import append_row, check_writable, environment_info, read_rows, write_csv
-from common.sweep_summary import CLAIM_SCENARIOS, COLLAPSE_BELOW, row_key, scenario_of, setting, table1_grid, write_summary
+from common.sweep_summary import CLAIM_SCENARIOS, collapse_threshold, row_key, scenario_of, setting, table1_grid, write_summary
 from common.training import DivergedError
 
 SCRIPTS = {"mnist": train_mnist, "cifar10": train_cifar10}
@@ -237,6 +237,11 @@ SWITCHES = ("--embedding-bn", "--whiten", "--dirac-init", "--pool-first", "--bn-
             "--flip-tta", "--translate-tta", "--amp")
 
 
+def collapse_below(args, rows: list[dict]) -> float:
+    """--collapse-below as given, or the default of the rows' dataset."""
+    return collapse_threshold(rows) if args.collapse_below is None else args.collapse_below
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(prog="sweep_margins.py", description=__doc__)
     p.add_argument("--preset", choices=["table1", "claims"], default=None,
@@ -262,9 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", nargs="+", default=None, metavar="CSV",
                    help="with --summarize: also compare, setting by setting, with these rows (the same settings at "
                         "another budget, for example Table 1 at 4 epochs against 20) in <out stem>_budget.md")
-    p.add_argument("--collapse-below", type=float, default=COLLAPSE_BELOW, metavar="PERCENT",
+    p.add_argument("--collapse-below", type=float, default=None, metavar="PERCENT",
                    help="the summary counts a finished run below this test accuracy (%%) as collapsed, apart from "
-                        "diverged runs (95 suits MNIST; give CIFAR-10 its own)")
+                        "diverged runs (default: the rows' dataset's, 95 for MNIST and 50 for CIFAR-10)")
     for flag in PASS_THROUGH:
         p.add_argument(flag, default=None, help=f"passed to the training script's {flag} (default: the script's)")
     for flag in SWITCHES:
@@ -299,7 +304,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.out = args.out or os.path.join("results", "sweep", f"{args.dataset}.csv")
-    if not 0 <= args.collapse_below <= 100:
+    if args.collapse_below is not None and not 0 <= args.collapse_below <= 100:
         parser.error(f"--collapse-below must be a test accuracy in percent, 0 to 100 (got {args.collapse_below:g})")
     if args.summarize:
         for flag, paths in (("--summarize", args.summarize), ("--baseline", args.baseline or [])):
@@ -311,7 +316,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows = list(merged.values())
         write_csv(args.out, rows)
         baseline = [r for path in args.baseline or [] for r in read_rows(path)]
-        for path in write_summary(rows, args.out, args.collapse_below, baseline):
+        for path in write_summary(rows, args.out, collapse_below(args, rows), baseline):
             print(f"wrote {path}")
         return rows
     if args.baseline:
@@ -362,7 +367,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print("\ninterrupted: finished runs are in the CSV; rerun the same command to continue", file=sys.stderr)
         sys.exit(130)
     rows = read_rows(args.out)
-    for path in write_summary(rows, args.out, args.collapse_below):
+    for path in write_summary(rows, args.out, collapse_below(args, rows)):
         print(f"wrote {path}")
     return rows
 

@@ -102,6 +102,16 @@ def is_plain(row: dict) -> bool:
 
 
 COLLAPSE_BELOW = 95.0  # % test accuracy: a finished MNIST run below it has collapsed (sweep_margins.py --collapse-below)
+# Each dataset's default threshold, far below every finished run of every loss at its recipe: MNIST runs end at
+# 99.4-99.7%; CIFAR-10 (JPEG copy) runs at 88.6-90.1%, triplet's at 61-63% (chance is 10%).
+DATASET_COLLAPSE_BELOW = {"mnist": COLLAPSE_BELOW, "cifar10": 50.0}
+
+
+def collapse_threshold(rows: list[dict]) -> float:
+    """The default --collapse-below for these rows: their dataset's threshold (the lowest of them if the rows
+    mix datasets, so that no dataset's healthy runs count as collapsed); MNIST's for rows without one."""
+    found = {DATASET_COLLAPSE_BELOW.get(str(r.get("dataset", "")), COLLAPSE_BELOW) for r in rows}
+    return min(found, default=COLLAPSE_BELOW)
 
 
 def summarize(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) -> list[dict]:
@@ -559,12 +569,49 @@ def plot_summary(summary: list[dict], out_stem: str, rows: list[dict] = ()) -> l
 
     written = []
     arc = sorted((r for r in summary if r["loss"] == "arcface" and r["m1"] == 1 and r["m3"] == 0), key=lambda r: r["m2"])
-    if arc:
+    if len(arc) > 1:  # a curve needs two margins
         written.append(plot_arcface_m2(plt, arc, rows, f"{out_stem}_arcface_m2.png"))
+    if len({r["loss"] for r in summary}) > 1 and len(summary) <= 8:  # a few settings side by side, not a grid
+        written.append(plot_losses(plt, rows, f"{out_stem}_losses.png"))
     combined = [r for r in summary if r["loss"] == "combined" and not math.isnan(r["mean_acc"])]
     if len({r["m2"] for r in combined}) > 1 and len({r["m3"] for r in combined}) > 1:
         written.append(plot_combined_grid(plt, combined, f"{out_stem}_combined_heatmap.png"))
     return written
+
+
+def plot_losses(plt, rows: list[dict], path: str) -> str:
+    """Test accuracy and MAP@R of every setting (each loss at its margins): every run as a dot, the mean as a
+    bar, mean ± std as an error bar that stops at 100%; the axis spans the runs (no bars from zero, which
+    would hide a spread over seeds of tenths of a point). `rows`: the runs of the plain training set."""
+    runs: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if accuracy_of(row) is not None:
+            runs.setdefault(row_key(row)[0], []).append(row)
+    keys = sorted(runs, key=lambda k: (LOSSES.index(k[0]) if k[0] in LOSSES else len(LOSSES), k))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, (field, name) in zip(axes, (("test_acc", "test accuracy (%)"), ("map_at_r", "MAP@R (%)"))):
+        for i, key in enumerate(keys):
+            values = percent_values(runs[key], field)
+            if not values:
+                continue
+            mean, std = mean_std(values)
+            std = 0.0 if math.isnan(std) else std
+            ax.errorbar(i, mean, yerr=[[std], [min(std, 100.0 - mean)]], fmt="_", markersize=18, color="tab:blue",
+                        capsize=4)
+            ax.plot([i + 0.12] * len(values), values, "o", color="black", markerfacecolor="none", markersize=5)
+            ax.annotate(f"{mean:.2f}", (i, mean), textcoords="offset points", xytext=(-8, 0), ha="right",
+                        va="center", fontsize=8)
+        ax.set_xticks(range(len(keys)), [setting_label(k).replace(" m", "\nm", 1).replace(", ", "\n") for k in keys], fontsize=8)
+        ax.set_xlim(-0.6, len(keys) - 0.4)
+        ax.set_ylabel(name)
+        ax.grid(axis="y", alpha=0.3)
+    seeds = sorted({int(r["seed"]) for key in keys for r in runs[key]})
+    fig.suptitle(f"each loss at its margins: mean ± std (bar) over seeds {', '.join(map(str, seeds))}, every run a "
+                 f"circle ({budget_of(rows)})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def heatmap_label(row: dict) -> str:
@@ -593,7 +640,7 @@ def plot_combined_grid(plt, combined: list[dict], path: str) -> str:
     means = [r["mean_acc"] for r in combined if not r.get("collapsed")] or [r["mean_acc"] for r in combined]
     low, high = min(means), max(means)
     middle = (low + high) / 2  # viridis is dark below it: white text there, black above
-    fig, ax = plt.subplots(figsize=(2.0 + 1.6 * len(m2s), 1.6 + 1.0 * len(m3s)))
+    fig, ax = plt.subplots(figsize=(max(7.5, 2.0 + 1.6 * len(m2s)), 1.8 + 1.0 * len(m3s)))  # the title fits
     image = ax.imshow(grid.numpy(), cmap="viridis", origin="lower", aspect="auto", vmin=low, vmax=max(high, low + 1e-6))
     for r in combined:
         i, j = m3s.index(r["m3"]), m2s.index(r["m2"])
@@ -601,8 +648,10 @@ def plot_combined_grid(plt, combined: list[dict], path: str) -> str:
                 color="white" if r["mean_acc"] < middle else "black")
     ax.set_xticks(range(len(m2s)), [f"{v:g}" for v in m2s]), ax.set_yticks(range(len(m3s)), [f"{v:g}" for v in m3s])
     ax.set_xlabel("m2 (ArcFace)"), ax.set_ylabel("m3 (CosFace)")
-    ax.set_title("combined margin s·(cos(θ + m2) − m3): our mean test accuracy (%) ± std, beside the paper's run")
-    fig.colorbar(image, ax=ax, label="our mean test accuracy (%), cells without a collapsed run", extend="min")
+    ax.set_title("combined margin s·(cos(θ + m2) − m3):\nour mean test accuracy (%) ± std, beside the paper's run")
+    bar = fig.colorbar(image, ax=ax, label="our mean test accuracy (%),\ncells without a collapsed run", extend="min")
+    bar.formatter.set_useOffset(False)  # 99.58, not 0.003 + 9.958e1
+    bar.update_ticks()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -317,3 +317,31 @@ def test_summary_lines_come_in_table_order_whatever_the_row_order():
     order = [(r["loss"], r["m2"], r["m3"]) for r in sweep_summary.summarize(rows)]
     assert order == [("softmax", None, None), ("arcface", 0.4, 0.0), ("arcface", 0.59, 0.0), ("combined", 0.44, 0.2),
                      ("combined", 0.4, 0.25), ("combined", 0.41, 0.25), ("triplet", None, None)]
+
+
+def test_the_default_collapse_threshold_is_the_datasets(tmp_path):
+    cell = {"loss": "triplet", "s": "", "m1": "", "m2": "", "m3": ""}
+    cifar = [{**cell, "dataset": "cifar10", "seed": 0, "test_acc": 0.61}, {**cell, "dataset": "cifar10", "seed": 1, "test_acc": 0.45}]
+    mnist = [{**row, "dataset": "mnist", "test_acc": 0.94} for row in cifar]
+    assert sweep_summary.collapse_threshold(cifar) == 50.0 and sweep_summary.collapse_threshold(mnist) == 95.0
+    assert sweep_summary.collapse_threshold(cifar + mnist) == 50.0  # mixed: no dataset's healthy runs count as collapsed
+    assert sweep_summary.collapse_threshold([{"test_acc": 0.9}]) == sweep_summary.COLLAPSE_BELOW  # rows without a dataset
+    path = str(tmp_path / "cifar.csv")
+    write_csv(path, cifar)
+    sweep_margins.main(["--summarize", path, "--out", path])  # no --collapse-below: CIFAR-10's 50%
+    text = (tmp_path / "cifar_summary.md").read_text()
+    assert "collapsed (< 50%)" in text and "| 2 | 1 | 0 |" in text  # 61% healthy, 45% collapsed
+    write_csv(path, mnist)
+    sweep_margins.main(["--summarize", path, "--out", path])
+    assert "collapsed (< 95%)" in (tmp_path / "cifar_summary.md").read_text()
+
+
+def test_a_few_losses_get_a_side_by_side_figure_and_one_margin_no_curve(tmp_path):
+    rows = [{"dataset": "cifar10", "epochs": 10, "loss": loss, "s": s, "m1": 1 if s else "", "m2": 0.5 if s else "",
+             "m3": 0 if s else "", "seed": seed, "test_acc": 0.89 + 0.001 * seed, "map_at_r": 0.7}
+            for loss, s in (("softmax", ""), ("arcface", 30)) for seed in range(3)]
+    path = str(tmp_path / "losses.csv")
+    write_csv(path, rows)
+    sweep_margins.main(["--summarize", path, "--out", path])
+    assert (tmp_path / "losses_losses.png").stat().st_size > 1000
+    assert not (tmp_path / "losses_arcface_m2.png").exists()  # one ArcFace margin: no curve to draw
