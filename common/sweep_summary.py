@@ -103,7 +103,7 @@ def is_plain(row: dict) -> bool:
 
 COLLAPSE_BELOW = 95.0  # % test accuracy: a finished MNIST run below it has collapsed (sweep_margins.py --collapse-below)
 # Each dataset's default threshold, far below every finished run of every loss at its recipe: MNIST runs end at
-# 99.4-99.7%; CIFAR-10 (JPEG copy) runs at 88.6-90.1%, triplet's at 61-63% (chance is 10%).
+# 99.4-99.7%; CIFAR-10 (JPEG copy) runs at 89.2-90.1%, triplet's at 61-62% (chance is 10%).
 DATASET_COLLAPSE_BELOW = {"mnist": COLLAPSE_BELOW, "cifar10": 50.0}
 
 
@@ -521,11 +521,12 @@ def budget_comparison(rows: list[dict], baseline: list[dict],
     return "\n".join(lines) + "\n" + note, [verdict]
 
 
-def error_bars(line: list[dict]) -> tuple[list[float], list[float]]:
-    """(below, above) lengths of mean ± std bars for summary rows of accuracies in %: no bar for a single run,
-    and none reaching past 100% (the bar above stops at 100; every run is drawn as a dot beside it)."""
-    stds = [0.0 if math.isnan(r["std_acc"]) else r["std_acc"] for r in line]
-    return stds, [min(std, 100.0 - r["mean_acc"]) for std, r in zip(stds, line)]
+def error_bars(line: list[dict], field: str = "acc") -> tuple[list[float], list[float]]:
+    """(below, above) lengths of mean ± std bars for summary rows' mean_<field> and std_<field> in % (test
+    accuracy by default, or map_at_r): no bar for a single run, and none reaching past 100% (the bar above
+    stops at 100; every run is drawn as a dot beside it)."""
+    stds = [0.0 if math.isnan(r[f"std_{field}"]) else r[f"std_{field}"] for r in line]
+    return stds, [min(std, 100.0 - r[f"mean_{field}"]) for std, r in zip(stds, line)]
 
 
 def plot_arcface_m2(plt, arc: list[dict], rows: list[dict], path: str) -> str:
@@ -572,32 +573,31 @@ def plot_summary(summary: list[dict], out_stem: str, rows: list[dict] = ()) -> l
     if len(arc) > 1:  # a curve needs two margins
         written.append(plot_arcface_m2(plt, arc, rows, f"{out_stem}_arcface_m2.png"))
     if len({r["loss"] for r in summary}) > 1 and len(summary) <= 8:  # a few settings side by side, not a grid
-        written.append(plot_losses(plt, rows, f"{out_stem}_losses.png"))
+        written.append(plot_losses(plt, summary, rows, f"{out_stem}_losses.png"))
     combined = [r for r in summary if r["loss"] == "combined" and not math.isnan(r["mean_acc"])]
     if len({r["m2"] for r in combined}) > 1 and len({r["m3"] for r in combined}) > 1:
         written.append(plot_combined_grid(plt, combined, f"{out_stem}_combined_heatmap.png"))
     return written
 
 
-def plot_losses(plt, rows: list[dict], path: str) -> str:
-    """Test accuracy and MAP@R of every setting (each loss at its margins): every run as a dot, the mean as a
-    bar, mean ± std as an error bar that stops at 100%; the axis spans the runs (no bars from zero, which
-    would hide a spread over seeds of tenths of a point). `rows`: the runs of the plain training set."""
+def plot_losses(plt, summary: list[dict], rows: list[dict], path: str) -> str:
+    """Test accuracy and MAP@R of every setting (each loss at its margins), in the summary's order: the mean
+    ± std as a bar that stops at 100% (`error_bars`), every run as a dot beside it; the axis spans the runs
+    (no bars from zero, which would hide a spread over seeds of tenths of a point). `summary` and `rows`:
+    the summary lines and the runs of the plain training set."""
     runs: dict[tuple, list[dict]] = {}
     for row in rows:
-        if accuracy_of(row) is not None:
-            runs.setdefault(row_key(row)[0], []).append(row)
-    keys = sorted(runs, key=lambda k: (LOSSES.index(k[0]) if k[0] in LOSSES else len(LOSSES), k))
+        runs.setdefault(row_key(row)[0], []).append(row)
+    keys = [tuple(line[k] for k in SETTING_KEYS) for line in summary]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    for ax, (field, name) in zip(axes, (("test_acc", "test accuracy (%)"), ("map_at_r", "MAP@R (%)"))):
-        for i, key in enumerate(keys):
-            values = percent_values(runs[key], field)
-            if not values:
+    for ax, (field, column, name) in zip(axes, (("acc", "test_acc", "test accuracy (%)"),
+                                                ("map_at_r", "map_at_r", "MAP@R (%)"))):
+        for i, (line, key) in enumerate(zip(summary, keys)):
+            mean = line[f"mean_{field}"]
+            if math.isnan(mean):  # no finished run reports it
                 continue
-            mean, std = mean_std(values)
-            std = 0.0 if math.isnan(std) else std
-            ax.errorbar(i, mean, yerr=[[std], [min(std, 100.0 - mean)]], fmt="_", markersize=18, color="tab:blue",
-                        capsize=4)
+            ax.errorbar(i, mean, yerr=error_bars([line], field), fmt="_", markersize=18, color="tab:blue", capsize=4)
+            values = percent_values(runs[key], column)
             ax.plot([i + 0.12] * len(values), values, "o", color="black", markerfacecolor="none", markersize=5)
             ax.annotate(f"{mean:.2f}", (i, mean), textcoords="offset points", xytext=(-8, 0), ha="right",
                         va="center", fontsize=8)
@@ -605,7 +605,7 @@ def plot_losses(plt, rows: list[dict], path: str) -> str:
         ax.set_xlim(-0.6, len(keys) - 0.4)
         ax.set_ylabel(name)
         ax.grid(axis="y", alpha=0.3)
-    seeds = sorted({int(r["seed"]) for key in keys for r in runs[key]})
+    seeds = sorted({int(r["seed"]) for r in rows})
     fig.suptitle(f"each loss at its margins: mean ± std (bar) over seeds {', '.join(map(str, seeds))}, every run a "
                  f"circle ({budget_of(rows)})")
     fig.tight_layout()
