@@ -218,3 +218,19 @@ def test_checkpoint_dir_is_refused_with_grouped_training_or_when_it_is_a_file(gr
         with pytest.raises(SystemExit) as exit_info:
             sweep_margins.main([*flags, *extra])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", sorted(sweep_margins.SCRIPTS))
+def test_train_preset_starts_every_run_from_the_scripts_named_defaults(script, tmp_path):
+    def base(*flags):
+        args = sweep_margins.build_parser().parse_args(["--dataset", script, "--out", str(tmp_path / "s.csv"), *flags])
+        return sweep_margins.base_config(args)
+
+    module = sweep_margins.SCRIPTS[script]
+    for preset, start in (("default", module.DEFAULTS.resolved()), ("report", module.REPORT.resolved())):
+        config = base("--train-preset", preset)
+        assert config.preset == preset and config.epochs == start.epochs  # the preset's own schedule length
+        changed = {k for k, v in config.as_row().items() if v != start.as_row()[k]}
+        assert changed <= {"out"}, changed
+    overridden = base("--train-preset", "report", "--epochs", "2", "--lr", "0.01")
+    assert (overridden.epochs, overridden.lr, overridden.widths) == (2, 0.01, module.REPORT.widths)
