@@ -9,7 +9,7 @@ live in common/sweep_summary.py).
     python sweep_margins.py --summarize results/sweep/table1_20epochs.csv --baseline results/sweep/table1.csv \
         --out results/sweep/table1_20epochs.csv     # also: does the budget change the ranking?
     python sweep_margins.py --preset claims --seeds 0 1 2 --data-root ../shared/data   # the report's other claims
-    python sweep_margins.py --preset claims --train-preset report --seeds 0 1 --no-amp   # ... on the report's network
+    python sweep_margins.py --preset claims --train-preset report --seeds 0 1   # ... on the report's network (float32)
 
 --preset claims trains every loss at its default margins in four scenarios (clean with corrupted test
 copies, long-tailed training sets at imbalance 10 and 100, and 2 held-out classes for open-set
@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="table1: the source paper's 40 MNIST settings; claims: every loss in the four scenarios of "
                         "the comparison table (clean + corruptions, imbalance 10 and 100, 2 held-out classes)")
     p.add_argument("--dataset", choices=sorted(SCRIPTS), default="mnist", help="which training script runs")
-    p.add_argument("--train-preset", choices=["default", "report"], default="default",
+    p.add_argument("--train-preset", choices=["default", *sorted({n for m in SCRIPTS.values() for n in m.PRESETS})],
+                   default="default",
                    help="the training script's named defaults that every run starts from (its --preset): default, "
                         "the recipe; report, the source report's network and schedule; flags given here override them")
     p.add_argument("--losses", nargs="+", default=["arcface"], help=f"losses of a custom grid: {', '.join(LOSSES)}")
@@ -288,12 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def base_config(args):
-    """The training script's defaults with the pass-through flags applied, validated up front."""
+    """The training script's defaults (or its --train-preset) with the pass-through flags applied, validated
+    up front."""
     script = SCRIPTS[args.dataset]
-    presets = {"report": script.REPORT}
-    start = presets.get(args.train_preset, script.DEFAULTS)
-    epochs = args.epochs if args.epochs is not None else start.epochs
-    flags = ["--preset", args.train_preset, "--epochs", str(epochs), "--out", args.out]
+    flags = ["--preset", args.train_preset, "--out", args.out]
+    flags += ["--epochs", str(args.epochs)] if args.epochs is not None else []  # else the preset's
     flags += ["--corruptions"] if args.corruptions else []
     for flag in PASS_THROUGH:
         value = getattr(args, flag[2:].replace("-", "_"))
@@ -303,7 +303,7 @@ def base_config(args):
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:
             flags += [flag if value else f"--no-{flag[2:]}"]
-    return parse_config(flags, script.DEFAULTS, "sweep_margins.py", "", presets)
+    return parse_config(flags, script.DEFAULTS, "sweep_margins.py", "", script.PRESETS)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

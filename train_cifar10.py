@@ -38,6 +38,7 @@ DEFAULTS = TrainConfig(dataset=CIFAR10.name, widths=(64, 256, 256), convs_per_st
 REPORT = TrainConfig(dataset=CIFAR10.name, preset="report", widths=(64, 256, 64), convs_per_stage=1, epochs=20,
                      batch_size=100, lr=0.05, crop_padding=4, flip=True, margin_grad="exact", margin_warmup=0.0,
                      amp=False, image_size=CIFAR10.image_size, out="results/train_cifar10.csv")
+PRESETS = {"report": REPORT}  # --preset names besides "default"; sweep_margins.py --train-preset too
 CHECK_EVERY = 50  # steps between checks for a non-finite loss (one host sync each)
 
 
@@ -107,7 +108,7 @@ def run(config: TrainConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return cli_main(run, DEFAULTS, "train_cifar10.py", __doc__, argv, {"report": REPORT})
+    return cli_main(run, DEFAULTS, "train_cifar10.py", __doc__, argv, PRESETS)
 
 
 if __name__ == "__main__":
