@@ -24,7 +24,7 @@ from common.cli import OneLineErrorParser
 from common.device import device_flag
 from common.geometry import angles_to_centres, angular_statistics, target_and_nearest_other, to_sphere_3d
 from common.checkpoints import load_checkpoint, read_checkpoint
-from common.data import DATASETS, DataError
+from common.data import DataError, dataset_for
 from common.evaluation import embed
 from common.results import check_writable, read_rows, write_csv
 from common.training import DivergedError, build_model
@@ -58,10 +58,17 @@ def load_model(path: str, data_root: str | None, device: torch.device) -> Model:
     state = read_checkpoint(path)  # on the CPU; load_state_dict copies onto `device`
     config = config_from_row(state["config"], **({"data_root": data_root} if data_root else {}))
     num_classes = next(iter(state["head"].values())).shape[0]  # weight, linear.weight or centres: (C, ...)
-    net, head = build_model(config, DATASETS[config.dataset].channels, num_classes, device)
+    net, head = build_model(config, in_channels(state["net"].values()), num_classes, device)
     net.load_state_dict(state["net"])
     head.load_state_dict(state["head"])
     return Model(config.loss, config, net.eval(), head.eval(), state["history"])
+
+
+def in_channels(weights) -> int:
+    """Image channels a backbone takes: the in-channels of its first 4-D weight (out, in, kh, kw); `weights`
+    is a Network or an iterable of its state dict's tensors."""
+    tensors = weights.parameters() if isinstance(weights, torch.nn.Module) else weights
+    return next(w for w in tensors if w.dim() == 4).shape[1]
 
 
 def class_centres(model: Model, embeddings_of, data) -> torch.Tensor:
@@ -78,7 +85,7 @@ def class_centres(model: Model, embeddings_of, data) -> torch.Tensor:
 
 def analyse(model: Model, device: torch.device) -> dict:
     """Test embeddings, centres, accuracy and angular statistics of one model."""
-    dataset = DATASETS[model.config.dataset]
+    dataset = dataset_for(model.config.dataset, in_channels(model.net))
     data = dataset.load(model.config).hold_out_classes(model.config.holdout_classes)[0].to(device)  # trained classes
     normalize = dataset.normalizer(device)
     embeddings_of = lambda images: embed(model.net, images, normalize, amp=False)  # noqa: E731
@@ -266,7 +273,7 @@ def train_missing(args, device: torch.device) -> list[str]:
                          lr=args.lr, device=str(device), data_root=args.data_root,
                          max_train_samples=args.max_train_samples, checkpoint=path,
                          out=os.path.join(args.out_dir, "trained_models.csv"), progress=args.progress,
-                         threads=args.threads)
+                         threads=args.threads).named()
         epochs_done = checkpoint_progress(path, config)
         if epochs_done < args.epochs:
             print(f"training {loss} ({args.dataset}, latent dim {args.latent_dim}) -> {path}", flush=True)

@@ -74,7 +74,7 @@ def jobs_for(grid: list[tuple], seeds: list[int], shard: tuple[int, int],
 # every training setting that changes the result, and the device type (shuffling and augmentation draw
 # from a different generator on CPU and CUDA, and CUDA uses TF32). The data root is left out, so a
 # sweep can move folders; what it holds is the user's to keep the same.
-SIGNATURE_KEYS = ("dataset", "epochs", "max_train_samples", "train_subset", "latent_dim", "widths", "convs_per_stage",
+SIGNATURE_KEYS = ("dataset", "epochs", "num_classes", "val_per_class", "max_train_samples", "train_subset", "latent_dim", "widths", "convs_per_stage",
                   "batch_size", "lr", "momentum", "weight_decay", "warmup", "triplet_margin", "image_size", "amp",
                   "corruption_samples", "device", "head_weight_decay", "label_smoothing", "embedding_bn", "whiten",
                   "dirac_init", "activation", "pool_first", "global_pool", "bn_scale", "bn_bias_lr", "lookahead",
@@ -232,7 +232,7 @@ PASS_THROUGH = ("--data-root", "--max-train-samples", "--device", "--latent-dim"
                 "--batch-size", "--lr", "--momentum", "--warmup", "--bn-bias-lr", "--weight-decay",
                 "--head-weight-decay", "--label-smoothing", "--triplet-margin", "--margin-warmup", "--crop-padding",
                 "--activation", "--global-pool", "--margin-tail", "--margin-grad", "--image-size", "--imbalance",
-                "--holdout-classes", "--corruption-samples", "--eval-every")
+                "--holdout-classes", "--corruption-samples", "--eval-every", "--num-classes", "--val-per-class")
 # On/off flags passed on as --flag / --no-flag when given.
 SWITCHES = ("--embedding-bn", "--whiten", "--dirac-init", "--pool-first", "--bn-scale", "--lookahead", "--flip",
             "--flip-tta", "--translate-tta", "--amp")

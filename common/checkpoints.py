@@ -20,10 +20,10 @@ RESUME_KEYS = ("dataset", "loss", "s", "m1", "m2", "m3", "triplet_margin", "late
                "head_weight_decay", "label_smoothing", "embedding_bn", "whiten", "dirac_init", "activation",
                "pool_first", "global_pool", "bn_scale", "bn_bias_lr",
                "lookahead", "margin_warmup", "margin_tail", "margin_grad", "crop_padding", "flip",
-               "seed", "image_size", "max_train_samples", "train_subset", "imbalance", "holdout_classes")
+               "seed", "image_size", "num_classes", "val_per_class", "max_train_samples", "train_subset", "imbalance", "holdout_classes")
 # The value a setting had before it became a config field: what result rows and checkpoints written then,
 # which lack the column, ran with. Read by check_resume and by sweep_margins.py's run signature.
-FORMER_VALUES = {"train_subset": "", "momentum": 0.9, "weight_decay": 0.0005, "warmup": 0.2, "triplet_margin": 0.2,
+FORMER_VALUES = {"train_subset": "", "num_classes": None, "val_per_class": 0, "momentum": 0.9, "weight_decay": 0.0005, "warmup": 0.2, "triplet_margin": 0.2,
                  "amp": False, "corruption_samples": 2000, "head_weight_decay": 0.0005, "label_smoothing": 0.0,
                  "embedding_bn": False, "whiten": False, "dirac_init": False, "bn_bias_lr": 1.0,
                  "lookahead": False, "activation": "relu", "pool_first": False, "global_pool": "avg", "bn_scale": True,

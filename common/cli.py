@@ -157,6 +157,12 @@ def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse
                    help="dataset folder: torchvision's layout (downloaded on first use) or train/<class>/*, test/<class>/*")
     p.add_argument("--no-download", dest="download", action="store_false", help="never download; fail if the data is missing")
     p.add_argument("--image-size", type=int, default=d.image_size, help="side length that image-folder images are resized to")
+    p.add_argument("--num-classes", type=int, default=d.num_classes,
+                   help="train and test on this many classes: the first of a fixed shuffle of the class names, so "
+                        "a smaller count keeps a subset of a larger one (default: all)")
+    p.add_argument("--val-per-class", type=int, default=d.val_per_class,
+                   help="hold out this many training images per class (the same for every run) and report them in "
+                        "the test columns instead of the test set, which is then never scored (0: the test set)")
     p.add_argument("--max-train-samples", type=int, default=d.max_train_samples,
                    help="train on N images: a random subset fixed by --seed that keeps every class's share "
                         "(stratified; taken after --holdout-classes, before --imbalance) (default: all)")
@@ -195,7 +201,7 @@ def parse_config(argv: list[str] | None, defaults: TrainConfig, prog: str, descr
                                                             for name in sorted(presets)))
     args = vars(parser.parse_args(argv))
     known = {f.name for f in fields(TrainConfig)}
-    config = replace(chosen, **{k: v for k, v in args.items() if k in known})
+    config = replace(chosen, **{k: v for k, v in args.items() if k in known}).named()  # validated as it will run
     try:
         config.validate()
     except ValueError as exc:

@@ -6,6 +6,7 @@ import os
 from dataclasses import asdict, dataclass, replace
 
 from .checkpoints import check_resume
+from .data import folder_name, is_image_folder
 from .device import has_native_bf16, pick_device
 from .heads import LOSSES, MARGIN_DEFAULTS, NO_MARGINS, check_margin_options, check_margins
 from .network import ACTIVATIONS, GLOBAL_POOLS
@@ -61,6 +62,8 @@ class TrainConfig:
     data_root: str = "data"
     download: bool = True
     image_size: int = 32
+    num_classes: int | None = None  # keep this many classes, a nested subset fixed once (data.class_order)
+    val_per_class: int = 0  # evaluate on this many held-out training images per class instead of the test set
     max_train_samples: int | None = None
     imbalance: float = 1.0  # largest / smallest training class; 1 keeps the training set as it is
     holdout_classes: int = 0  # last K classes never trained on, used for open-set verification
@@ -85,12 +88,19 @@ class TrainConfig:
                 f"batch {self.batch_size}, lr {self.lr:g}, {augment}")
 
     def resolved(self) -> TrainConfig:
-        """This config with --amp auto (None) decided for its device: on where bfloat16 runs in hardware
-        (`has_native_bf16`: CUDA from Ampere on, CPUs with AVX512-BF16 or AMX), off elsewhere. Picks the
-        device, so call it after `validate`; a config with amp True or False is returned as it is."""
-        if self.amp is not None:
-            return self
-        return replace(self, amp=has_native_bf16(pick_device(self.device)))
+        """This config with what depends on the machine and the data root decided: --amp auto (None) on
+        where bfloat16 runs in hardware (`has_native_bf16`: CUDA from Ampere on, CPUs with AVX512-BF16 or
+        AMX), off elsewhere; and `dataset` named after the folder when --data-root is an image folder (so a
+        user's folder, or the JPEG copy of CIFAR-10, is never recorded as the script's torchvision dataset).
+        Picks the device, so call it after `validate`."""
+        config = self.named()
+        if config.amp is None:
+            config = replace(config, amp=has_native_bf16(pick_device(self.device)))
+        return config
+
+    def named(self) -> TrainConfig:
+        """This config with `dataset` named after --data-root when that is an image folder (`resolved`)."""
+        return replace(self, dataset=folder_name(self.data_root)) if is_image_folder(self.data_root) else self
 
     def head_decay(self) -> float:
         """The head's weight decay: --head-weight-decay, or --weight-decay when that is not given."""
@@ -116,6 +126,10 @@ class TrainConfig:
                              f"got {self.holdout_classes}")
         if self.corruption_samples < 1:
             raise ValueError(f"--corruption-samples must be >= 1, got {self.corruption_samples}")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ValueError(f"--num-classes must be >= 2, got {self.num_classes}")
+        if self.val_per_class < 0:
+            raise ValueError(f"--val-per-class must be >= 0 (0: evaluate on the test set), got {self.val_per_class}")
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError(f"--max-train-samples must be >= 1, got {self.max_train_samples}")
         if not self.widths or min(self.widths) < 1:

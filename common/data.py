@@ -7,6 +7,8 @@ image size and loader.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 import os
 import shutil
@@ -17,6 +19,9 @@ import numpy as np
 import torch
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+CLASS_ORDER_SEED = 0  # fixes which classes --num-classes keeps (`class_order`), the same for every run and seed
+VALIDATION_SEED = 0  # fixes which training images --val-per-class holds out, the same for every run and seed
+CACHE_NAME = ".decoded-{mode}-{size}px.pt"  # an image folder's decoded tensors, beside train/ and test/
 
 
 class DataError(RuntimeError):
@@ -73,6 +78,40 @@ class ImageData:
         index = torch.cat(keep).sort().values.to(self.train_y.device)
         return ImageData(self.train_x[index], self.train_y[index], self.test_x, self.test_y, self.classes)
 
+    def keep_classes(self, count: int | None) -> "ImageData":
+        """The first `count` classes of `class_order(self.classes)` (a fixed shuffle, so the subsets are
+        nested: 10 within 50 within 200), in train and test, relabelled 0..count-1 in their old order; all of
+        them when count is None or the number of classes."""
+        if count is None or count == self.num_classes:
+            return self
+        if not 2 <= count <= self.num_classes:
+            raise ValueError(f"--num-classes must be between 2 and the data's {self.num_classes} classes, got {count}")
+        kept = sorted(class_order(self.classes)[:count])  # (count,) old labels, ascending
+        relabel = torch.full((self.num_classes,), -1, dtype=torch.long)
+        relabel[torch.tensor(kept)] = torch.arange(count)
+        train_y, test_y = relabel[self.train_y.cpu()], relabel[self.test_y.cpu()]
+        train, test = train_y >= 0, test_y >= 0
+        return ImageData(self.train_x[train], train_y[train], self.test_x[test], test_y[test],
+                         [self.classes[c] for c in kept])
+
+    def validation_split(self, per_class: int) -> "ImageData":
+        """Hold out `per_class` training images of every class (a choice fixed by VALIDATION_SEED, the
+        same for every run) and evaluate on them instead of the test set, which is then never read.
+        0 returns the data unchanged. ValueError when a class has no more than `per_class` images."""
+        if per_class == 0:
+            return self
+        counts = self.train_class_counts()
+        if min(counts) <= per_class:
+            raise ValueError(f"--val-per-class {per_class} leaves no training image in class "
+                             f"{self.classes[counts.index(min(counts))]!r} ({min(counts)} images)")
+        generator = torch.Generator().manual_seed(VALIDATION_SEED)
+        labels = self.train_y.cpu()
+        held = torch.zeros(len(labels), dtype=torch.bool)
+        for c in range(self.num_classes):
+            members = torch.nonzero(labels == c).flatten()
+            held[members[torch.randperm(len(members), generator=generator)[:per_class]]] = True
+        return ImageData(self.train_x[~held], labels[~held], self.train_x[held], labels[held], self.classes)
+
     def hold_out_classes(self, count: int) -> tuple["ImageData", torch.Tensor, torch.Tensor]:
         """Split off the last `count` classes for open-set evaluation.
 
@@ -87,6 +126,14 @@ class ImageData:
         train, test = self.train_y < seen, self.test_y < seen
         kept = ImageData(self.train_x[train], self.train_y[train], self.test_x[test], self.test_y[test], self.classes[:seen])
         return kept, self.test_x[~test], self.test_y[~test]
+
+
+def class_order(classes: list[str]) -> list[int]:
+    """Class indices in a fixed pseudo-random order (CLASS_ORDER_SEED over the sorted names): the first C
+    are the classes that --num-classes C keeps, so a smaller C always keeps a subset of a larger one."""
+    generator = torch.Generator().manual_seed(CLASS_ORDER_SEED)
+    by_name = sorted(range(len(classes)), key=lambda c: classes[c])
+    return [by_name[i] for i in torch.randperm(len(classes), generator=generator).tolist()]
 
 
 def long_tailed_counts(available: list[int], ratio: float) -> list[int]:
@@ -122,6 +169,12 @@ def stratified_counts(available: list[int], n: int) -> list[int]:
 
 def is_image_folder(root: str) -> bool:
     return os.path.isdir(os.path.join(root, "train")) and os.path.isdir(os.path.join(root, "test"))
+
+
+def folder_name(root: str) -> str:
+    """The name an image folder's rows carry as their dataset: the folder's own name (data/tiny-imagenet-200/
+    -> tiny-imagenet-200)."""
+    return os.path.basename(os.path.normpath(os.path.abspath(root)))
 
 
 def _torchvision_split(dataset_class, root: str, train: bool, download: bool, name: str, how: str):
@@ -197,8 +250,10 @@ def list_image_folder(root: str) -> tuple[list[str], dict[str, tuple[list[str], 
     """
     train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
     classes = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
-    if not classes:
-        raise DataError(f"no class folders under {os.path.abspath(train_dir)}; expected train/<class>/<image>")
+    if len(classes) < 2:
+        found = f"only {classes[0]!r}" if classes else "none"
+        raise DataError(f"{os.path.abspath(train_dir)} needs at least 2 class folders (found {found}); "
+                        "expected train/<class>/<image>")
     unknown = sorted(set(d for d in os.listdir(test_dir) if os.path.isdir(os.path.join(test_dir, d))) - set(classes))
     if unknown:
         raise DataError(f"test classes {unknown} have no folder under {os.path.abspath(train_dir)}; "
@@ -237,14 +292,61 @@ def _decode(paths: list[str], mode: str, size: int) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N, C, size, size)
 
 
+def folder_fingerprint(root: str, splits: dict[str, tuple[list[str], list[int]]]) -> str:
+    """A hash of every image's path (relative to root), label, size in bytes and modification time: it
+    changes when an image is added, removed, relabelled, replaced or edited."""
+    digest = hashlib.sha256()
+    for paths, labels in splits.values():
+        for path, label in zip(paths, labels):
+            stat = os.stat(path)
+            digest.update(f"{os.path.relpath(path, root)}\t{label}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def load_image_folder(root: str, channels: int, size: int) -> ImageData:
-    """Decode ROOT/{train,test}/<class>/* once, as `channels` (1 or 3) x size x size uint8."""
+    """Decode ROOT/{train,test}/<class>/* as `channels` (1 or 3) x size x size uint8 (greyscale images in an
+    RGB folder are converted, and any size resized), and cache the tensors in ROOT/CACHE_NAME.
+
+    The cache is used only while its fingerprint (`folder_fingerprint`) matches the folder; a stale,
+    unreadable or damaged cache is decoded anew and replaced. A folder that cannot be written is decoded
+    every time (nothing fails)."""
     classes, splits = list_image_folder(root)
     mode = "L" if channels == 1 else "RGB"
+    cache = os.path.join(root, CACHE_NAME.format(mode=mode, size=size))
+    fingerprint = folder_fingerprint(root, splits)
+    cached = _read_cache(cache, fingerprint)
+    if cached is not None:
+        return ImageData(*cached, classes)
     tensors = []
     for paths, labels in splits.values():
         tensors += [_decode(paths, mode, size), torch.tensor(labels, dtype=torch.long)]
+    _write_cache(cache, fingerprint, tensors)
     return ImageData(*tensors, classes)
+
+
+def _read_cache(path: str, fingerprint: str) -> list[torch.Tensor] | None:
+    """The cached (train_x, train_y, test_x, test_y) if `path` holds them for this fingerprint, else None."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state["fingerprint"] == fingerprint:
+            return [state[k] for k in ("train_x", "train_y", "test_x", "test_y")]
+    except Exception:  # noqa: BLE001 - a damaged cache is only a slower start: decode again
+        pass
+    return None
+
+
+def _write_cache(path: str, fingerprint: str, tensors: list[torch.Tensor]) -> None:
+    """Save the decoded tensors atomically (temporary file, then rename); skip quietly where that fails
+    (a read-only folder, a full disk): the cache only saves time."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        torch.save({"fingerprint": fingerprint, **dict(zip(("train_x", "train_y", "test_x", "test_y"), tensors))}, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError):
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 class Normalize:
@@ -313,3 +415,9 @@ class Dataset:
 MNIST = Dataset("mnist", 1, (0.1307,), (0.3081,), 28, load_mnist)
 CIFAR10 = Dataset("cifar10", 3, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), 32, load_cifar10)
 DATASETS = {dataset.name: dataset for dataset in (MNIST, CIFAR10)}
+
+
+def dataset_for(name: str, channels: int) -> Dataset:
+    """The `Dataset` that reads rows named `name`: MNIST or CIFAR10 by name; an image folder (named after
+    itself) through the script that trains its channels, train_mnist.py for 1 and train_cifar10.py for 3."""
+    return DATASETS.get(name) or (MNIST if channels == 1 else CIFAR10)

@@ -1,5 +1,5 @@
 """Everything that scores a trained model: embeddings of a test set (`embed`), the per-epoch test metrics
-and geometry diagnostics (`evaluate`), the classification metrics from a confusion matrix, and the
+and geometry diagnostics (`evaluate`), top-k accuracy, the classification metrics from a confusion matrix, and the
 evaluations run once after training (`evaluate_extras`): rare-class recall, embedding retrieval, open-set
 verification on held-out classes, and accuracy on corrupted test images."""
 from __future__ import annotations
@@ -68,12 +68,23 @@ def evaluate(net: nn.Module, head: nn.Module, data: ImageData, normalize: Normal
     embeddings = embed_as(config, net, data.test_x, normalize)  # (N, D)
     logits = head(embeddings)  # (N, C); s * cos for a margin head (no labels: no margin)
     confusion = confusion_matrix(data.test_y, logits.argmax(dim=1), data.num_classes)
-    metrics = {**classification_metrics(confusion), "embedding_norm": embeddings.norm(dim=1).mean().item()}
+    metrics = {**classification_metrics(confusion), "top5": top_k_accuracy(logits, data.test_y, 5),
+               "embedding_norm": embeddings.norm(dim=1).mean().item()}
     if isinstance(head, ArcNet):
         cos = (logits.gather(1, data.test_y.view(-1, 1)) / head.s).clamp(-1.0, 1.0)  # (N, 1)
         metrics["target_angle"] = torch.rad2deg(torch.acos(cos)).mean().item()
         metrics["centre_angle"] = mean_pairwise_angle(head.weight.detach().float())
     return metrics, confusion
+
+
+def top_k_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int) -> float:
+    """Fraction of rows of `logits` (N, C) whose target class (N,) is among its k largest (all C when C <= k,
+    so the value is then 1). Ties at the k-th place are broken by torch.topk's order, as in every top-k
+    accuracy; NaN for no rows."""
+    if len(targets) == 0:
+        return float("nan")
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices  # (N, k)
+    return (top == targets.view(-1, 1)).any(dim=1).double().mean().item()
 
 
 def mean_pairwise_angle(vectors: torch.Tensor) -> float:

@@ -206,7 +206,8 @@ def write_results(config, record: RunRecord, metrics: dict, confusion: torch.Ten
     beside it. `extras` is what `evaluation.evaluate_extras` returns. A run whose row (same run_id, as a
     resumed finished checkpoint has) is already in config.out is not appended twice."""
     columns, corrupted = extras
-    row = {**config.as_row(), "test_acc": metrics["accuracy"], "test_precision": metrics["precision"],
+    row = {**config.as_row(), "test_acc": metrics["accuracy"], "test_top5": metrics["top5"],
+           "test_precision": metrics["precision"],
            "test_recall": metrics["recall"], "test_f1": metrics["f1"],
            "per_class_recall": ";".join(f"{r:.4f}" for r in metrics["per_class_recall"]), **columns,
            "train_tflop": record.train_tflop, "train_seconds": round(record.train_seconds, 2),
@@ -222,7 +223,8 @@ def write_results(config, record: RunRecord, metrics: dict, confusion: torch.Ten
     if corrupted:
         write_csv(os.path.join(run_dir, "corruptions.csv"), corrupted)
     if append_row(config.out, row, unique="run_id"):
-        print(f"{config.dataset} {config.loss}: test acc {metrics['accuracy']:.4f}, macro F1 {metrics['f1']:.4f}, "
+        print(f"{config.dataset} {config.loss}: {'validation' if config.val_per_class else 'test'} acc "
+              f"{metrics['accuracy']:.4f}, top-5 {metrics['top5']:.4f}, macro F1 {metrics['f1']:.4f}, "
               f"{record.train_tflop:.3g} TFLOP and {record.train_seconds:.0f} s to train; row appended to {config.out}",
               flush=True)
     else:

@@ -53,10 +53,13 @@ def warn_if_slow_amp(config: TrainConfig, device: torch.device) -> None:
 
 def load_training_data(config: TrainConfig, dataset: Dataset,
                        device: torch.device) -> tuple[ImageData, tuple[torch.Tensor, torch.Tensor]]:
-    """The dataset as `config` shapes it, on the device: held-out classes set apart, then a stratified
-    subset of --max-train-samples images, then a long tail (--imbalance). Returns (data, open set), the
-    open set being the held-out classes' test images and labels (empty without --holdout-classes)."""
-    data, open_x, open_y = dataset.load(config).hold_out_classes(config.holdout_classes)
+    """The dataset as `config` shapes it, on the device: the --num-classes subset of classes, the
+    --val-per-class validation split (evaluated instead of the test set), held-out classes set apart, then a
+    stratified subset of --max-train-samples images, then a long tail (--imbalance). Returns (data, open
+    set), the open set being the held-out classes' evaluation images and labels (empty without
+    --holdout-classes)."""
+    data = dataset.load(config).keep_classes(config.num_classes).validation_split(config.val_per_class)
+    data, open_x, open_y = data.hold_out_classes(config.holdout_classes)
     data = data.subset_train(config.max_train_samples, config.seed).long_tailed(config.imbalance, config.seed).to(device)
     return data, (open_x.to(device), open_y.to(device))
 
@@ -236,7 +239,7 @@ def record_epoch(history: list[dict], epoch: int, epochs: int, losses: torch.Ten
     for an epoch that was not evaluated (metrics None)."""
     mean_loss = losses.mean().item()
     tested = metrics or {}
-    history.append({"epoch": epoch + 1, "train_loss": mean_loss, "test_acc": tested.get("accuracy", ""),
+    history.append({"epoch": epoch + 1, "train_loss": mean_loss, "test_acc": tested.get("accuracy", ""), "test_top5": tested.get("top5", ""),
                     "test_f1": tested.get("f1", ""), "lr": scheduler.get_last_lr()[0], "train_seconds": train_seconds,
                     "embedding_norm": tested.get("embedding_norm", ""), "target_angle": tested.get("target_angle", ""),
                     "centre_angle": tested.get("centre_angle", "")})

@@ -51,18 +51,18 @@ def test_resume_of_a_dict_that_is_not_a_checkpoint(tmp_path, capsys, monkeypatch
     assert "is not a checkpoint written by --checkpoint (no 'head' entry)" in err
 
 
-def test_resume_of_a_checkpoint_from_another_device_is_refused(checkpoint, tmp_path, capsys, monkeypatch):
+def test_resume_of_a_checkpoint_from_another_device_is_refused(checkpoint, gray_folder, tmp_path, capsys, monkeypatch):
     state = torch.load(checkpoint, weights_only=True)
     state.update(device="cuda", generator=torch.zeros(16, dtype=torch.uint8))  # a CUDA Philox state
     torch.save(state, tmp_path / "cuda.pt")
     no_data_reads(monkeypatch)
-    err = one_line_exit_2(train_mnist.main, [*TINY, "--resume", str(tmp_path / "cuda.pt"), "--out", str(tmp_path / "r.csv")],
-                          capsys)
+    err = one_line_exit_2(train_mnist.main, [*TINY, "--data-root", gray_folder, "--resume", str(tmp_path / "cuda.pt"),
+                                             "--out", str(tmp_path / "r.csv")], capsys)
     assert "was saved on cuda, this run is on cpu" in err and "--device cuda" in err
     del state["device"]  # an older checkpoint: the generator state alone tells
     torch.save(state, tmp_path / "old.pt")
-    err = one_line_exit_2(train_mnist.main, [*TINY, "--resume", str(tmp_path / "old.pt"), "--out", str(tmp_path / "r.csv")],
-                          capsys)
+    err = one_line_exit_2(train_mnist.main, [*TINY, "--data-root", gray_folder, "--resume", str(tmp_path / "old.pt"),
+                                             "--out", str(tmp_path / "r.csv")], capsys)
     assert "was saved on cuda" in err
 
 
