@@ -17,8 +17,6 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-import train_cifar10
-import train_mnist
 from common import ArcNet, CentroidHead, Network, TrainConfig
 from common.cli import OneLineErrorParser
 from common.device import device_flag
@@ -28,8 +26,8 @@ from common.data import DataError, dataset_for
 from common.evaluation import embed
 from common.results import check_writable, read_rows, write_csv
 from common.training import DivergedError, build_model
+from sweep_margins import SCRIPTS
 
-SCRIPTS = {"mnist": train_mnist, "cifar10": train_cifar10}
 DEFAULT_LOSSES = ("softmax", "arcface", "combined", "triplet")
 CENTRE_SAMPLES = 10_000  # training images whose mean embedding is a softmax model's class centre
 SPHERE_POINTS = 2_000  # test embeddings drawn per sphere (all of them enter the statistics)
@@ -268,7 +266,7 @@ def train_missing(args, device: torch.device) -> list[str]:
     paths = []
     for loss in args.losses:
         path = os.path.join(args.checkpoint_dir, f"{args.dataset}-{loss}-d{args.latent_dim}-seed{args.seed}.pt")
-        defaults = script.REPORT if args.preset == "report" else script.DEFAULTS
+        defaults = script.PRESETS.get(args.preset, script.DEFAULTS)
         config = replace(defaults, loss=loss, latent_dim=args.latent_dim, epochs=args.epochs, seed=args.seed,
                          lr=args.lr, device=str(device), data_root=args.data_root,
                          max_train_samples=args.max_train_samples, checkpoint=path,
@@ -288,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", action="store_true", help="train (or resume) one model per --losses first, then plot them")
     p.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES), help="losses that --train trains")
     p.add_argument("--dataset", default="mnist", choices=sorted(SCRIPTS), help="dataset that --train uses")
-    p.add_argument("--preset", choices=["default", "report"], default="default",
+    p.add_argument("--preset", choices=["default", *sorted({n for m in SCRIPTS.values() for n in m.PRESETS})],
+                   default="default",
                    help="the training script's defaults that --train starts from: its recipe, or the source report's "
                         "setting (its --preset report)")
     p.add_argument("--latent-dim", type=int, default=3, help="embedding dimension that --train uses")

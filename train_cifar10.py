@@ -19,7 +19,7 @@ from common.data import CIFAR10, augment
 from common.evaluation import evaluate, evaluate_extras
 from common.network import as_float, net_forward
 from common.results import write_results
-from common.training import (Lookahead, build_model, check_finite, count_train_tflop, evaluates_at, fit_whitening,
+from common.training import (build_model, check_checkpoint_space, check_finite, count_train_tflop, evaluates_at, fit_whitening,
                              load_training_data, make_optimizer, record_epoch, set_margin_ramp, start,
                              steps_per_epoch)
 
@@ -32,12 +32,12 @@ DEFAULTS = TrainConfig(dataset=CIFAR10.name, widths=(64, 256, 256), convs_per_st
                        whiten=True, dirac_init=True, activation="gelu",
                        pool_first=True, global_pool="max", bn_scale=False, crop_padding=2, flip=True, flip_tta=True,
                        translate_tta=True, margin_grad="unit", margin_warmup=0.3, amp=None,
-                       image_size=CIFAR10.image_size, out="results/train_cifar10.csv")
+                       image_size=CIFAR10.image_size, out="runs/train_cifar10.csv")
 # --preset report: the source report's network (64-256-64, one conv per stage, conv-BN-ReLU), batch 100, crop 4 and
 # flip, 20 epochs at lr 0.05, exact margin gradient, float32: none of the recipe's settings.
 REPORT = TrainConfig(dataset=CIFAR10.name, preset="report", widths=(64, 256, 64), convs_per_stage=1, epochs=20,
                      batch_size=100, lr=0.05, crop_padding=4, flip=True, margin_grad="exact", margin_warmup=0.0,
-                     amp=False, image_size=CIFAR10.image_size, out="results/train_cifar10.csv")
+                     amp=False, image_size=CIFAR10.image_size, out="runs/train_cifar10.csv")
 PRESETS = {"report": REPORT}  # --preset names besides "default"; sweep_margins.py --train-preset too
 CHECK_EVERY = 50  # steps between checks for a non-finite loss (one host sync each)
 
@@ -59,24 +59,23 @@ def train_step(config: TrainConfig, net, head, optimizer, scheduler, normalize, 
 def run(config: TrainConfig) -> dict:
     """Train one model as `config` says and return its results row (also appended to config.out)."""
     config = config.resolved()  # --amp auto: decided for the device
-    device = start(config)  # validate, device, threads, seed
+    device, resumed = start(config)  # validate, device, files, --resume read once, threads, seed
     data, open_set = load_training_data(config, CIFAR10, device)  # uint8 images on the device
     normalize = CIFAR10.normalizer(device)
     net, head = build_model(config, CIFAR10.channels, data.num_classes, device)
+    check_checkpoint_space(config, net, head)  # room for a checkpoint of this model, before training
     fit_whitening(config, net, data, normalize)  # --whiten
     steps = steps_per_epoch(len(data.train_y), config.batch_size)
     optimizer, scheduler = make_optimizer(config, net, head, steps * config.epochs)
     generator = torch.Generator(device).manual_seed(config.seed)  # shuffling and augmentation
-    record = resume_run(config, net, head, optimizer, scheduler, generator)  # --resume, or a new record
+    record = resume_run(config, resumed, net, head, optimizer, scheduler, generator)  # or a new record
     record.train_tflop = count_train_tflop(config, net, head, data, normalize)
-    lookahead = Lookahead(config, steps * config.epochs)  # --lookahead (off: no-ops)
     metrics = None
 
     for epoch in range(record.first_epoch, config.epochs):
         started = time.perf_counter()
         net.train()
         head.train()
-        lookahead.begin_epoch(net, head, epoch * steps)
         order = torch.randperm(len(data.train_y), generator=generator, device=device)
         losses = torch.zeros(steps, device=device)  # per-step losses, kept on the device
         batches = tqdm(order.split(config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
@@ -85,12 +84,10 @@ def run(config: TrainConfig) -> dict:
             set_margin_ramp(head, config, epoch * steps + step, config.epochs * steps)  # --margin-warmup
             losses[step] = train_step(config, net, head, optimizer, scheduler, normalize, generator,
                                       data.train_x[batch], data.train_y[batch])
-            lookahead.step(net, head, epoch * steps + step + 1)
             if (step + 1) % CHECK_EVERY == 0:
                 check_finite(losses, step + 1 - CHECK_EVERY, step + 1, epoch)
                 batches.set_postfix(loss=f"{losses[step].item():.4f}")
         check_finite(losses, steps - steps % CHECK_EVERY, steps, epoch)  # the steps after the last full window
-        lookahead.end_epoch(net, head)
         record.train_seconds += time.perf_counter() - started
 
         metrics = None

@@ -27,17 +27,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
-import train_cifar10  # noqa: E402
-import train_mnist  # noqa: E402
 from common.cli import OneLineErrorParser  # noqa: E402
 from common.heads import LOSSES  # noqa: E402
 from common.data import DATASETS, DataError, ImageData  # noqa: E402
 from common.device import configure_backends, device_flag, device_name, has_native_bf16, synchronize  # noqa: E402
 from common.results import atomic_write_text, check_writable, environment_info  # noqa: E402
+from sweep_margins import SCRIPTS  # noqa: E402
 from common.training import (build_model, first_batch_flops_per_image, fit_whitening, make_optimizer,  # noqa: E402
                              set_margin_ramp, start, steps_per_epoch)
 
-SCRIPTS = {"mnist": train_mnist, "cifar10": train_cifar10}
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 SYNTHETIC_IMAGES = 6000  # enough for several passes of timed steps; content does not change the speed
 
@@ -104,7 +102,7 @@ def fast_step_fn(name: str, data: ImageData, config):
     """(b): the training script's own `train_step`, with the margin ramp its loop sets before each step, on the
     model, optimiser and schedule its run() builds with the same calls. Returns (step, training FLOPs per image)."""
     script, dataset = SCRIPTS[name], DATASETS[name]
-    device = start(config)  # validate, device, threads, seed
+    device, _ = start(config)  # validate, device, files, threads, seed
     data = data.to(device)
     normalize = dataset.normalizer(device)
     net, head = build_model(config, dataset.channels, data.num_classes, device)

@@ -4,6 +4,7 @@ into one-line errors."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields, replace
 
@@ -14,6 +15,7 @@ from .data import DataError
 from .device import device_flag, pick_device
 from .heads import LOSSES, MARGIN_GRADS, TAILS
 from .network import ACTIVATIONS, GLOBAL_POOLS
+from .results import RowNotWrittenError
 from .training import DivergedError
 
 
@@ -117,13 +119,6 @@ def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse
     p.add_argument("--bn-scale", action=argparse.BooleanOptionalAction, default=d.bn_scale,
                    help="train the scales of the conv BatchNorms; --no-bn-scale fixes them at 1, as airbench "
                         "(the shifts always train)")
-    p.add_argument("--bn-bias-lr", type=float, default=d.bn_bias_lr,
-                   help="BatchNorm biases train at this multiple of --lr, with --weight-decay divided by it "
-                        "(airbench: 64)")
-    p.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=d.lookahead,
-                   help="airbench's lookahead: from 30%% of the steps on, every 5 steps an average of the weights "
-                        "(and BatchNorm statistics) moves toward them and replaces them, averaging harder as "
-                        "training ends; the model is the average after every epoch")
     p.add_argument("--margin-tail", choices=TAILS, default=d.margin_tail,
                    help="target logit beyond theta_b = (pi - m2) / m1, where cos(m1*theta + m2) bottoms out: "
                         "sphereface: its periodic extension (slope 0 at theta_b); cosine: cos(theta) minus a constant "
@@ -187,7 +182,8 @@ def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse
 
 def parse_config(argv: list[str] | None, defaults: TrainConfig, prog: str, description: str,
                  presets: dict[str, TrainConfig] | None = None) -> TrainConfig:
-    """Parse and validate the command line; a bad flag prints one line and exits with 2.
+    """Parse the command line; a flag argparse cannot read prints one line and exits with 2 (the values are
+    validated when the run starts, `training.start`, also as one line and exit 2).
 
     `presets` maps --preset names to other defaults (for example the source report's setting); the
     other flags given override the chosen preset's values."""
@@ -201,12 +197,8 @@ def parse_config(argv: list[str] | None, defaults: TrainConfig, prog: str, descr
                                                             for name in sorted(presets)))
     args = vars(parser.parse_args(argv))
     known = {f.name for f in fields(TrainConfig)}
-    config = replace(chosen, **{k: v for k, v in args.items() if k in known}).named()  # validated as it will run
-    try:
-        config.validate()
-    except ValueError as exc:
-        parser.error(str(exc))
-    return config.resolved()
+    # named, not yet validated: the run validates its settings once, first thing (`training.start`)
+    return replace(chosen, **{k: v for k, v in args.items() if k in known}).named()
 
 
 def fail(prog: str, message: str, code: int) -> None:
@@ -223,10 +215,14 @@ def cli_main(run, defaults: TrainConfig, prog: str, description: str, argv: list
         return run(config)
     except (DataError, ValueError) as exc:
         fail(prog, str(exc), 2)
-    except DivergedError as exc:
-        kept = f"; the last good checkpoint is {config.checkpoint}" if config.checkpoint else ""
+    except DivergedError as exc:  # name a checkpoint only when one was written (after the first epoch)
+        kept = (f"; the last good checkpoint is {config.checkpoint}" if config.checkpoint and
+                os.path.isfile(config.checkpoint) else "")
         fail(prog, f"{exc}: stopped, no result row written{kept}", 1)
+    except (RowNotWrittenError, OSError) as exc:  # a full disk at a checkpoint or at the results
+        fail(prog, str(exc), 1)
     except KeyboardInterrupt:
-        hint = f"; continue with --resume {config.checkpoint}" if config.checkpoint else ""
+        hint = (f"; continue with --resume {config.checkpoint}" if config.checkpoint and
+                os.path.isfile(config.checkpoint) else "")
         print(f"\n{prog}: interrupted{hint}", file=sys.stderr)
         sys.exit(130)

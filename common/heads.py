@@ -19,7 +19,7 @@ MARGIN_DEFAULTS = {
     "sphereface": (30.0, 1.35, 0.0, 0.0),
     "combined": (30.0, 1.0, 0.3, 0.2),
 }
-NO_MARGINS = (30.0, 1.0, 0.0, 0.0)  # what TrainConfig.margins() gives a loss without margins (softmax, triplet)
+NO_MARGINS = (30.0, 1.0, 0.0, 0.0)  # what `margins_of` gives a loss without margins (softmax, triplet)
 LOSSES = ("softmax", *MARGIN_DEFAULTS, "triplet")
 _ARCFACE = MARGIN_DEFAULTS["arcface"]
 
@@ -33,6 +33,14 @@ TAILS = ("sphereface", "cosine")
 # How the gradient passes through psi (see `ArcNet`): "exact" differentiates psi, "unit" holds the margin
 # cos(theta) - psi(theta) constant in the backward pass, so d psi / d cos(theta) = 1 as for CosFace.
 MARGIN_GRADS = ("exact", "unit")
+
+
+def margins_of(loss: str, s: float | None = None, m1: float | None = None, m2: float | None = None,
+               m3: float | None = None) -> tuple[float, float, float, float]:
+    """(s, m1, m2, m3) of `loss`: its defaults (`MARGIN_DEFAULTS`; `NO_MARGINS` for softmax and triplet) with
+    the values given (not None) overriding them. The one place where defaults and flags meet."""
+    defaults = MARGIN_DEFAULTS.get(loss, NO_MARGINS)
+    return tuple(float(d if v is None else v) for v, d in zip((s, m1, m2, m3), defaults))
 
 
 def check_margin_options(tail: str, grad: str) -> None:
@@ -66,9 +74,9 @@ def margin_target(cos: torch.Tensor, m1: float, m2: float, m3: float, eps: float
       * the result is capped at cos - m3 <= cos, so the margin is never a bonus, even
         where the clamp moved theta (cos within eps of -1 with m2 < ~5e-3);
       * (m1, m2) == (1, 0) skips the acos round trip: plain CosFace, exactly cos - m3.
-    Callers pass float32 (or float64) `cos`; ArcNet does so even under autocast.
+    Callers pass float32 (or float64) `cos`; ArcNet does so even under autocast. `tail` and `grad` are
+    checked once, where the run's settings are (`check_margin_options`), not here on every step.
     """
-    check_margin_options(tail, grad)
     if m1 == 1.0 and m2 == 0.0:
         return cos - m3
     clamped = cos + (cos.clamp(-1.0 + eps, 1.0 - eps) - cos).detach()
@@ -102,8 +110,6 @@ class ArcNet(nn.Module):
                  m2: float = _ARCFACE[2], m3: float = _ARCFACE[3], label_smoothing: float = 0.0,
                  tail: str = "sphereface", margin_grad: str = "exact"):
         super().__init__()
-        check_margins(s, m1, m2, m3)
-        check_margin_options(tail, margin_grad)
         self.tail, self.margin_grad = tail, margin_grad
         self.s, self.m1, self.m2, self.m3 = float(s), float(m1), float(m2), float(m3)
         self.label_smoothing = float(label_smoothing)
@@ -219,16 +225,15 @@ class CentroidHead(nn.Module):
         return batch_hard_triplet_loss(embeddings, labels, self.margin)
 
 
-def build_head(loss: str, latent_dim: int, num_classes: int, s: float | None = None, m1: float | None = None,
-               m2: float | None = None, m3: float | None = None, triplet_margin: float = 0.2,
-               label_smoothing: float = 0.0, tail: str = "sphereface", margin_grad: str = "exact") -> nn.Module:
-    """The head of a named loss; margins left as None take the loss's (MARGIN_DEFAULTS); label smoothing
-    applies to the cross-entropy heads (not triplet)."""
+def build_head(loss: str, latent_dim: int, num_classes: int, margins: tuple[float, float, float, float] = NO_MARGINS,
+               triplet_margin: float = 0.2, label_smoothing: float = 0.0, tail: str = "sphereface",
+               margin_grad: str = "exact") -> nn.Module:
+    """The head of a named loss; `margins` (s, m1, m2, m3) as `margins_of` gives them (used by the margin
+    losses only); label smoothing applies to the cross-entropy heads (not triplet)."""
     if loss == "softmax":
         return SoftmaxHead(latent_dim, num_classes, label_smoothing)
     if loss == "triplet":
         return CentroidHead(latent_dim, num_classes, triplet_margin)
     if loss in MARGIN_DEFAULTS:
-        margins = [d if v is None else v for v, d in zip((s, m1, m2, m3), MARGIN_DEFAULTS[loss])]
         return ArcNet(latent_dim, num_classes, *margins, label_smoothing, tail, margin_grad)
     raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")

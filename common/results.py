@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import io
+import json
 import os
 import platform
+import re
+import shutil
 import subprocess
-import tempfile
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -47,35 +51,86 @@ def environment_info() -> dict:
             "python_version": platform.python_version(), "git_commit": git_commit()}
 
 
-def check_writable(path: str, flag: str, folder: bool = False) -> None:
-    """ValueError naming `flag` unless a file (or, with folder=True, a folder) can be created at `path`.
+MIN_FREE_BYTES = 1 << 20  # free space a run's result files need at least: the row, history and confusion matrix
 
-    Creates nothing that stays: walks up to the nearest existing ancestor, which must be a folder,
-    and creates and deletes one temporary file in it. Run before any data is read, so that a run
-    never trains to the end and then fails to write its result.
+
+class CsvDamageError(ValueError):
+    """A results CSV that is not as this code writes it (a cut line, a row with too many or too few fields);
+    the message names the file and the line."""
+
+
+def temp_name(path: str) -> str:
+    """The temporary file that `atomic_write_text` writes before renaming it onto `path`: beside it, hidden,
+    named with the writer's process id so that a later writer can tell a killed writer's file."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}-{name}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(paths: list[str]) -> None:
+    """Delete the temporary files among `paths` (named '...tmp-<pid>...') whose writer is no longer running:
+    a killed run's half-written result or checkpoint, which would otherwise hold its disk space for good."""
+    for path in paths:
+        match = re.search(r"\.tmp-(\d+)", os.path.basename(path))
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _existing_folder(target: str, flag: str, path: str) -> str:
+    """The nearest existing ancestor of `target`; ValueError naming `flag` if it is a file."""
+    existing = target
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{flag} {path} cannot be written: {existing} is a file, not a folder")
+    return existing
+
+
+def check_writable(path: str, flag: str, folder: bool = False, companions: tuple[str, ...] = (),
+                   need_bytes: int = MIN_FREE_BYTES) -> None:
+    """ValueError naming `flag` unless a file (or, with folder=True, a folder) can be created at `path`, with
+    `need_bytes` free on its disk.
+
+    Creates nothing that stays. For a file it creates and deletes, where they will be, exactly the names the
+    writer will create beside it: its temporary file (`temp_name`, the longest) and `companions` (the
+    lock file, for example), so a name too long for the file system or a folder without write permission
+    fails here, before any data is read, never after training. A symlinked `path` is checked at its target.
     """
-    target = os.path.abspath(path)
+    target = os.path.realpath(path)
     if folder:
         if os.path.exists(target) and not os.path.isdir(target):
             raise ValueError(f"{flag} {path} is a file; give a folder")
-        existing = target
+        probes, existing = [os.path.join(_existing_folder(target, flag, path), f".tmp-{os.getpid()}-probe")], target
     else:
         if os.path.isdir(target):
             raise ValueError(f"{flag} {path} is a folder; give a file path")
         if os.path.exists(target) and not os.access(target, os.W_OK):
             raise ValueError(f"{flag} {path} cannot be written: no permission to write that file")
-        existing = os.path.dirname(target)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ValueError(f"{flag} {path} cannot be written: {existing} is a file, not a folder")
-    try:
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".tmp-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ValueError(f"{flag} {path} cannot be written: creating a file in {existing} failed "
-                         f"({exc.strerror or exc}); choose another location") from None
+        existing = _existing_folder(os.path.dirname(target), flag, path)
+        probes = [os.path.join(existing, os.path.basename(temp_name(target)))]
+        probes += [os.path.join(existing, os.path.basename(target) + suffix) for suffix in companions
+                   if not os.path.exists(target + suffix)]
+    for probe in probes:
+        try:
+            os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            os.unlink(probe)
+        except OSError as exc:
+            raise ValueError(f"{flag} {path} cannot be written: creating {os.path.basename(probe)} in "
+                             f"{os.path.dirname(probe)} failed ({exc.strerror or exc}); choose another location") from None
+    free = shutil.disk_usage(_existing_folder(existing, flag, path)).free
+    if free < need_bytes:
+        raise ValueError(f"{flag} {path} cannot be written: {free / 2**20:.1f} MiB free on its disk, "
+                         f"{need_bytes / 2**20:.1f} MiB needed")
 
 
 def _new_file_mode(path: str) -> int:
@@ -88,19 +143,26 @@ def _new_file_mode(path: str) -> int:
 
 
 def atomic_write_text(path: str, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file.
+    """Write to a temporary file beside `path` (`temp_name`), then rename: readers never see half a file. A
+    symlinked `path` is written through to its target (the link stays). Temporary files of killed writers
+    of the same file are removed first; a failed write (a full disk) removes its own and raises OSError.
 
     The file gets the usual permissions (an existing file keeps its mode; a new one 0666 less the
-    umask), not mkstemp's private 0600.
+    umask), not a temporary file's private 0600.
     """
-    folder = os.path.dirname(os.path.abspath(path))
+    path = os.path.realpath(path)
+    folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    remove_stale_temps(glob.glob(os.path.join(glob.escape(folder), f".tmp-*-{glob.escape(name)}")))
+    tmp = temp_name(path)
     try:
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         if hasattr(os, "fchmod"):  # POSIX
             os.fchmod(fd, _new_file_mode(path))
         with os.fdopen(fd, "w", newline="") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -110,8 +172,8 @@ def atomic_write_text(path: str, text: str) -> None:
 
 @contextlib.contextmanager
 def file_lock(path: str):
-    """Exclusive advisory lock on PATH.lock (POSIX), so parallel runs can share one CSV; the lock
-    file is removed again when the lock is released.
+    """Exclusive advisory lock on PATH.lock (POSIX; PATH resolved through symlinks), so parallel runs can share
+    one CSV; the lock file is removed again when the lock is released.
 
     Removing a lock file is safe only if every locker checks, once it holds the lock, that the
     name still points at the file it locked (another process may have removed it meanwhile and a
@@ -122,8 +184,8 @@ def file_lock(path: str):
     except ImportError:  # Windows: no locking, single writer assumed
         yield
         return
-    lock_path = path + ".lock"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    lock_path = os.path.realpath(path) + ".lock"
+    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
     while True:
         handle = open(lock_path, "a")
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -142,11 +204,31 @@ def file_lock(path: str):
         handle.close()
 
 
-def read_rows(path: str) -> list[dict]:
+def read_rows(path: str, strict: bool = False) -> list[dict]:
+    """The rows of a results CSV (none if it does not exist). With `strict`, CsvDamageError naming the file
+    and line when the file is not as `rows_to_csv` writes it: a header with an empty or repeated column, a
+    last line cut before its end (no final newline), or a row whose field count differs from the header's."""
     if not os.path.exists(path):
         return []
     with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+        text = handle.read()
+    if not strict:
+        return list(csv.DictReader(io.StringIO(text)))
+    damaged = lambda line, why: CsvDamageError(f"{path} line {line}: {why}; fix or move the file, it was left as it is")  # noqa: E731
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header is None:
+        return []
+    if "" in header or len(set(header)) != len(header):
+        raise damaged(1, "the header has an empty or repeated column name")
+    if not text.endswith("\n"):
+        raise damaged(text.count("\n") + 1, "the last line is cut before its end (no final newline)")
+    rows = []
+    for record in reader:
+        if len(record) != len(header):
+            raise damaged(reader.line_num, f"{len(record)} fields where the header has {len(header)}")
+        rows.append(dict(zip(header, record)))
+    return rows
 
 
 def rows_to_csv(rows: list[dict], columns: list[str] | None = None) -> str:
@@ -162,13 +244,15 @@ def rows_to_csv(rows: list[dict], columns: list[str] | None = None) -> str:
 
 
 def append_row(path: str, row: dict, unique: str | None = None) -> bool:
-    """Append one row to the CSV at `path` atomically; new columns widen the header.
+    """Append one row to the CSV at `path` atomically; new columns widen the header. A damaged file
+    (`read_rows` strict) is refused with CsvDamageError and left as it is: appending must never launder
+    a cut or shifted row into a valid-looking one.
 
     With `unique` (a column name), a row whose value in that column is already in the file is not
     appended again; returns whether the row was appended.
     """
     with file_lock(path):
-        rows = read_rows(path)
+        rows = read_rows(path, strict=True)
         if unique is not None and any(r.get(unique) == str(row[unique]) for r in rows):
             return False
         atomic_write_text(path, rows_to_csv(rows + [row]))
@@ -179,10 +263,9 @@ def write_csv(path: str, rows: list[dict], columns: list[str] | None = None) -> 
     atomic_write_text(path, rows_to_csv(rows, columns))
 
 
-
 def new_run_id(config) -> str:
     """Names a run's row and its folder: dataset, loss, seed, time, and a random suffix that keeps apart
-    runs of one process finished in the same second (a grouped sweep)."""
+    runs of one process that finish in the same second."""
     return f"{config.dataset}-{config.loss}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
@@ -216,13 +299,21 @@ def write_results(config, record: RunRecord, metrics: dict, confusion: torch.Ten
            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     for key in ("out", "checkpoint", "resume", "progress"):
         row.pop(key)
-    run_dir = os.path.join(os.path.splitext(config.out)[0], record.run_id)
-    write_csv(os.path.join(run_dir, "history.csv"), record.history)
-    write_csv(os.path.join(run_dir, "confusion.csv"),
-              [{"true": name, **{p: int(n) for p, n in zip(classes, counts)}} for name, counts in zip(classes, confusion.tolist())])
-    if corrupted:
-        write_csv(os.path.join(run_dir, "corruptions.csv"), corrupted)
-    if append_row(config.out, row, unique="run_id"):
+    try:
+        appended = append_row(config.out, row, unique="run_id")
+        run_dir = os.path.join(os.path.splitext(config.out)[0], record.run_id)
+        write_csv(os.path.join(run_dir, "history.csv"), record.history)
+        write_csv(os.path.join(run_dir, "confusion.csv"), [{"true": name, **{p: int(n) for p, n in zip(classes, counts)}}
+                                                          for name, counts in zip(classes, confusion.tolist())])
+        if corrupted:
+            write_csv(os.path.join(run_dir, "corruptions.csv"), corrupted)
+    except (OSError, CsvDamageError) as exc:
+        print(f"the finished run's row, as one JSON line:\n{json.dumps(row)}", flush=True)
+        reason = str(exc) if isinstance(exc, CsvDamageError) else f"{exc.strerror or exc}"
+        raise RowNotWrittenError(f"cannot write the results of run {record.run_id} to {config.out} ({reason}); its row "
+                                 f"is printed above: once fixed, pipe that line to `python -m common.results append "
+                                 f"{config.out}`") from None
+    if appended:
         print(f"{config.dataset} {config.loss}: {'validation' if config.val_per_class else 'test'} acc "
               f"{metrics['accuracy']:.4f}, top-5 {metrics['top5']:.4f}, macro F1 {metrics['f1']:.4f}, "
               f"{record.train_tflop:.3g} TFLOP and {record.train_seconds:.0f} s to train; row appended to {config.out}",
@@ -230,3 +321,23 @@ def write_results(config, record: RunRecord, metrics: dict, confusion: torch.Ten
     else:
         print(f"run {record.run_id} already has its row in {config.out}: not appended again")
     return row
+
+
+class RowNotWrittenError(RuntimeError):
+    """A finished run's results could not be written (a full disk, a damaged CSV); its row was printed."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m common.results append OUT`: append the JSON rows on standard input (one a line, as a run
+    prints them when it cannot write its row) to the results CSV OUT, each once (by its run_id)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] != "append":
+        sys.exit("usage: python -m common.results append OUT < rows.jsonl")
+    for line in sys.stdin:
+        if line.strip().startswith("{"):
+            row = json.loads(line)
+            print(("appended " if append_row(argv[1], row, unique="run_id") else "already there: ") + row["run_id"])
+
+
+if __name__ == "__main__":
+    main()

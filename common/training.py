@@ -1,19 +1,22 @@
 """The steps every training script's `run()` takes before and inside its loop, in the order it takes them:
 `start` (validate, device, threads, seed), `load_training_data`, `build_model`, `fit_whitening`,
 `make_optimizer` (SGD and its schedule), `count_train_tflop`; in the loop `set_margin_ramp` (--margin-warmup),
-`Lookahead` (--lookahead), `check_finite` (the divergence guard) and `record_epoch`. The loops themselves live
+`check_finite` (the divergence guard) and `record_epoch`. The loops themselves live
 in the scripts; evaluation, checkpoints and result files have modules of their own."""
 from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 
 import numpy as np
 import torch
 from torch import nn
 
+from .checkpoints import check_resume
 from .config import TrainConfig
+from .results import MIN_FREE_BYTES, check_writable
 from .data import Dataset, ImageData, Normalize
 from .device import configure_backends, has_native_bf16, pick_device
 from .heads import build_head
@@ -32,17 +35,41 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def start(config: TrainConfig) -> torch.device:
-    """Validate the config (reads no data), pick the device and its backend settings, set torch's CPU
-    threads (--threads), and seed every generator (--seed). Returns the device."""
+def start(config: TrainConfig) -> tuple[torch.device, dict | None]:
+    """Everything a run checks and sets before it reads data: validate the settings (once, here), pick the
+    device and its backend settings, check the files the run will write (`check_files`) and read the
+    --resume checkpoint, set torch's CPU threads (--threads), and seed every generator (--seed). Returns
+    the device and the checkpoint to resume (None without --resume)."""
     config.validate()
     device = pick_device(config.device)
     configure_backends(device)
     warn_if_slow_amp(config, device)
+    resumed = check_files(config, device)
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
-    return device
+    return device, resumed
+
+
+def check_files(config: TrainConfig, device: torch.device) -> dict | None:
+    """ValueError naming the flag unless --out (with its lock and temporary file) and --checkpoint can be
+    created with room on their disks; with --resume, the checkpoint, read once and checked (`check_resume`)."""
+    check_writable(config.out, "--out", companions=(".lock",))
+    if config.checkpoint is not None:
+        check_writable(config.checkpoint, "--checkpoint")
+    if config.resume is None:
+        return None
+    if not os.path.isfile(config.resume):
+        raise ValueError(f"--resume: no checkpoint file at {config.resume}")
+    return check_resume(config.resume, config.as_row(), device)
+
+
+def check_checkpoint_space(config: TrainConfig, net: nn.Module, head: nn.Module) -> None:
+    """ValueError naming --checkpoint when its disk has less room than a checkpoint of this model takes:
+    weights and one momentum buffer each (SGD), twice over while the new file replaces the old."""
+    if config.checkpoint is not None:
+        size = sum(t.numel() * t.element_size() for m in (net, head) for t in m.state_dict().values())
+        check_writable(config.checkpoint, "--checkpoint", need_bytes=4 * size + MIN_FREE_BYTES)
 
 
 def warn_if_slow_amp(config: TrainConfig, device: torch.device) -> None:
@@ -66,11 +93,10 @@ def load_training_data(config: TrainConfig, dataset: Dataset,
 
 def build_model(config: TrainConfig, in_channels: int, num_classes: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
     """The backbone (channels-last) and the loss's head that `config` describes, on `device`."""
-    s, m1, m2, m3 = config.margins()
     net = Network(in_channels, config.latent_dim, config.widths, config.convs_per_stage, config.embedding_bn,
                   config.whiten, config.dirac_init, config.activation, config.pool_first, config.global_pool,
                   config.bn_scale)
-    head = build_head(config.loss, config.latent_dim, num_classes, s, m1, m2, m3, config.triplet_margin,
+    head = build_head(config.loss, config.latent_dim, num_classes, config.margins(), config.triplet_margin,
                       config.label_smoothing, config.margin_tail, config.margin_grad)
     return net.to(device, memory_format=torch.channels_last), head.to(device)
 
@@ -92,15 +118,8 @@ def steps_per_epoch(num_train: int, batch_size: int) -> int:
 
 def make_optimizer(config: TrainConfig, net: nn.Module, head: nn.Module, total_steps: int):
     """SGD with Nesterov momentum; LR warms up linearly for `warmup` of the steps, then decays linearly to 0.
-    The head's parameters take --head-weight-decay (default: --weight-decay); with --bn-bias-lr F != 1 the
-    BatchNorm biases form their own group at F x --lr and --weight-decay / F."""
-    # At F = 1 no group of their own (it is dropped empty), so older checkpoints' optimiser state still loads.
-    biases = [] if config.bn_bias_lr == 1 else [m.bias for m in net.modules()
-                                                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
-    groups = [{"params": [p for p in net.parameters() if all(p is not b for b in biases)],
-               "weight_decay": config.weight_decay},
-              {"params": biases, "lr": config.lr * config.bn_bias_lr,
-               "weight_decay": config.weight_decay / config.bn_bias_lr},
+    The head's parameters take --head-weight-decay (default: --weight-decay)."""
+    groups = [{"params": list(net.parameters()), "weight_decay": config.weight_decay},
               {"params": list(head.parameters()), "weight_decay": config.head_decay()}]
     groups = [g for g in groups if g["params"]]  # a triplet head has no parameters
     optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
@@ -156,56 +175,6 @@ def set_margin_ramp(head: nn.Module, config: TrainConfig, step: int, total_steps
     """Apply `margin_ramp` to a margin head (other heads have no margins)."""
     if hasattr(head, "ramp"):
         head.ramp = margin_ramp(config, step, total_steps)
-
-
-class Lookahead:
-    """Airbench's lookahead on the weights (--lookahead): from START of the training steps on, every EVERY
-    steps an average of the model's floating-point state (the weights of net and head and the BatchNorm
-    running statistics) moves toward the model, average += (1 - rho) * (model - average), and the model is
-    set to the average, so training goes on from it. rho = BASE**EVERY * (steps done / total)**POWER grows
-    over training: little averaging while the learning rate is high, strong averaging as it falls.
-
-    At the end of every epoch (`end_epoch`) the model is set to the average, so the epoch's evaluation and
-    checkpoint see it, and a run resumed from that checkpoint (`begin_epoch` starts the average from the
-    model) continues exactly as the uninterrupted one. Off (config.lookahead False), every method is a no-op.
-    """
-
-    START, EVERY, BASE, POWER = 0.3, 5, 0.95, 3.0  # airbench94's: from epoch 3 of 10, every 5 steps
-
-    def __init__(self, config: TrainConfig, total_steps: int):
-        self.enabled, self.total_steps = config.lookahead, total_steps
-        self.start = math.ceil(self.START * total_steps)  # steps done before the averaging begins
-        self.average: list[torch.Tensor] | None = None
-
-    @staticmethod
-    def _state(*modules: nn.Module) -> list[torch.Tensor]:
-        # state_dict's tensors share storage with the parameters and buffers: writing them writes the model
-        return [t for m in modules for t in m.state_dict().values() if t.is_floating_point()]
-
-    def decay(self, steps_done: int) -> float:
-        return self.BASE ** self.EVERY * (steps_done / self.total_steps) ** self.POWER
-
-    @torch.no_grad()
-    def begin_epoch(self, net: nn.Module, head: nn.Module, steps_done: int) -> None:
-        if self.enabled and self.average is None and steps_done >= self.start:  # a run resumed past START
-            self.average = [t.clone() for t in self._state(net, head)]
-
-    @torch.no_grad()
-    def step(self, net: nn.Module, head: nn.Module, steps_done: int) -> None:
-        """Call after each optimiser step, with the steps done so far (1 after the first)."""
-        if self.average is None:  # before START (or off): at START the average starts from the model
-            self.begin_epoch(net, head, steps_done)
-        elif steps_done % self.EVERY == 0:
-            rho = self.decay(steps_done)
-            for average, t in zip(self.average, self._state(net, head)):
-                average.lerp_(t, 1 - rho)
-                t.copy_(average)
-
-    @torch.no_grad()
-    def end_epoch(self, net: nn.Module, head: nn.Module) -> None:
-        if self.average is not None:
-            for average, t in zip(self.average, self._state(net, head)):
-                t.copy_(average)
 
 
 def check_finite(losses: torch.Tensor, start: int, stop: int, epoch: int) -> None:

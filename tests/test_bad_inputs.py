@@ -118,7 +118,8 @@ def test_sweep_with_a_missing_dataset_is_one_line(tmp_path, capsys, failing_down
 def test_abbreviated_flags_are_refused(main, argv, capsys, monkeypatch):
     no_data_reads(monkeypatch)
     err = one_line_exit_2(main, argv, capsys)
-    assert "unrecognized arguments" in err and argv[0] in err
+    # the sweep hands unknown flags to the training script: --seed is refused there as one the sweep sets itself
+    assert ("unrecognized arguments" in err or "use --seeds" in err) and argv[0] in err
 
 
 @pytest.mark.parametrize("parser", [

@@ -15,7 +15,7 @@ def test_preset_report_is_the_report_setting_and_flags_override_it(script):
     assert report.as_row()["preset"] == "report"
     changed = parse_config(["--preset", "report", "--widths", "8-16"], script.DEFAULTS, prog, doc, {"report": script.REPORT})
     assert changed.widths == (8, 16) and changed.batch_size == 100
-    assert parse_config([], script.DEFAULTS, prog, doc, {"report": script.REPORT}) == script.DEFAULTS.resolved()
+    assert parse_config([], script.DEFAULTS, prog, doc, {"report": script.REPORT}).resolved() == script.DEFAULTS.resolved()
     # the report preset trains as the defaults did before the recipe: exact margin gradient, no warm-up, float32
     assert (report.margin_grad, report.margin_warmup, report.amp) == ("exact", 0.0, False)
     assert (script.DEFAULTS.margin_grad, script.DEFAULTS.amp) == ("unit", None)
@@ -31,6 +31,6 @@ def test_amp_auto_is_on_exactly_where_bfloat16_is_native(monkeypatch, native):
     assert auto.resolved().amp is native
     assert TrainConfig(amp=True).resolved().amp is True and TrainConfig(amp=False).resolved().amp is False
     defaults = TrainConfig(amp=None, out="x.csv")
-    assert parse_config(["--device", "cpu"], defaults, "x.py", "").amp is native  # the command line resolves it
-    assert parse_config(["--device", "cpu", "--no-amp"], defaults, "x.py", "").amp is False
-    assert parse_config(["--device", "cpu", "--amp"], defaults, "x.py", "").amp is True
+    assert parse_config(["--device", "cpu"], defaults, "x.py", "").resolved().amp is native  # the run resolves it
+    assert parse_config(["--device", "cpu", "--no-amp"], defaults, "x.py", "").resolved().amp is False
+    assert parse_config(["--device", "cpu", "--amp"], defaults, "x.py", "").resolved().amp is True

@@ -164,15 +164,13 @@ def test_unit_margin_gradient_keeps_the_logits_and_treats_the_margin_as_a_consta
     cos = unit.cosines(x2)
     F.cross_entropy(unit.s * (cos - F.one_hot(y, 3) * offset), y).backward()  # CosFace with per-sample margins
     assert torch.allclose(x1.grad, x2.grad, atol=1e-12)
+
+
+def test_unknown_tail_and_gradient_are_refused_where_the_settings_are_validated():
+    with pytest.raises(ValueError, match="--margin-tail"):
+        TrainConfig(margin_tail="linear").validate()
     with pytest.raises(ValueError, match="--margin-grad"):
-        ArcNet(4, 3, margin_grad="none")
-
-
-def test_unknown_tail_is_refused():
-    with pytest.raises(ValueError, match="--margin-tail"):
-        margin_target(torch.zeros(2), 1.0, 0.5, 0.0, tail="linear")
-    with pytest.raises(ValueError, match="--margin-tail"):
-        ArcNet(4, 3, tail="linear")
+        TrainConfig(margin_grad="approximate").validate()
 
 
 def test_closed_form_values_at_chosen_angles():
@@ -273,4 +271,4 @@ def test_autocast_computes_margin_in_float32(dtype):
 def test_out_of_range_margins_are_refused(bad):
     args = dict(s=30.0, m1=1.0, m2=0.5, m3=0.0) | bad
     with pytest.raises(ValueError, match="--" + next(iter(bad))):
-        ArcNet(4, 3, **args)
+        TrainConfig(loss="combined", **args).validate()

@@ -1,5 +1,5 @@
 """The training steps' pieces (common/training.py): optimiser groups and weight decay, the margin ramp,
-the lookahead average, the divergence guard, and a step that needs no host synchronisation."""
+the divergence guard, and a step that needs no host synchronisation."""
 import pytest
 import torch
 
@@ -13,7 +13,6 @@ from common import (
 from common.config import TrainConfig
 from common.training import (
     DivergedError,
-    Lookahead,
     check_finite,
     make_optimizer,
     margin_ramp,
@@ -75,19 +74,6 @@ def test_the_head_takes_its_own_weight_decay():
     assert torch.equal(head.weight, before)
 
 
-def test_bn_bias_lr_gives_batchnorm_biases_their_own_lr_and_decay_and_is_one_group_when_1():
-    net, head = Network(1, 4, widths=(4, 8)), SoftmaxHead(4, 3)
-    optimizer, _ = make_optimizer(TrainConfig(bn_bias_lr=64.0, lr=0.1, weight_decay=6.4e-3), net, head, 10)
-    biases = {id(m.bias) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)}
-    group = optimizer.param_groups[1]
-    assert {id(p) for p in group["params"]} == biases and len(biases) == 2
-    assert group["initial_lr"] == pytest.approx(6.4) and group["weight_decay"] == pytest.approx(1e-4)
-    assert not biases & {id(p) for p in optimizer.param_groups[0]["params"]}
-    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(net.parameters())) + len(list(head.parameters()))
-    optimizer, _ = make_optimizer(TrainConfig(), net, head, 10)
-    assert len(optimizer.param_groups) == 2  # as before the flag: checkpoints' optimiser state still loads
-
-
 def _toy():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)), torch.nn.Linear(4, 2)
@@ -99,48 +85,3 @@ def _perturb(*modules):  # stands in for an optimiser step and a BatchNorm updat
             for t in m.state_dict().values():
                 if t.is_floating_point():
                     t.add_(torch.randn_like(t))
-
-
-def test_lookahead_starts_at_30_percent_averages_every_5_steps_and_hands_the_average_back():
-    net, head = _toy()
-    lookahead = Lookahead(TrainConfig(lookahead=True), total_steps=20)  # starts after step 6
-    assert lookahead.start == 6
-    assert lookahead.decay(20) == pytest.approx(0.95 ** 5) and lookahead.decay(10) == pytest.approx(0.95 ** 5 / 8)
-    for done in range(1, 6):
-        _perturb(net, head)
-        lookahead.step(net, head, done)
-        assert lookahead.average is None
-    _perturb(net, head)
-    lookahead.step(net, head, 6)  # the average starts from the model
-    start = {k: v.clone() for k, v in net.state_dict().items()}
-    for done in range(7, 10):
-        _perturb(net, head)
-        lookahead.step(net, head, done)  # not a multiple of 5: the model moves freely
-    _perturb(net, head)
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    lookahead.step(net, head, 10)
-    rho = 0.95 ** 5 * 0.5 ** 3
-    for key in ("0.weight", "1.running_mean", "1.running_var", "1.bias"):  # weights and BatchNorm statistics
-        expected = start[key] + (1 - rho) * (before[key] - start[key])
-        assert torch.allclose(net.state_dict()[key], expected, atol=1e-6), key
-    assert net.state_dict()["1.num_batches_tracked"] == before["1.num_batches_tracked"]  # integers: left alone
-    averaged = {k: v.clone() for k, v in net.state_dict().items()}
-    _perturb(net, head)
-    lookahead.end_epoch(net, head)  # the model is the average again
-    assert all(torch.equal(net.state_dict()[k], averaged[k]) for k in averaged if averaged[k].is_floating_point())
-
-
-def test_lookahead_off_leaves_the_model_alone_and_resumed_runs_restart_the_average_from_the_model():
-    net, head = _toy()
-    off = Lookahead(TrainConfig(), total_steps=20)
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    for done in range(1, 21):
-        off.begin_epoch(net, head, done)
-        off.step(net, head, done)
-    off.end_epoch(net, head)
-    assert off.average is None and all(torch.equal(net.state_dict()[k], before[k]) for k in before)
-    resumed = Lookahead(TrainConfig(lookahead=True), total_steps=20)
-    resumed.begin_epoch(net, head, 4)  # an epoch that starts before the averaging: nothing yet
-    assert resumed.average is None
-    resumed.begin_epoch(net, head, 8)  # one that starts after it: the average is the model (as end_epoch left it)
-    assert all(torch.equal(a, t) for a, t in zip(resumed.average, Lookahead._state(net, head)))

@@ -1,86 +1,27 @@
 """What a sweep's rows say: per-setting summaries (mean ± std over seeds, collapsed and diverged runs), the
-comparison table of --preset claims, the quadratic fit that recommends margins, and the plots; plus the
-source paper's Table 1 (results/table1_paper.csv) beside them. `sweep_margins.py --summarize` runs it
-on any merged CSVs."""
+comparison table of --preset claims, the quadratic fit that recommends margins, the checks of the source
+paper's Table 1 claims, and the budget comparison; `write_summary` writes them with the plots
+(common/plots.py). `sweep_margins.py --summarize` runs it on any merged CSVs.
+
+Rows are averaged only with rows that share every setting but the seed (`rows.group_key`), and a run
+(`rows.run_key`) is counted once however often its row appears. Rows of several sweeps' settings in one
+CSV are summarised apart, each part labelled with the settings that tell it from the others."""
 from __future__ import annotations
 
-import functools
 import math
 import os
+import re
 import statistics
 
 import torch
 
 from .heads import LOSSES, MARGIN_DEFAULTS
-from .results import REPO_ROOT, atomic_write_text, read_rows, write_csv
+from .plots import plot_summary
+from .results import atomic_write_text, write_csv
+from .rows import (CLAIM_SCENARIOS, SETTING_KEYS, accuracy_of, base_key, budget_of, group_key, is_plain,
+                   percent_values, plain_training_set, row_key, run_key, setting, setting_label, settings_labels,
+                   source_value, table1)
 from .significance import difference, permutation_p
-
-SETTING_KEYS = ("loss", "s", "m1", "m2", "m3")
-# What a run trains on and reports besides the margins: (imbalance, holdout_classes, corruptions).
-SCENARIO_KEYS = ("imbalance", "holdout_classes", "corruptions")
-SCENARIO_DEFAULTS = {"imbalance": "1.0", "holdout_classes": "0", "corruptions": "False"}  # for rows that predate them
-CLAIM_SCENARIOS = {"clean": (1.0, 0, True), "imbalance10": (10.0, 0, False), "imbalance100": (100.0, 0, False),
-                   "open_set": (1.0, 2, False)}
-
-def setting(loss: str, s=None, m1=None, m2=None, m3=None) -> tuple:
-    """(loss, s, m1, m2, m3) with the loss's defaults filled in; margins are None for softmax and triplet."""
-    if loss not in MARGIN_DEFAULTS:
-        return (loss, None, None, None, None)
-    defaults = MARGIN_DEFAULTS[loss]
-    return (loss, *(round(float(d if v is None else v), 6) for v, d in zip((s, m1, m2, m3), defaults)))
-
-
-TABLE1_CSV = os.path.join(REPO_ROOT, "results", "table1_paper.csv")  # the source paper's Table 1, as printed
-
-
-@functools.cache
-def table1() -> dict[tuple, float]:
-    """The source paper's Table 1 (MNIST test accuracy %, 20 epochs, one run per setting): {setting: accuracy}
-    in the table's order, read from results/table1_paper.csv."""
-    return {setting(r["loss"], *(float(r[k]) for k in SETTING_KEYS[1:])): float(r["test_acc_percent"])
-            for r in read_rows(TABLE1_CSV)}
-
-
-def table1_grid() -> list[tuple]:
-    """The 40 settings of Table 1: ArcFace m2 = 0.40 ... 0.59, then the combined margin's (m2, m3) grid."""
-    return list(table1())
-
-
-def source_value(row_setting: tuple) -> float | None:
-    """The source table's accuracy (%) for a setting, if it has one, whatever its s (the table's is 30).
-    ArcFace's m2 cells also answer for the combined loss at m3 = 0 (the same margin)."""
-    loss, _, m1, m2, m3 = row_setting
-    if loss == "combined" and m3 == 0.0:
-        loss = "arcface"
-    return table1().get(setting(loss, 30.0, m1, m2, m3))
-
-
-def is_true(value) -> bool:
-    """A CSV cell (or a Python value) that says yes: 1 / True / true."""
-    return str(value).strip() in ("1", "True", "true")
-
-
-def scenario_of(row: dict) -> tuple:
-    """(imbalance, holdout_classes, corruptions) of a results row or a config's row."""
-    values = {k: str(row.get(k, "")) or SCENARIO_DEFAULTS[k] for k in SCENARIO_KEYS}
-    return (float(values["imbalance"]), int(values["holdout_classes"]), is_true(values["corruptions"]))
-
-
-def plain_training_set(imbalance: float, holdout: int) -> bool:
-    """The whole (balanced) training set, all classes: the setting of Table 1."""
-    return imbalance == 1.0 and holdout == 0
-
-
-def row_key(row: dict) -> tuple:
-    """(setting, scenario, seed) of a results row, matching `jobs_for`."""
-    loss = row["loss"]
-    margins = (setting(loss) if loss not in MARGIN_DEFAULTS
-               else setting(loss, *(float(row[k]) for k in SETTING_KEYS[1:])))
-    return (margins, scenario_of(row), int(row["seed"]))
-
-
-def accuracy_of(row: dict) -> float | None:
-    return None if is_true(row.get("diverged", "")) or row.get("test_acc", "") == "" else float(row["test_acc"])
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -97,14 +38,10 @@ def format_mean_std(mean: float, std: float) -> str:
     return f"{mean:.2f}" + ("" if math.isnan(std) else f" ± {std:.2f}")
 
 
-def is_plain(row: dict) -> bool:
-    return plain_training_set(*scenario_of(row)[:2])
-
-
 COLLAPSE_BELOW = 95.0  # % test accuracy: a finished MNIST run below it has collapsed (sweep_margins.py --collapse-below)
-# Each dataset's default threshold, far below every finished run of every loss at its recipe: MNIST runs end at
-# 99.4-99.7%; CIFAR-10 (JPEG copy) runs at 89.2-90.1%, triplet's at 61-62% (chance is 10%).
-DATASET_COLLAPSE_BELOW = {"mnist": COLLAPSE_BELOW, "cifar10": 50.0}
+# Each dataset's default threshold: far below every finished run of every loss at its recipe (results/README.md
+# has the ranges) and far above chance. CIFAR-10 is read from its JPEG copy, an image folder named cifar10-jpg.
+DATASET_COLLAPSE_BELOW = {"mnist": COLLAPSE_BELOW, "cifar10": 50.0, "cifar10-jpg": 50.0}
 
 
 def collapse_threshold(rows: list[dict]) -> float:
@@ -114,17 +51,31 @@ def collapse_threshold(rows: list[dict]) -> float:
     return min(found, default=COLLAPSE_BELOW)
 
 
+def unique_runs(rows: list[dict]) -> list[dict]:
+    """The rows with each run (`run_key`: every setting and the seed) once, the first of its rows kept: two
+    sweeps that ran one job twice, or one row in two merged files, count as one run."""
+    seen: dict[tuple, dict] = {}
+    for row in rows:
+        seen.setdefault(run_key(row), row)
+    return list(seen.values())
+
+
 def summarize(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) -> list[dict]:
-    """Per (setting, training set), in `summary_order`: mean, std and count of test accuracy (%) over the
-    finished runs, how many of those collapsed (finished below `collapse_below` %; counted in the mean, apart from diverged runs,
-    which stopped on a non-finite loss and have no accuracy), mean and std of macro F1 and MAP@R (%) over the
-    finished runs that report them, and the source table's value (MNIST on the plain training set only)."""
+    """Per group of rows that differ in the seed alone (`group_key`), in `summary_order`: mean, std and count
+    of test accuracy (%) over the finished runs, how many of those collapsed (finished below `collapse_below`
+    %; counted in the mean, apart from diverged runs, which stopped on a non-finite loss and have no
+    accuracy), mean and std of macro F1 and MAP@R (%) over the finished runs that report them, the source
+    table's value (MNIST on the plain training set only), and `settings`, the settings that tell the group's
+    sweep from the other sweeps among the rows (empty when the rows are of one sweep)."""
+    rows = unique_runs(rows)
+    labels = settings_labels(rows)
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        key, (imbalance, holdout, _), _ = row_key(row)
-        groups.setdefault((key, imbalance, holdout, row.get("dataset", "mnist")), []).append(row)
+        groups.setdefault(group_key(row), []).append(row)
     summary = []
-    for (key, imbalance, holdout, dataset), members in groups.items():
+    for members in groups.values():
+        key, (imbalance, holdout, _), _ = row_key(members[0])
+        dataset = members[0].get("dataset", "")
         finished = [r for r in members if accuracy_of(r) is not None]
         accs = [100 * accuracy_of(r) for r in finished]
         mean, std = mean_std(accs)
@@ -132,7 +83,8 @@ def summarize(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) -> list[
         f1, map_r = (mean_std([100 * float(r[c]) for r in finished if str(r.get(c, "")) != ""])
                      for c in ("test_f1", "map_at_r"))
         summary.append({**dict(zip(SETTING_KEYS, key)), "dataset": dataset, "imbalance": imbalance,
-                        "holdout_classes": holdout, "mean_acc": mean, "std_acc": std, "runs": len(accs),
+                        "holdout_classes": holdout, "settings": labels[base_key(members[0])], "mean_acc": mean,
+                        "std_acc": std, "runs": len(accs),
                         "collapsed": sum(a < collapse_below for a in accs), "collapse_below": collapse_below,
                         "diverged": len(members) - len(accs), "mean_f1": f1[0], "std_f1": f1[1],
                         "mean_map_at_r": map_r[0], "std_map_at_r": map_r[1],
@@ -145,24 +97,29 @@ def summary_order(line: dict) -> tuple:
     reference), each by s, m1, m3, then m2 (ArcFace up m2; the combined grid row by row, m3 = 0.20 first)."""
     margins = tuple(-math.inf if line[k] is None else line[k] for k in ("s", "m1", "m3", "m2"))
     loss = LOSSES.index(line["loss"]) if line["loss"] in LOSSES else len(LOSSES)
-    return (str(line["dataset"]), line["imbalance"], line["holdout_classes"], loss, str(line["loss"]), *margins)
+    return (str(line["dataset"]), line.get("settings", ""), line["imbalance"], line["holdout_classes"], loss,
+            str(line["loss"]), *margins)
 
 
 def markdown_table(summary: list[dict]) -> str:
-    """One line per summary row; a "training set" column appears only when some row is not the plain one."""
+    """One line per summary row; a "training set" column appears only when some row is not the plain one, a
+    "settings" column only when the rows are of several sweeps' settings."""
     special = not all(plain_training_set(r["imbalance"], r["holdout_classes"]) for r in summary)
+    mixed = any(r.get("settings") for r in summary)
     below = summary[0]["collapse_below"] if summary else COLLAPSE_BELOW
-    lines = ["| loss | s | m1 | m2 | m3 |" + (" training set |" if special else "") +
+    lines = ["| loss | s | m1 | m2 | m3 |" + (" settings |" if mixed else "") + (" training set |" if special else "") +
              f" test acc % (mean ± std) | runs | collapsed (< {below:g}%) | diverged | macro F1 % | MAP@R % |"
              " source paper % |",
-             "|---|---|---|---|---|" + ("---|" if special else "") + "---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|" + ("---|" if mixed else "") + ("---|" if special else "") + "---|---|---|---|---|---|---|"]
     fmt = lambda v: "" if v is None else f"{v:g}"  # noqa: E731
     for r in summary:
         acc = format_mean_std(r["mean_acc"], r["std_acc"])
         source = "" if r["source_acc"] is None else f"{r['source_acc']:.2f}"
+        settings = f" {r['settings']} |" if mixed else ""
         trained = f" imbalance {r['imbalance']:g}, {r['holdout_classes']} classes held out |" if special else ""
-        lines.append(f"| {r['loss']} | {fmt(r['s'])} | {fmt(r['m1'])} | {fmt(r['m2'])} | {fmt(r['m3'])} |{trained} {acc} | "
-                     f"{r['runs']} | {r['collapsed']} | {r['diverged']} | {format_mean_std(r['mean_f1'], r['std_f1'])} | "
+        lines.append(f"| {r['loss']} | {fmt(r['s'])} | {fmt(r['m1'])} | {fmt(r['m2'])} | {fmt(r['m3'])} |{settings}{trained} "
+                     f"{acc} | {r['runs']} | {r['collapsed']} | {r['diverged']} | "
+                     f"{format_mean_std(r['mean_f1'], r['std_f1'])} | "
                      f"{format_mean_std(r['mean_map_at_r'], r['std_map_at_r'])} | {source} |")
     return "\n".join(lines) + "\n"
 
@@ -422,10 +379,6 @@ def kept_cells(rows: list[dict], collapse_below: float) -> dict[tuple, tuple[lis
     return {k: ([100 * accuracy_of(r) for r in kept], low) for k, (kept, low) in kept_runs(rows, collapse_below).items()}
 
 
-def percent_values(runs: list[dict], field: str) -> list[float]:
-    return [100 * float(r[field]) for r in runs if str(r.get(field, "")) not in ("", "nan")]
-
-
 def standard_error(a: list[float], b: list[float]) -> float:
     """Standard error of mean(a) - mean(b) from the two samples' spreads (NaN with fewer than 2 of either)."""
     return math.sqrt(mean_std(a)[1] ** 2 / len(a) + mean_std(b)[1] ** 2 / len(b)) if min(len(a), len(b)) > 1 else math.nan
@@ -455,18 +408,6 @@ def against_softmax(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) ->
     return lines
 
 
-def setting_label(key: tuple) -> str:
-    """'softmax', 'arcface m2 = 0.5', 'cosface m3 = 0.35', 'combined m2 = 0.41, m3 = 0.2': the margins the
-    loss applies by default (m1 other than 1, m2 or m3 other than 0), and any that differ from its default."""
-    loss, *margins = key
-    if loss not in MARGIN_DEFAULTS:
-        return loss
-    applied = lambda n, d: d != (1 if n == "m1" else 0) and n != "s"  # noqa: E731
-    named = [f"{n} = {v:g}" for n, v, d in zip(SETTING_KEYS[1:], margins, MARGIN_DEFAULTS[loss])
-             if v != d or applied(n, d)]
-    return f"{loss} {', '.join(named)}"
-
-
 def ranks(values: list[float]) -> list[float]:
     """1 for the largest value; ties share the mean of their ranks."""
     order = sorted(values, reverse=True)
@@ -482,12 +423,6 @@ def spearman(a: list[float], b: list[float]) -> float:
     cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
     norm = math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
     return cov / norm if norm else math.nan
-
-
-def budget_of(rows: list[dict]) -> str:
-    """'20 epochs', '1 epoch', or '4, 20 epochs' for rows of mixed budgets."""
-    values = sorted({str(r.get("epochs", "?")) for r in rows}, key=lambda e: (len(e), e))
-    return ", ".join(values) + (" epoch" if values == ["1"] else " epochs")
 
 
 def budget_comparison(rows: list[dict], baseline: list[dict],
@@ -521,171 +456,64 @@ def budget_comparison(rows: list[dict], baseline: list[dict],
     return "\n".join(lines) + "\n" + note, [verdict]
 
 
-def error_bars(line: list[dict], field: str = "acc") -> tuple[list[float], list[float]]:
-    """(below, above) lengths of mean ± std bars for summary rows' mean_<field> and std_<field> in % (test
-    accuracy by default, or map_at_r): no bar for a single run, and none reaching past 100% (the bar above
-    stops at 100; every run is drawn as a dot beside it)."""
-    stds = [0.0 if math.isnan(r[f"std_{field}"]) else r[f"std_{field}"] for r in line]
-    return stds, [min(std, 100.0 - r[f"mean_{field}"]) for std, r in zip(stds, line)]
-
-
-def plot_arcface_m2(plt, arc: list[dict], rows: list[dict], path: str) -> str:
-    """ArcFace accuracy against m2: mean ± std over seeds with every run as a dot, beside the source paper's
-    single runs (left); our runs alone at their own scale (right: a spread of 0.1 points vanishes beside the
-    paper's 3-point drop). `arc`: summary rows sorted by m2; `rows`: the runs."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
-    epochs = sorted({int(r["epochs"]) for r in rows if r.get("epochs", "") != ""})
-    budget = f"{'/'.join(map(str, epochs))} epoch{'' if epochs == [1] else 's'}, " if epochs else ""  # beside the paper's
-    runs = [(float(r["m2"]), 100 * a) for r in rows if r["loss"] == "arcface" and float(r["m1"]) == 1
-            and float(r["m3"]) == 0 and (a := accuracy_of(r)) is not None]
-    source = [(r["m2"], r["source_acc"]) for r in arc if r["source_acc"] is not None]
-    for ax, with_source in zip(axes, (True, False)):
-        for scale in sorted({r["s"] for r in arc}):  # one line per scale s: settings that differ in s are not one curve
-            line = [r for r in arc if r["s"] == scale]
-            ax.errorbar([r["m2"] for r in line], [r["mean_acc"] for r in line], yerr=error_bars(line), fmt="o-",
-                        capsize=3, label=f"this repository: mean ± std over seeds, bars stop at 100% ({budget}s = {scale:g})")
-        if runs:
-            ax.plot(*zip(*runs), "o", color="black", markerfacecolor="none", markersize=5, label="each run")
-        if source and with_source:
-            ax.plot(*zip(*source), "x--", color="tab:red", label="source paper, Table 1 (20 epochs, one run, s = 30)")
-        ax.set_xlabel("ArcFace margin m2 (radians)"), ax.set_ylabel("test accuracy (%)")
-    axes[0].set_title("beside the source paper's Table 1")
-    axes[1].set_title("this repository's runs alone, at their own scale")
-    fig.suptitle("ArcFace: test accuracy against the additive angular margin")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=1, fontsize=8)  # below the axes, one entry a line: never over a point
-    fig.tight_layout(rect=(0, (0.25 + 0.2 * len(labels)) / 5.2, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_summary(summary: list[dict], out_stem: str, rows: list[dict] = ()) -> list[str]:
-    """The ArcFace m2 plot (mean ± std, every run as a dot: a mean hides a collapsed seed) and the
-    combined-margin heat map; `summary` and `rows` of the plain training set only."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    arc = sorted((r for r in summary if r["loss"] == "arcface" and r["m1"] == 1 and r["m3"] == 0), key=lambda r: r["m2"])
-    if len(arc) > 1:  # a curve needs two margins
-        written.append(plot_arcface_m2(plt, arc, rows, f"{out_stem}_arcface_m2.png"))
-    if len({r["loss"] for r in summary}) > 1 and len(summary) <= 8:  # a few settings side by side, not a grid
-        written.append(plot_losses(plt, summary, rows, f"{out_stem}_losses.png"))
-    combined = [r for r in summary if r["loss"] == "combined" and not math.isnan(r["mean_acc"])]
-    if len({r["m2"] for r in combined}) > 1 and len({r["m3"] for r in combined}) > 1:
-        written.append(plot_combined_grid(plt, combined, f"{out_stem}_combined_heatmap.png"))
-    return written
-
-
-def plot_losses(plt, summary: list[dict], rows: list[dict], path: str) -> str:
-    """Test accuracy and MAP@R of every setting (each loss at its margins), in the summary's order: the mean
-    ± std as a bar that stops at 100% (`error_bars`), every run as a dot beside it; the axis spans the runs
-    (no bars from zero, which would hide a spread over seeds of tenths of a point). `summary` and `rows`:
-    the summary lines and the runs of the plain training set."""
-    runs: dict[tuple, list[dict]] = {}
+def partitions(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """The rows split by the settings their sweep shares (`rows.base_key`): [(label, rows)], one part with an
+    empty label when all rows are of one sweep's settings."""
+    rows = unique_runs(rows)
+    labels = settings_labels(rows)
+    parts: dict[str, list[dict]] = {}
     for row in rows:
-        runs.setdefault(row_key(row)[0], []).append(row)
-    keys = [tuple(line[k] for k in SETTING_KEYS) for line in summary]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    for ax, (field, column, name) in zip(axes, (("acc", "test_acc", "test accuracy (%)"),
-                                                ("map_at_r", "map_at_r", "MAP@R (%)"))):
-        for i, (line, key) in enumerate(zip(summary, keys)):
-            mean = line[f"mean_{field}"]
-            if math.isnan(mean):  # no finished run reports it
-                continue
-            ax.errorbar(i, mean, yerr=error_bars([line], field), fmt="_", markersize=18, color="tab:blue", capsize=4)
-            values = percent_values(runs[key], column)
-            ax.plot([i + 0.12] * len(values), values, "o", color="black", markerfacecolor="none", markersize=5)
-            ax.annotate(f"{mean:.2f}", (i, mean), textcoords="offset points", xytext=(-8, 0), ha="right",
-                        va="center", fontsize=8)
-        ax.set_xticks(range(len(keys)), [setting_label(k).replace(" m", "\nm", 1).replace(", ", "\n") for k in keys], fontsize=8)
-        ax.set_xlim(-0.6, len(keys) - 0.4)
-        ax.set_ylabel(name)
-        ax.grid(axis="y", alpha=0.3)
-    seeds = sorted({int(r["seed"]) for r in rows})
-    fig.suptitle(f"each loss at its margins: mean ± std (bar) over seeds {', '.join(map(str, seeds))}, every run a "
-                 f"circle ({budget_of(rows)})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        parts.setdefault(labels[base_key(row)], []).append(row)
+    return sorted(parts.items())
 
 
-def heatmap_label(row: dict) -> str:
-    """The text of one combined-margin cell: our mean ± std (runs), the source paper's single run where it
-    has one, and the collapsed runs where there are any (a mean alone hides them)."""
-    text = f"{row['mean_acc']:.2f}" + ("" if math.isnan(row["std_acc"]) else f" ± {row['std_acc']:.2f}")
-    text += f"\n({row['runs']} run{'s' * (row['runs'] != 1)})"
-    if row.get("source_acc") is not None:
-        text += f"\npaper {row['source_acc']:.2f}"
-    if row.get("collapsed"):
-        text += f"\n{row['collapsed']} collapsed"
-    return text
+def slug(label: str) -> str:
+    """A file-name suffix for a partition's label: 'epochs 2, lr 0.1' -> 'epochs2_lr0.1'."""
+    return re.sub(r"[^A-Za-z0-9.\-]+", "_", label.replace(" ", "")).strip("_")[:80]
 
 
-def plot_combined_grid(plt, combined: list[dict], path: str) -> str:
-    """The combined margin over (m2, m3): each cell coloured by our mean test accuracy and labelled with
-    `heatmap_label` (mean ± std, runs, the paper's number, collapsed runs); cells without runs stay blank.
-    The colours span our means only: on the paper's 3-point scale our 0.1-point spread would be one colour.
-    `combined`: summary rows (mean_acc, std_acc, runs, collapsed, source_acc) of the combined loss."""
-    m2s, m3s = sorted({r["m2"] for r in combined}), sorted({r["m3"] for r in combined})
-    grid = torch.full((len(m3s), len(m2s)), math.nan)  # (m3, m2): rows up the m3 axis
-    for r in combined:
-        grid[m3s.index(r["m3"]), m2s.index(r["m2"])] = r["mean_acc"]
-    # colours span the cells without a collapsed run: one collapse would make every other cell one colour
-    # (such a cell shows as the scale's darkest, and its label counts the collapse)
-    means = [r["mean_acc"] for r in combined if not r.get("collapsed")] or [r["mean_acc"] for r in combined]
-    low, high = min(means), max(means)
-    middle = (low + high) / 2  # viridis is dark below it: white text there, black above
-    fig, ax = plt.subplots(figsize=(max(7.5, 2.0 + 1.6 * len(m2s)), 1.8 + 1.0 * len(m3s)))  # the title fits
-    image = ax.imshow(grid.numpy(), cmap="viridis", origin="lower", aspect="auto", vmin=low, vmax=max(high, low + 1e-6))
-    for r in combined:
-        i, j = m3s.index(r["m3"]), m2s.index(r["m2"])
-        ax.text(j, i, heatmap_label(r), ha="center", va="center", fontsize=7,
-                color="white" if r["mean_acc"] < middle else "black")
-    ax.set_xticks(range(len(m2s)), [f"{v:g}" for v in m2s]), ax.set_yticks(range(len(m3s)), [f"{v:g}" for v in m3s])
-    ax.set_xlabel("m2 (ArcFace)"), ax.set_ylabel("m3 (CosFace)")
-    ax.set_title("combined margin s·(cos(θ + m2) − m3):\nour mean test accuracy (%) ± std, beside the paper's run")
-    bar = fig.colorbar(image, ax=ax, label="our mean test accuracy (%),\ncells without a collapsed run", extend="min")
-    bar.formatter.set_useOffset(False)  # 99.58, not 0.003 + 9.958e1
-    bar.update_ticks()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+def analyses(rows: list[dict], collapse_below: float) -> list[str]:
+    """The verdict lines of one sweep's rows: the fitted margins, the Table 1 checks, each loss against softmax."""
+    lines = [line for line in (recommend(rows, loss, collapse_below)
+                               for loss in ("arcface", "combined", "cosface", "sphereface")) if line]
+    return lines + table1_checks(rows, collapse_below) + against_softmax(rows, collapse_below)
 
 
 def write_summary(rows: list[dict], out_csv: str, collapse_below: float = COLLAPSE_BELOW,
                   baseline: list[dict] = ()) -> list[str]:
     """<stem>_summary.{csv,md} and plots; the regression and plots use plain-training-set runs only.
     With runs of --preset claims, also <stem>_comparison.{csv,md}; with `baseline` rows (the same settings
-    at another budget), also <stem>_budget.md (`budget_comparison`)."""
+    at another budget), also <stem>_budget.md (`budget_comparison`). Rows of several sweeps' settings are
+    analysed and plotted apart (`partitions`): each verdict line starts with its part's label, and each
+    part's files carry the label in their names."""
     stem = os.path.splitext(out_csv)[0]
     summary = summarize(rows, collapse_below)
-    lines = [line for line in (recommend(rows, loss, collapse_below) for loss in ("arcface", "combined", "cosface", "sphereface"))
-             if line]
-    lines += table1_checks(rows, collapse_below) + against_softmax(rows, collapse_below)
+    parts = partitions(rows)
+    if len(parts) > 1:
+        print(f"note: these rows are of {len(parts)} sweeps' settings ({'; '.join(label for label, _ in parts)}); "
+              "each is summarised apart")
+    lines, written, markdown_parts = [], [f"{stem}_summary.csv", f"{stem}_summary.md"], []
+    for label, part in parts:
+        prefix, part_stem = (f"[{label}] ", f"{stem}_{slug(label)}") if label else ("", stem)
+        lines += [prefix + line for line in analyses(part, collapse_below)]
+        plain = [r for r in summarize(part, collapse_below) if plain_training_set(r["imbalance"], r["holdout_classes"])]
+        written += plot_summary(plain, part_stem, [r for r in part if is_plain(r)])
+        table = comparison_table(part)
+        if table:
+            write_csv(f"{part_stem}_comparison.csv", table)
+            markdown = comparison_markdown(table)
+            atomic_write_text(f"{part_stem}_comparison.md", markdown)
+            markdown_parts.append(prefix + "\n" + markdown if prefix else markdown)
+            written += [f"{part_stem}_comparison.csv", f"{part_stem}_comparison.md"]
     write_csv(f"{stem}_summary.csv", summary)
     atomic_write_text(f"{stem}_summary.md", markdown_table(summary) + "".join(f"\n{line}\n" for line in lines))
     for line in lines:
         print(line)
-    plain = [r for r in summary if plain_training_set(r["imbalance"], r["holdout_classes"])]
-    written = [f"{stem}_summary.csv", f"{stem}_summary.md", *plot_summary(plain, stem, [r for r in rows if is_plain(r)])]
-    table = comparison_table(rows)
-    if table:
-        write_csv(f"{stem}_comparison.csv", table)
-        markdown = comparison_markdown(table)
-        atomic_write_text(f"{stem}_comparison.md", markdown)
+    for markdown in markdown_parts:
         print(markdown)
-        written += [f"{stem}_comparison.csv", f"{stem}_comparison.md"]
     budget, verdict = budget_comparison(rows, list(baseline), collapse_below)
     if budget:
         atomic_write_text(f"{stem}_budget.md", budget + "".join(f"\n{line}\n" for line in verdict))
         print(budget + "\n".join(verdict))
         written.append(f"{stem}_budget.md")
     return written
-
-

@@ -1,0 +1,148 @@
+"""The sweep summaries' figures: ArcFace accuracy against m2, each loss side by side, and the combined-margin
+heat map; each draws summary lines (common/summary.py) with every run as a dot."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .rows import SETTING_KEYS, accuracy_of, budget_of, percent_values, row_key, setting_label
+
+
+def error_bars(line: list[dict], field: str = "acc") -> tuple[list[float], list[float]]:
+    """(below, above) lengths of mean ± std bars for summary rows' mean_<field> and std_<field> in % (test
+    accuracy by default, or map_at_r): no bar for a single run, and none reaching past 100% (the bar above
+    stops at 100; every run is drawn as a dot beside it)."""
+    stds = [0.0 if math.isnan(r[f"std_{field}"]) else r[f"std_{field}"] for r in line]
+    return stds, [min(std, 100.0 - r[f"mean_{field}"]) for std, r in zip(stds, line)]
+
+
+def plot_arcface_m2(plt, arc: list[dict], rows: list[dict], path: str) -> str:
+    """ArcFace accuracy against m2: mean ± std over seeds with every run as a dot, beside the source paper's
+    single runs (left); our runs alone at their own scale (right: a spread of 0.1 points vanishes beside the
+    paper's 3-point drop). `arc`: summary rows sorted by m2; `rows`: the runs."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
+    epochs = sorted({int(r["epochs"]) for r in rows if r.get("epochs", "") != ""})
+    budget = f"{'/'.join(map(str, epochs))} epoch{'' if epochs == [1] else 's'}, " if epochs else ""  # beside the paper's
+    runs = [(float(r["m2"]), 100 * a) for r in rows if r["loss"] == "arcface" and float(r["m1"]) == 1
+            and float(r["m3"]) == 0 and (a := accuracy_of(r)) is not None]
+    source = [(r["m2"], r["source_acc"]) for r in arc if r["source_acc"] is not None]
+    for ax, with_source in zip(axes, (True, False)):
+        for scale in sorted({r["s"] for r in arc}):  # one line per scale s: settings that differ in s are not one curve
+            line = [r for r in arc if r["s"] == scale]
+            ax.errorbar([r["m2"] for r in line], [r["mean_acc"] for r in line], yerr=error_bars(line), fmt="o-",
+                        capsize=3, label=f"this repository: mean ± std over seeds, bars stop at 100% ({budget}s = {scale:g})")
+        if runs:
+            ax.plot(*zip(*runs), "o", color="black", markerfacecolor="none", markersize=5, label="each run")
+        if source and with_source:
+            ax.plot(*zip(*source), "x--", color="tab:red", label="source paper, Table 1 (20 epochs, one run, s = 30)")
+        ax.set_xlabel("ArcFace margin m2 (radians)"), ax.set_ylabel("test accuracy (%)")
+    axes[0].set_title("beside the source paper's Table 1")
+    axes[1].set_title("this repository's runs alone, at their own scale")
+    fig.suptitle("ArcFace: test accuracy against the additive angular margin")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=1, fontsize=8)  # below the axes, one entry a line: never over a point
+    fig.tight_layout(rect=(0, (0.25 + 0.2 * len(labels)) / 5.2, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_summary(summary: list[dict], out_stem: str, rows: list[dict] = ()) -> list[str]:
+    """The ArcFace m2 plot (mean ± std, every run as a dot: a mean hides a collapsed seed) and the
+    combined-margin heat map; `summary` and `rows` of the plain training set only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    arc = sorted((r for r in summary if r["loss"] == "arcface" and r["m1"] == 1 and r["m3"] == 0), key=lambda r: r["m2"])
+    if len(arc) > 1:  # a curve needs two margins
+        written.append(plot_arcface_m2(plt, arc, rows, f"{out_stem}_arcface_m2.png"))
+    if len({r["loss"] for r in summary}) > 1 and len(summary) <= 8:  # a few settings side by side, not a grid
+        written.append(plot_losses(plt, summary, rows, f"{out_stem}_losses.png"))
+    combined = [r for r in summary if r["loss"] == "combined" and not math.isnan(r["mean_acc"])]
+    if len({r["m2"] for r in combined}) > 1 and len({r["m3"] for r in combined}) > 1:
+        written.append(plot_combined_grid(plt, combined, f"{out_stem}_combined_heatmap.png"))
+    return written
+
+
+def plot_losses(plt, summary: list[dict], rows: list[dict], path: str) -> str:
+    """Test accuracy and MAP@R of every setting (each loss at its margins), in the summary's order: the mean
+    ± std as a bar that stops at 100% (`error_bars`), every run as a dot beside it; the axis spans the runs
+    (no bars from zero, which would hide a spread over seeds of tenths of a point). `summary` and `rows`:
+    the summary lines and the runs of the plain training set."""
+    runs: dict[tuple, list[dict]] = {}
+    for row in rows:
+        runs.setdefault(row_key(row)[0], []).append(row)
+    keys = [tuple(line[k] for k in SETTING_KEYS) for line in summary]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, (field, column, name) in zip(axes, (("acc", "test_acc", "test accuracy (%)"),
+                                                ("map_at_r", "map_at_r", "MAP@R (%)"))):
+        for i, (line, key) in enumerate(zip(summary, keys)):
+            mean = line[f"mean_{field}"]
+            if math.isnan(mean):  # no finished run reports it
+                continue
+            ax.errorbar(i, mean, yerr=error_bars([line], field), fmt="_", markersize=18, color="tab:blue", capsize=4)
+            values = percent_values(runs[key], column)
+            ax.plot([i + 0.12] * len(values), values, "o", color="black", markerfacecolor="none", markersize=5)
+            ax.annotate(f"{mean:.2f}", (i, mean), textcoords="offset points", xytext=(-8, 0), ha="right",
+                        va="center", fontsize=8)
+        ax.set_xticks(range(len(keys)), [setting_label(k).replace(" m", "\nm", 1).replace(", ", "\n") for k in keys], fontsize=8)
+        ax.set_xlim(-0.6, len(keys) - 0.4)
+        ax.set_ylabel(name)
+        ax.grid(axis="y", alpha=0.3)
+    seeds = sorted({int(r["seed"]) for r in rows})
+    fig.suptitle(f"each loss at its margins: mean ± std (bar) over seeds {', '.join(map(str, seeds))}, every run a "
+                 f"circle ({budget_of(rows)})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def heatmap_label(row: dict) -> str:
+    """The text of one combined-margin cell: our mean ± std (runs), the source paper's single run where it
+    has one, and the collapsed runs where there are any (a mean alone hides them)."""
+    text = f"{row['mean_acc']:.2f}" + ("" if math.isnan(row["std_acc"]) else f" ± {row['std_acc']:.2f}")
+    text += f"\n({row['runs']} run{'s' * (row['runs'] != 1)})"
+    if row.get("source_acc") is not None:
+        text += f"\npaper {row['source_acc']:.2f}"
+    if row.get("collapsed"):
+        text += f"\n{row['collapsed']} collapsed"
+    return text
+
+
+def plot_combined_grid(plt, combined: list[dict], path: str) -> str:
+    """The combined margin over (m2, m3): each cell coloured by our mean test accuracy and labelled with
+    `heatmap_label` (mean ± std, runs, the paper's number, collapsed runs); cells without runs stay blank.
+    The colours span our means only: on the paper's 3-point scale our 0.1-point spread would be one colour.
+    `combined`: summary rows (mean_acc, std_acc, runs, collapsed, source_acc) of the combined loss."""
+    m2s, m3s = sorted({r["m2"] for r in combined}), sorted({r["m3"] for r in combined})
+    grid = torch.full((len(m3s), len(m2s)), math.nan)  # (m3, m2): rows up the m3 axis
+    for r in combined:
+        grid[m3s.index(r["m3"]), m2s.index(r["m2"])] = r["mean_acc"]
+    # colours span the cells without a collapsed run: one collapse would make every other cell one colour
+    # (such a cell shows as the scale's darkest, and its label counts the collapse)
+    means = [r["mean_acc"] for r in combined if not r.get("collapsed")] or [r["mean_acc"] for r in combined]
+    low, high = min(means), max(means)
+    middle = (low + high) / 2  # viridis is dark below it: white text there, black above
+    fig, ax = plt.subplots(figsize=(max(7.5, 2.0 + 1.6 * len(m2s)), 1.8 + 1.0 * len(m3s)))  # the title fits
+    image = ax.imshow(grid.numpy(), cmap="viridis", origin="lower", aspect="auto", vmin=low, vmax=max(high, low + 1e-6))
+    for r in combined:
+        i, j = m3s.index(r["m3"]), m2s.index(r["m2"])
+        ax.text(j, i, heatmap_label(r), ha="center", va="center", fontsize=7,
+                color="white" if r["mean_acc"] < middle else "black")
+    ax.set_xticks(range(len(m2s)), [f"{v:g}" for v in m2s]), ax.set_yticks(range(len(m3s)), [f"{v:g}" for v in m3s])
+    ax.set_xlabel("m2 (ArcFace)"), ax.set_ylabel("m3 (CosFace)")
+    ax.set_title("combined margin s·(cos(θ + m2) − m3):\nour mean test accuracy (%) ± std, beside the paper's run")
+    bar = fig.colorbar(image, ax=ax, label="our mean test accuracy (%),\ncells without a collapsed run", extend="min")
+    bar.formatter.set_useOffset(False)  # 99.58, not 0.003 + 9.958e1
+    bar.update_ticks()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
