@@ -50,8 +50,7 @@ from common.training import DivergedError
 SCRIPTS = {"mnist": train_mnist, "cifar10": train_cifar10}  # --dataset: which training script every run uses
 # Training flags a sweep sets per run itself, and the flag of the sweep to use instead.
 SET_PER_RUN = {"--loss": "--losses", "--s": "--s", "--m1": "--m1", "--m2": "--m2", "--m3": "--m3",
-               "--seed": "--seeds", "--checkpoint": "--checkpoint-dir", "--resume": "--checkpoint-dir",
-               "--no-progress": "(runs of a sweep show no bars)"}
+               "--seed": "--seeds", "--checkpoint": "--checkpoint-dir", "--resume": "--checkpoint-dir"}
 
 
 def claims_grid() -> list[tuple]:
@@ -328,7 +327,7 @@ def read_summary_rows(paths: list[str]) -> list[dict]:
         with open(path, newline="") as handle:
             text = handle.read()
         found = read_rows(path)
-        cut = bool(text) and not text.endswith("\n") and found
+        cut = bool(text and not text.endswith("\n") and found)
         usable = [r for r in (found[:-1] if cut else found) if _usable(r)]
         skipped = len(found) - len(usable)
         why = ("the last line is cut mid-way" if cut else "") + (

@@ -132,6 +132,8 @@ class TrainConfig:
         for flag, (value, low) in positive_ints.items():
             if value < low:
                 raise ValueError(f"{flag} must be >= {low}, got {value}")
+        if not 0 <= self.seed < 2 ** 32:
+            raise ValueError(f"--seed must be between 0 and 2**32 - 1, got {self.seed}")
         if not (math.isfinite(self.imbalance) and self.imbalance >= 1):
             raise ValueError(f"--imbalance must be >= 1 (largest / smallest class), got {self.imbalance}")
         if self.holdout_classes < 0 or self.holdout_classes == 1:

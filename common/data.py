@@ -53,6 +53,9 @@ class ImageData:
         `stratified_counts`); all of them when n is None or >= the training set. The test set is unchanged."""
         if n is None or n >= len(self.train_y):
             return self
+        if n < self.num_classes:
+            raise ValueError(f"--max-train-samples {n} is fewer than the {self.num_classes} classes: some classes would "
+                             f"get no training image; give at least {self.num_classes}")
         return self._keep_per_class(stratified_counts(self.train_class_counts(), n), seed)
 
     def train_class_counts(self) -> list[int]:
@@ -403,7 +406,10 @@ class Dataset:
 
     def load(self, config) -> ImageData:
         """An image folder at config.data_root (decoded at config.image_size) if there is one, otherwise the
-        torchvision copy there (downloaded when config.download allows)."""
+        torchvision copy there (downloaded when config.download allows). DataError for a --data-root that is
+        a file."""
+        if os.path.isfile(config.data_root):
+            raise DataError(f"--data-root {config.data_root} is a file, not a folder")
         if is_image_folder(config.data_root):
             return load_image_folder(config.data_root, channels=self.channels, size=config.image_size)
         return self.load_torchvision(config.data_root, config.download)
