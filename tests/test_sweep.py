@@ -121,7 +121,7 @@ def test_the_sweep_hands_every_training_flag_it_does_not_set_itself_to_the_scrip
             action = parser._option_string_actions[flag]
             default = getattr(script.DEFAULTS.resolved(), action.dest)
             if action.nargs == 0 or isinstance(action.const, bool) or action.dest == "amp":  # a switch
-                given = [f"--no-{flag[2:]}" if default else flag]
+                given = [f"--no-{flag[2:]}" if default and not flag.startswith("--no-") else flag]
             else:
                 given = [flag, "40" if action.type is int or flag == "--imbalance" else "0.45" if action.type is float else [c for c in action.choices if c != default][0] if action.choices
                          else "data-x" if flag == "--data-root" else "64-64-64" if flag == "--widths" else "cpu"]
