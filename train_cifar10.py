@@ -1,6 +1,6 @@
-"""Train a deeper version of the source report's network on CIFAR-10 (or any RGB image folder)
-with softmax, ArcFace, CosFace, SphereFace, the combined margin, or triplet loss; append the test
-metrics to a results CSV.
+"""Train a network on CIFAR-10 or any RGB image folder (the recipe of results/README.md by default;
+--preset report: the source report's) with softmax, ArcFace, CosFace, SphereFace, the combined margin,
+or triplet loss; append the test metrics to a results CSV (default runs/train_cifar10.csv).
 
     python train_cifar10.py                                          # ArcFace
     python train_cifar10.py --loss combined --m1 1 --m2 0.3 --m3 0.2
@@ -26,7 +26,7 @@ from common.training import (build_model, check_checkpoint_space, check_finite, 
 # The recipe of results/README.md "CIFAR-10 (JPEG copy) at the full budget": airbench's network inside the report's
 # conv-BatchNorm-activation family (a fixed 2x2 patch-whitening layer, widths 64-256-256 with two convs per stage,
 # GELU, max-pool before the first BatchNorm of a stage, global max pool, BatchNorm scales fixed at 1), dirac
-# initialisation, 10 epochs at lr 0.1 (354 TFLOP of training), crop with 2-pixel padding and flips, flip + translate
+# initialisation, 10 epochs at lr 0.1, crop with 2-pixel padding and flips, flip + translate
 # test-time augmentation; the margins' unit gradient and warm-up; bfloat16 where it is native.
 DEFAULTS = TrainConfig(dataset=CIFAR10.name, widths=(64, 256, 256), convs_per_stage=2, epochs=10, lr=0.1,
                        whiten=True, dirac_init=True, activation="gelu",

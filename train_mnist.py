@@ -1,5 +1,6 @@
-"""Train the source report's network on MNIST with softmax, ArcFace, CosFace, SphereFace,
-the combined margin, or triplet loss; append the test metrics to a results CSV.
+"""Train a network on MNIST (the recipe of results/README.md by default; --preset report: the source report's)
+with softmax, ArcFace, CosFace, SphereFace, the combined margin, or triplet loss; append the test metrics
+to a results CSV (default runs/train_mnist.csv).
 
     python train_mnist.py                  # ArcFace (s=30, m2=0.5)
     python train_mnist.py --loss softmax   # the plain softmax baseline
@@ -22,9 +23,8 @@ from common.training import (build_model, check_checkpoint_space, check_finite, 
                              load_training_data, make_optimizer, record_epoch, set_margin_ramp, start,
                              steps_per_epoch)
 
-# The recipe of results/README.md "The training recipe on MNIST": a narrower, deeper network than the
-# report's (17.8 TFLOP of training against its 66), the margins' unit gradient and warm-up, bfloat16 where
-# it is native.
+# The recipe of results/README.md "The training recipe on MNIST" (its compute and accuracy are there): a
+# narrower, deeper network than the report's, the margins' unit gradient and warm-up, bfloat16 where native.
 DEFAULTS = TrainConfig(dataset=MNIST.name, widths=(32, 64, 128), convs_per_stage=2, epochs=4, lr=0.05,
                        margin_grad="unit", margin_warmup=0.3, amp=None, image_size=MNIST.image_size,
                        out="runs/train_mnist.csv")

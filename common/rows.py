@@ -120,7 +120,8 @@ def settings_labels(rows: list[dict]) -> dict[tuple, str]:
     keys = base_keys()
     values = {base_key(r): r for r in rows}
     differing = [i for i, k in enumerate(keys) if len({b[i] for b in values}) > 1]
-    return {b: ", ".join(f"{keys[i]} {values[b].get(keys[i], '') or 'none'}" for i in differing) for b in values}
+    shown = lambda v: "none" if v in ("", None) else str(v)  # noqa: E731 - 0 and False are values, not missing
+    return {b: ", ".join(f"{keys[i]} {shown(values[b].get(keys[i]))}" for i in differing) for b in values}
 
 
 def percent_values(runs: list[dict], field: str) -> list[float]:
