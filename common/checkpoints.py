@@ -104,13 +104,20 @@ def check_resume(path: str, config_row: dict, device: torch.device) -> dict:
 
 def save_run(config, record: RunRecord, net, head, optimizer, scheduler, generator: torch.Generator,
              device: torch.device, epochs_done: int) -> None:
-    """Everything --resume needs to continue bit for bit, saved to config.checkpoint (if set)."""
-    if config.checkpoint:
+    """Everything --resume needs to continue bit for bit, saved to config.checkpoint (if set). A checkpoint that
+    cannot be written (a full disk) is said in one line and training goes on: the checkpoint only saves a
+    restart, and the run's result is still to come."""
+    if not config.checkpoint:
+        return
+    try:
         save_checkpoint(config.checkpoint, net=net.state_dict(), head=head.state_dict(),
                         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                         generator=generator.get_state(), epoch=epochs_done, history=record.history,
                         train_seconds=record.train_seconds, config=config.as_row(), run_id=record.run_id,
                         device=device.type, threads=torch.get_num_threads())
+    except OSError as exc:
+        kept = "the last one written stays" if os.path.isfile(config.checkpoint) else "none was written"
+        print(f"warning: {exc}; training goes on ({kept})", flush=True)
 
 
 def resume_run(config, state: dict | None, net, head, optimizer, scheduler, generator: torch.Generator) -> RunRecord:

@@ -65,8 +65,10 @@ def margin_target(cos: torch.Tensor, m1: float, m2: float, m3: float, eps: float
       * "cosine": psi = cos(theta) - m3 - (1 + cos(theta_b)), CosFace-like: continuous at theta_b
         (both sides equal -1 - m3) and of slope exactly 1 in cos(theta) from there on.
     Both keep psi non-increasing over the whole of theta in [0, pi], so no wrong prediction can earn a
-    bonus. `grad` = "unit" returns the same values but holds the margin cos - psi constant in the
-    backward pass, so d psi / d cos = 1 everywhere, as for CosFace ("exact" differentiates psi).
+    bonus (pytorch-metric-learning's ArcFace loss also has a rule of its own beyond pi - m). `grad` =
+    "unit" returns the same values but holds the margin cos - psi constant in the backward pass, so
+    d psi / d cos = 1 everywhere, as for CosFace ("exact" differentiates psi); insightface's
+    arcface_torch does the same by computing its margin under torch.no_grad().
     Safeguards:
       * cos is clamped to [-1 + eps, 1 - eps] before acos with a straight-through clamp: the
         value is clamped, the gradient passes as identity, so inputs at, or a hair outside,

@@ -173,17 +173,17 @@ def test_a_full_disk_at_the_end_keeps_the_row_and_removes_the_temp_file(gray_fol
     assert 0 <= float(row["test_acc"]) <= 1
 
 
-def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_temp(gray_folder, tmp_path, capsys, monkeypatch):
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_the_run_finishes(gray_folder, tmp_path, capsys, monkeypatch):
     def half_written(state, path):
         open(path, "wb").write(b"partial")
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 512 vs 448")
 
     monkeypatch.setattr(torch, "save", half_written)
-    with pytest.raises(SystemExit) as exit_info:
-        train(gray_folder, tmp_path / "r.csv", "--checkpoint", str(tmp_path / "run.pt"))
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 1 and len(err.splitlines()) == 1 and "cannot write checkpoint" in err
-    assert os.listdir(tmp_path) == [] or not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
+    row = train(gray_folder, tmp_path / "r.csv", "--checkpoint", str(tmp_path / "run.pt"))
+    out = capsys.readouterr().out
+    assert "warning: cannot write checkpoint" in out and "training goes on (none was written)" in out
+    assert read_rows(str(tmp_path / "r.csv"))[0]["run_id"] == row["run_id"]  # the result is not lost
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n or n == "run.pt"]
 
 
 def test_an_out_name_too_long_for_the_file_system_is_refused_up_front(gray_folder, tmp_path, capsys, monkeypatch):
