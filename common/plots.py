@@ -146,3 +146,49 @@ def plot_combined_grid(plt, combined: list[dict], path: str) -> str:
     return path
 
 
+
+
+def plot_gains(gains: list[dict], path: str) -> str:
+    """Gain in top-1 over softmax (points) against training images per class (left: at the most classes) and
+    against the number of classes (right: at the most images per class), one line per loss: the mean gain with
+    its 95% interval as a bar, every run's own gain as a dot beside it, zero (no gain) as a dashed line.
+    `gains`: `summary.gains_over_softmax` lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    most_classes, most_images = max(g["classes"] for g in gains), max(g["per_class"] for g in gains)
+    panels = (("per_class", [g for g in gains if g["classes"] == most_classes],
+               f"training images per class ({most_classes} classes)"),
+              ("classes", [g for g in gains if g["per_class"] == most_images],
+               f"number of classes ({most_images} images per class)"))
+    losses = sorted({g["loss"] for g in gains})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    for ax, (x_key, lines, xlabel) in zip(axes, panels):
+        for i, loss in enumerate(losses):
+            own = sorted((g for g in lines if g["loss"] == loss and "gain_acc" in g), key=lambda g: g[x_key])
+            if not own:
+                continue
+            shift = 1 + 0.04 * (i - (len(losses) - 1) / 2)  # side by side on the log axis, never on top
+            xs = [g[x_key] * shift for g in own]
+            low = [0 if math.isnan(g["low_acc"]) else g["gain_acc"] - g["low_acc"] for g in own]
+            high = [0 if math.isnan(g["high_acc"]) else g["high_acc"] - g["gain_acc"] for g in own]
+            bars = ax.errorbar(xs, [g["gain_acc"] for g in own], yerr=(low, high), fmt="o-", capsize=3, label=loss)
+            for x, g in zip(xs, own):
+                dots = [float(v) for v in g["run_gains_acc"].split(";")]
+                ax.plot([x * 1.02] * len(dots), dots, ".", color=bars[0].get_color(), alpha=0.5)
+        ax.axhline(0, color="grey", linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        values = sorted({g[x_key] for g in lines})
+        ax.set_xticks(values, [str(v) for v in values])  # the sizes measured, not powers of ten
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("top-1 gain over softmax (points)")
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle("margin losses minus softmax: mean with 95% interval, every run a dot")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -16,12 +16,12 @@ import statistics
 import torch
 
 from .heads import LOSSES, MARGIN_DEFAULTS
-from .plots import plot_summary
+from .plots import plot_gains, plot_summary
 from .results import atomic_write_text, write_csv
 from .rows import (CLAIM_SCENARIOS, SETTING_KEYS, accuracy_of, base_key, budget_of, group_key, is_plain,
                    percent_values, plain_training_set, row_key, run_key, setting, setting_label, settings_labels,
                    source_value, table1)
-from .significance import difference, permutation_p
+from .significance import difference, difference_interval, permutation_p
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -41,13 +41,15 @@ def format_mean_std(mean: float, std: float) -> str:
 COLLAPSE_BELOW = 95.0  # % test accuracy: a finished MNIST run below it has collapsed (sweep_margins.py --collapse-below)
 # Each dataset's default threshold: far below every finished run of every loss at its recipe (results/README.md
 # has the ranges) and far above chance. CIFAR-10 is read from its JPEG copy, an image folder named cifar10-jpg.
-DATASET_COLLAPSE_BELOW = {"mnist": COLLAPSE_BELOW, "cifar10": 50.0, "cifar10-jpg": 50.0}
+# Tiny-ImageNet-200's chance is 0.5%, and its healthy runs end far above 10%. A dataset not listed here has no
+# threshold (0): no run counts as collapsed unless --collapse-below says where.
+DATASET_COLLAPSE_BELOW = {"mnist": COLLAPSE_BELOW, "cifar10": 50.0, "cifar10-jpg": 50.0, "tiny-imagenet-200": 10.0}
 
 
 def collapse_threshold(rows: list[dict]) -> float:
     """The default --collapse-below for these rows: their dataset's threshold (the lowest of them if the rows
-    mix datasets, so that no dataset's healthy runs count as collapsed); MNIST's for rows without one."""
-    found = {DATASET_COLLAPSE_BELOW.get(str(r.get("dataset", "")), COLLAPSE_BELOW) for r in rows}
+    mix datasets, so that no dataset's healthy runs count as collapsed); 0 for a dataset without one."""
+    found = {DATASET_COLLAPSE_BELOW.get(str(r.get("dataset", "")), 0.0) for r in rows}
     return min(found, default=COLLAPSE_BELOW)
 
 
@@ -456,6 +458,63 @@ def budget_comparison(rows: list[dict], baseline: list[dict],
     return "\n".join(lines) + "\n" + note, [verdict]
 
 
+GAIN_FIELDS = (("acc", "test_acc", "top-1"), ("top5", "test_top5", "top-5"), ("map_at_r", "map_at_r", "MAP@R"))
+
+
+def data_shape(row: dict) -> tuple[int, int]:
+    """(classes, training images per class) of a row: the classes it trained on and their mean size, rounded,
+    from its `train_class_counts`."""
+    counts = [int(c) for c in str(row["train_class_counts"]).split(";") if c != ""]
+    return len(counts), round(sum(counts) / len(counts))
+
+
+def gains_over_softmax(rows: list[dict]) -> list[dict]:
+    """Within each sweep's rows (`partitions`) on the plain training set, each loss at its margins against that
+    sweep's softmax runs: the data's shape (`data_shape`), the runs on each side, and per field of GAIN_FIELDS
+    the difference of means in points with its 95% interval (`difference_interval`), its permutation p, and
+    each run's own gain (its value minus softmax's mean), for the figure. Diverged runs have no value and
+    are left out (their count is in the summary table)."""
+    lines = []
+    for label, part in partitions(rows):
+        by_setting: dict[tuple, list[dict]] = {}
+        for row in part:
+            if is_plain(row) and accuracy_of(row) is not None:
+                by_setting.setdefault(row_key(row).setting, []).append(row)
+        base = by_setting.pop(setting("softmax"), [])
+        if not base or not base[0].get("train_class_counts"):  # no softmax runs, or rows that do not say their data
+            continue
+        classes, per_class = data_shape(base[0])
+        for key, runs in by_setting.items():
+            line = {"settings": label, "classes": classes, "per_class": per_class, "loss": setting_label(key),
+                    "runs": len(runs), "softmax_runs": len(base)}
+            for name, field, _ in GAIN_FIELDS:
+                a, b = percent_values(runs, field), percent_values(base, field)
+                if a and b:
+                    gain, low, high = difference_interval(a, b)
+                    line.update({f"gain_{name}": gain, f"low_{name}": low, f"high_{name}": high,
+                                 f"p_{name}": difference(a, b)[1],
+                                 f"run_gains_{name}": ";".join(f"{v - sum(b) / len(b):.3f}" for v in a)})
+            lines.append(line)
+    return sorted(lines, key=lambda line: (-line["classes"], line["per_class"], line["loss"]))
+
+
+def gains_markdown(lines: list[dict]) -> str:
+    """The gains as a table: one line per (data shape, loss), each field as gain [95% interval] (p)."""
+    def cell(line, name):
+        if f"gain_{name}" not in line:
+            return "—"
+        interval = "" if math.isnan(line[f"low_{name}"]) else f" [{line[f'low_{name}']:+.2f}, {line[f'high_{name}']:+.2f}]"
+        return f"{line[f'gain_{name}']:+.2f}{interval} (p = {line[f'p_{name}']:.3f})"
+
+    heads = " | ".join(f"{title} gain, points" for _, _, title in GAIN_FIELDS)
+    out = [f"| classes | images per class | loss | runs (softmax) | {heads} |", "|---" * (4 + len(GAIN_FIELDS)) + "|"]
+    for line in lines:
+        out.append(f"| {line['classes']} | {line['per_class']} | {line['loss']} | {line['runs']} ({line['softmax_runs']}) | "
+                   + " | ".join(cell(line, name) for name, _, _ in GAIN_FIELDS) + " |")
+    return "\n".join(out) + ("\n\nEach loss at its margins minus softmax, same settings and seeds: difference of means, "
+                              "its 95% interval (t with df = min(runs) - 1) and permutation p.\n")
+
+
 def partitions(rows: list[dict]) -> list[tuple[str, list[dict]]]:
     """The rows split by the settings their sweep shares (`rows.base_key`): [(label, rows)], one part with an
     empty label when all rows are of one sweep's settings."""
@@ -511,6 +570,11 @@ def write_summary(rows: list[dict], out_csv: str, collapse_below: float = COLLAP
         print(line)
     for markdown in markdown_parts:
         print(markdown)
+    gains = gains_over_softmax(rows)
+    if len({(g["classes"], g["per_class"]) for g in gains}) > 1:  # several data sizes: the gain against them
+        write_csv(f"{stem}_gains.csv", gains)
+        atomic_write_text(f"{stem}_gains.md", gains_markdown(gains))
+        written += [f"{stem}_gains.csv", f"{stem}_gains.md", plot_gains(gains, f"{stem}_gains.png")]
     budget, verdict = budget_comparison(rows, list(baseline), collapse_below)
     if budget:
         atomic_write_text(f"{stem}_budget.md", budget + "".join(f"\n{line}\n" for line in verdict))

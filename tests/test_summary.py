@@ -327,7 +327,8 @@ def test_the_default_collapse_threshold_is_the_datasets(tmp_path):
     mnist = [{**row, "dataset": "mnist", "test_acc": 0.94} for row in cifar]
     assert summaries.collapse_threshold(cifar) == 50.0 and summaries.collapse_threshold(mnist) == 95.0
     assert summaries.collapse_threshold(cifar + mnist) == 50.0  # mixed: no dataset's healthy runs count as collapsed
-    assert summaries.collapse_threshold([{"test_acc": 0.9}]) == summaries.COLLAPSE_BELOW  # rows without a dataset
+    assert summaries.collapse_threshold([{"test_acc": 0.9, "dataset": "my-photos"}]) == 0.0  # no threshold of its own
+    assert summaries.collapse_threshold([{"test_acc": 0.4, "dataset": "tiny-imagenet-200"}]) == 10.0
     path = str(tmp_path / "cifar.csv")
     write_csv(path, cifar)
     sweep_margins.main(["--summarize", path, "--out", path])  # no --collapse-below: CIFAR-10's 50%
@@ -347,3 +348,33 @@ def test_a_few_losses_get_a_side_by_side_figure_and_one_margin_no_curve(tmp_path
     sweep_margins.main(["--summarize", path, "--out", path])
     assert (tmp_path / "losses_losses.png").stat().st_size > 1000
     assert not (tmp_path / "losses_arcface_m2.png").exists()  # one ArcFace margin: no curve to draw
+
+
+def test_gains_over_softmax_per_data_size_with_intervals_and_a_figure(tmp_path):
+    def row(loss, per_class, seed, acc):
+        margins = {"s": 30, "m1": 1, "m2": 0.5, "m3": 0} if loss == "arcface" else {"s": "", "m1": "", "m2": "", "m3": ""}
+        return {**PLAIN, "dataset": "tiny-imagenet-200", "loss": loss, **margins, "seed": seed, "epochs": 500 // per_class,
+                "max_train_samples": "" if per_class == 50 else 200 * per_class, "test_acc": acc, "test_top5": acc,
+                "map_at_r": acc / 2, "train_class_counts": ";".join([str(per_class)] * 200)}
+
+    rows = [row("softmax", n, s, 0.30 + 0.01 * s) for n in (10, 50) for s in range(3)]
+    rows += [row("arcface", 10, s, 0.35 + 0.01 * s) for s in range(3)]  # +5 points with few images
+    rows += [row("arcface", 50, s, 0.30 + 0.01 * s) for s in range(3)]  # no gain with more
+    gains = summaries.gains_over_softmax(rows)
+    few, many = sorted(gains, key=lambda g: g["per_class"])
+    assert (few["per_class"], few["classes"], few["runs"]) == (10, 200, 3)
+    assert few["gain_acc"] == pytest.approx(5.0) and few["low_acc"] == pytest.approx(5.0 - 4.303 * (2 / 3) ** 0.5)
+    assert many["gain_acc"] == pytest.approx(0.0) and many["p_acc"] == pytest.approx(1.0)
+    assert [float(v) for v in few["run_gains_acc"].split(";")] == pytest.approx([4.0, 5.0, 6.0])
+    path = str(tmp_path / "tiny.csv")
+    write_csv(path, rows)
+    sweep_margins.main(["--summarize", path, "--out", path])
+    assert "| 200 | 10 | arcface m2 = 0.5 | 3 (3) | +5.00" in (tmp_path / "tiny_gains.md").read_text()
+    assert (tmp_path / "tiny_gains.png").stat().st_size > 1000
+
+
+def test_the_95_percent_interval_uses_t_with_the_smaller_sides_degrees_of_freedom():
+    from common.significance import difference_interval
+    diff, low, high = difference_interval([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+    assert diff == pytest.approx(2.0) and high - diff == pytest.approx(4.303 * (1 / 3) ** 0.5)
+    assert math.isnan(difference_interval([1.0], [0.0, 1.0])[1])  # one run: no spread, no interval
