@@ -5,7 +5,8 @@ No normal distribution is assumed: the labelling of runs into groups is shuffled
 and the p-value is the share of shuffles whose groups lie at least as far apart as the observed ones.
 Safeguards: the observed labelling counts as one of the shuffles, ((hits + 1) / (draws + 1)), so a
 p-value is never 0; a shuffle within rounding of the observed statistic counts as a hit, so identical
-values give p = 1; fewer than two non-empty groups give NaN (nothing to compare). Seeded: the same
+values give p = 1; fewer than two non-empty groups, or one value in every group (no spread within a group
+to compare with), give NaN. Seeded: the same
 inputs always give the same p-value."""
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def permutation_p(groups: list[list[float]], draws: int = DRAWS, seed: int = 0) 
     """p-value of "all groups come from one distribution" against "their means differ" (one-way: the
     between-group sum of squares). With two groups this is the two-sided test of their difference of means."""
     groups = [list(g) for g in groups if len(g)]
-    if len(groups) < 2:
+    if len(groups) < 2 or max(map(len, groups)) < 2:  # one run per group: every shuffle is as extreme, p says nothing
         return math.nan
     values = torch.tensor([v for g in groups for v in g], dtype=torch.float64)  # (N,)
     labels = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor([len(g) for g in groups]))  # (N,)

@@ -46,6 +46,11 @@ COLLAPSE_BELOW = 95.0  # % test accuracy: a finished MNIST run below it has coll
 DATASET_COLLAPSE_BELOW = {"mnist": COLLAPSE_BELOW, "cifar10": 50.0, "cifar10-jpg": 50.0, "tiny-imagenet-200": 10.0}
 
 
+def format_p(p: float) -> str:
+    """'0.012', or 'n/a' where no p exists (one run per group, or nothing to compare)."""
+    return "n/a" if math.isnan(p) else f"{p:.3f}"
+
+
 def collapse_threshold(rows: list[dict]) -> float:
     """The default --collapse-below for these rows: their dataset's threshold (the lowest of them if the rows
     mix datasets, so that no dataset's healthy runs count as collapsed); 0 for a dataset without one."""
@@ -311,14 +316,14 @@ def arcface_margin_lines(arc: dict[tuple, list[float]], runs: int, collapsed: in
             f"m2 = {ranked[0][0]:g} ({described(arc[ranked[0]])})")
     if (0.5, 0.0) in ranked:
         head += f"; m2 = 0.5 {described(arc[(0.5, 0.0)])}, rank {ranked.index((0.5, 0.0)) + 1} of {len(ranked)}"
-    lines = [f"{head}; cells differ beyond their seeds: permutation p = {permutation_p(list(arc.values())):.3f}"]
+    lines = [f"{head}; cells differ beyond their seeds: permutation p = {format_p(permutation_p(list(arc.values())))}"]
     if (0.5, 0.0) in ranked:
         order = sorted(ranked)
         at = order.index((0.5, 0.0))
         near = [k for k in order[max(0, at - 1):at + 2] if k != (0.5, 0.0)]
         gain, p = difference(arc[(0.5, 0.0)], pooled({k: arc[k] for k in near}))
         lines.append(f"ArcFace m2 = 0.5 against its neighbours m2 = {', '.join(f'{k[0]:g}' for k in near)} "
-                     f"(runs pooled): {gain:+.2f} points, p = {p:.3f}")
+                     f"(runs pooled): {gain:+.2f} points, p = {format_p(p)}")
     return lines
 
 
@@ -334,7 +339,7 @@ def low_cell_line(loss: str, cell: tuple, source: float, median: float, runs: li
     name = f"m2 = {cell[0]:g}" + (f", m3 = {cell[1]:g}" if loss == "combined" else "")
     return (f"paper's low cell {loss} {name} (paper {source:.2f}, its median {median:.2f}): {described(runs)} "
             f"over {len(runs)} runs, lowest {min(runs):.2f}, {low} collapsed; without those {gain:+.2f} points "
-            f"against the other {loss} cells, p = {p:.3f}: {verdict}")
+            f"against the other {loss} cells, p = {format_p(p)}: {verdict}")
 
 
 def table1_checks(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) -> list[str]:
@@ -357,7 +362,7 @@ def table1_checks(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) -> l
         lines.append(f"combined margin ({count} cell{'s' * (count != 1)} with m3 > 0, {runs['combined']} runs, "
                      f"{collapsed['combined']} collapsed) against ArcFace ({len(cells['arcface'])} cells, "
                      f"{runs['arcface']} runs, {collapsed['arcface']} collapsed), over the runs that did not "
-                     f"collapse: {gain:+.2f} points, p = {p:.3f}")
+                     f"collapse: {gain:+.2f} points, p = {format_p(p)}")
     median = statistics.median(table1().values())
     for (loss, _, _, m2, m3), source in table1().items():
         if source < median - 1 and (m2, m3) in cells[loss] and len(cells[loss]) >= 2:
@@ -404,7 +409,7 @@ def against_softmax(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) ->
             a, b = percent_values(runs, field), percent_values(base, field)
             if a and b:
                 gain, p = difference(a, b)
-                parts.append(f"{name} {gain:+.2f} ± {standard_error(a, b):.2f} points (p = {p:.3f})")
+                parts.append(f"{name} {gain:+.2f} ± {standard_error(a, b):.2f} points (p = {format_p(p)})")
         lines.append(f"{setting_label(setting(loss))} ({len(runs)} runs, {low} collapsed) against softmax ({len(base)} "
                      f"runs, {base_low} collapsed): {'; '.join(parts)}; difference of means ± its standard error")
     return lines
@@ -448,12 +453,12 @@ def budget_comparison(rows: list[dict], baseline: list[dict],
     for i, k in enumerate(shared):
         change, p = difference(new[k][0], old[k][0])
         lines.append(f"| {setting_label(k)} | {described(old[k][0])} ({len(old[k][0])}) | {rank_old[i]:g} | {old[k][1]} | "
-                     f"{described(new[k][0])} ({len(new[k][0])}) | {rank_new[i]:g} | {new[k][1]} | {change:+.2f} | {p:.3f} |")
+                     f"{described(new[k][0])} ({len(new[k][0])}) | {rank_new[i]:g} | {new[k][1]} | {change:+.2f} | {format_p(p)} |")
     change = sum(means_new) / len(shared) - sum(means_old) / len(shared)
     verdict = (f"{at_new} against {at_old}, {len(shared)} settings: mean change {change:+.2f} points; rank correlation "
                f"(Spearman) {spearman(means_old, means_new):.2f}; settings differ beyond their seeds: permutation "
-               f"p = {permutation_p([old[k][0] for k in shared]):.3f} at {at_old}, "
-               f"p = {permutation_p([new[k][0] for k in shared]):.3f} at {at_new}")
+               f"p = {format_p(permutation_p([old[k][0] for k in shared]))} at {at_old}, "
+               f"p = {format_p(permutation_p([new[k][0] for k in shared]))} at {at_new}")
     note = f"\nmean ± std (runs) over the runs that did not collapse (< {collapse_below:g}%); rank 1 = best mean.\n"
     return "\n".join(lines) + "\n" + note, [verdict]
 
@@ -504,7 +509,7 @@ def gains_markdown(lines: list[dict]) -> str:
         if f"gain_{name}" not in line:
             return "—"
         interval = "" if math.isnan(line[f"low_{name}"]) else f" [{line[f'low_{name}']:+.2f}, {line[f'high_{name}']:+.2f}]"
-        return f"{line[f'gain_{name}']:+.2f}{interval} (p = {line[f'p_{name}']:.3f})"
+        return f"{line[f'gain_{name}']:+.2f}{interval} (p = {format_p(line[f'p_{name}'])})"
 
     heads = " | ".join(f"{title} gain, points" for _, _, title in GAIN_FIELDS)
     out = [f"| classes | images per class | loss | runs (softmax) | {heads} |", "|---" * (4 + len(GAIN_FIELDS)) + "|"]
