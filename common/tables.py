@@ -1,0 +1,101 @@
+"""Tables in Markdown files written from the committed CSVs, never by hand.
+
+A table is a block between two comments: the first says where its numbers come from, the second ends it.
+
+    <!-- table csv=results/a.csv;results/b.csv rows=dataset,loss columns=seed value=test_acc where=epochs:10 -->
+    ...generated lines...
+    <!-- /table -->
+
+Each cell is the mean ± std (runs) of `value` in percent over the rows that share the `rows` keys and the
+`columns` key's value (one column per value, in the order the CSVs first give them; without `columns`, one
+value column), counting each run once (`rows.run_key`) and leaving out diverged runs. `where` keeps rows whose
+keys have the given values; `percent=no` shows the value as it is; `also=train_tflop` adds a column with that
+field's mean over the group's rows (3 significant digits).
+
+    python -m common.tables README.md results/README.md            # rewrite every block from the CSVs
+    python -m common.tables --check README.md results/README.md    # exit 1 naming each block that differs
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+from .results import REPO_ROOT, atomic_write_text, read_rows
+from .rows import accuracy_of, run_key
+from .summary import format_mean_std, mean_std
+
+BLOCK = re.compile(r"(<!-- table (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+
+def parse_spec(spec: str) -> dict[str, str]:
+    """'csv=a.csv rows=loss value=test_acc' -> {'csv': 'a.csv', 'rows': 'loss', 'value': 'test_acc'}."""
+    return dict(part.split("=", 1) for part in spec.split())
+
+
+def label(value: str, key: str) -> str:
+    """A cell of a rows column: '-' for an empty one (softmax's margins)."""
+    return value if value != "" else "-"
+
+
+def render(spec: str, root: str = REPO_ROOT) -> str:
+    """The Markdown lines of one table block (header, rule, a line per group), from its spec."""
+    options = parse_spec(spec)
+    rows = [r for path in options["csv"].split(";") for r in read_rows(os.path.join(root, path))]
+    wanted = [part.split(":", 1) for part in options.get("where", "").split(",") if part]
+    rows = [r for r in rows if all(str(r.get(k, "")) == v for k, v in wanted) and accuracy_of(r) is not None]
+    rows = list({run_key(r): r for r in rows}.values())  # each run once
+    keys = options["rows"].split(",")
+    column = options.get("columns")
+    field, percent = options["value"], options.get("percent", "yes") != "no"
+    heads = list(dict.fromkeys(str(r.get(column, "")) for r in rows)) if column else [field]
+    groups: dict[tuple, dict[str, list[float]]] = {}
+    for r in rows:
+        if str(r.get(field, "")) in ("", "nan"):
+            continue
+        cells = groups.setdefault(tuple(str(r.get(k, "")) for k in keys), {})
+        cells.setdefault(str(r.get(column, "")) if column else field, []).append(float(r[field]) * (100 if percent else 1))
+    also = [k for k in options.get("also", "").split(",") if k]
+    lines = ["| " + " | ".join(keys + also + heads) + " |", "|---" * (len(keys) + len(also) + len(heads)) + "|"]
+    for group, cells in groups.items():
+        members = [r for r in rows if tuple(str(r.get(k, "")) for k in keys) == group]
+        extra = [f"{mean_std([float(r[k]) for r in members])[0]:.3g}" for k in also]
+        shown = [f"{format_mean_std(*mean_std(cells[h]))} ({len(cells[h])})" if h in cells else "—" for h in heads]
+        lines.append("| " + " | ".join([label(v, k) for v, k in zip(group, keys)] + extra + shown) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def update(path: str, check: bool, root: str = REPO_ROOT) -> list[str]:
+    """Rewrite (or, with `check`, only compare) every table block of the Markdown file at `path`; returns one
+    line per block whose text differs from what its CSVs give."""
+    with open(path) as handle:
+        text = handle.read()
+    stale = []
+
+    def fill(match: re.Match) -> str:
+        body = render(match["spec"], root)
+        if body != match["body"]:
+            stale.append(f"{path}: table '{match['spec']}' differs from what its CSVs give")
+        return match.group(1) + body + match.group(4)
+
+    new = BLOCK.sub(fill, text)
+    if not check and new != text:
+        atomic_write_text(path, new)
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m common.tables", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("files", nargs="+", help="Markdown files with table blocks")
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if any block differs")
+    args = parser.parse_args(argv)
+    stale = [line for path in args.files for line in update(path, args.check)]
+    for line in stale:
+        print(line, file=sys.stderr if args.check else sys.stdout)
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

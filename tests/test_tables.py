@@ -1,0 +1,30 @@
+"""Tables written from the CSVs (common/tables.py): the committed Markdown agrees with its rows, and a doctored
+copy is caught."""
+import os
+
+from common import tables
+from common.results import REPO_ROOT, write_csv
+
+DOCS = [os.path.join(REPO_ROOT, "README.md"), os.path.join(REPO_ROOT, "results", "README.md")]
+
+
+def test_every_committed_table_is_what_its_csvs_give():
+    assert tables.main(["--check", *DOCS]) == 0
+
+
+def test_a_doctored_number_is_caught_and_rewriting_restores_it(tmp_path, capsys):
+    rows = [{"dataset": "d", "loss": loss, "s": "", "m1": "", "m2": "", "m3": "", "seed": seed, "imbalance": 1.0,
+             "holdout_classes": 0, "corruptions": False, "test_acc": acc, "train_tflop": 2.0}
+            for loss, accs in (("softmax", (0.90, 0.92)), ("arcface", (0.91, 0.93))) for seed, acc in enumerate(accs)]
+    write_csv(str(tmp_path / "r.csv"), rows)
+    block = "<!-- table csv=r.csv rows=dataset also=train_tflop columns=loss value=test_acc -->\n"
+    page = tmp_path / "page.md"
+    page.write_text("# results\n" + block + "<!-- /table -->\ntext after\n")
+    assert tables.update(str(page), check=False, root=str(tmp_path))  # filled in
+    good = page.read_text()
+    assert "| dataset | train_tflop | softmax | arcface |" in good and "| d | 2 | 91.00 ± 1.41 (2) | 92.00 ± 1.41 (2) |" in good
+    assert tables.update(str(page), check=True, root=str(tmp_path)) == []
+    page.write_text(good.replace("91.00 ± 1.41", "91.50 ± 1.41"))  # typed over by hand
+    assert tables.update(str(page), check=True, root=str(tmp_path)) and "91.50" in page.read_text()  # --check: unchanged
+    tables.update(str(page), check=False, root=str(tmp_path))
+    assert page.read_text() == good
