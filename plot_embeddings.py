@@ -13,6 +13,7 @@ import csv
 import math
 import os
 import sys
+import textwrap
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -164,7 +165,9 @@ def plot_angle_histograms(results: list[dict], path: str) -> None:
                                                     result["labels"])
         ax.hist(target.tolist(), bins=bins, alpha=0.6, color="tab:blue", label="own class centre")
         ax.hist(nearest.tolist(), bins=bins, alpha=0.6, color="tab:red", label="nearest other centre")
-        ax.set_title(f"{result['model'].name} (wrong centre nearer: {result['stats']['wrong_nearer']:.2%})", fontsize=10)
+        # softmax and triplet learn no class centres: theirs are the classes' normalised mean embeddings
+        centres = "centre" if isinstance(result["model"].head, ArcNet) else "mean embedding"
+        ax.set_title(f"{result['model'].name} (wrong {centres} nearer: {result['stats']['wrong_nearer']:.2%})", fontsize=10)
         ax.set_xlabel("angle to centre (degrees)")
     axes[0][0].set_ylabel("test embeddings")
     axes[0][0].legend()
@@ -180,15 +183,19 @@ def plot_confusion(confusion_csv: str, path: str, title: str) -> None:
     names = [r["true"] for r in rows]
     counts = torch.tensor([[int(r[n]) for n in names] for r in rows], dtype=torch.float64)
     share = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(names), 0.6 + 0.55 * len(names)))
+    few = len(names) <= CONFUSION_LABELLED  # beyond it, counts and names would not fit: the shares alone
+    side = 1.0 + 0.6 * len(names) if few else 9.0
+    fig, ax = plt.subplots(figsize=(max(side, 6.0), 0.6 + 0.55 * len(names) if few else 8.0))
     image = ax.imshow(share.numpy(), cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if share[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("predicted class"), ax.set_ylabel("true class"), ax.set_title(title, fontsize=10)
+    if few:
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if share[i, j] > 0.5 else "black")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted class"), ax.set_ylabel("true class")
+    ax.set_title("\n".join(textwrap.wrap(title, width=int(8 * max(side, 6.0)))), fontsize=9)  # never cut at the sides
     fig.colorbar(image, ax=ax, label="share of the true class")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -197,7 +204,9 @@ def plot_confusion(confusion_csv: str, path: str, title: str) -> None:
 
 def plot_curves(runs: list[tuple[str, list[dict]]], path: str, title: str) -> None:
     plt = _pyplot()
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    legend_rows = math.ceil(len(runs) / 2)
+    height = 3.8 + 0.22 * legend_rows  # the legend goes below the panels, two labels a line
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, height))
     for label, history in runs:
         epochs = [int(h["epoch"]) for h in history]
         acc_ax.plot(epochs, [float(h["test_acc"]) for h in history], marker="o", label=label)
@@ -210,12 +219,14 @@ def plot_curves(runs: list[tuple[str, list[dict]]], path: str, title: str) -> No
     acc_ax.set_ylabel("test accuracy"), acc_ax.set_title(f"{title}: test accuracy")
     loss_ax.set_ylabel("training loss (log scale; losses differ in kind)"), loss_ax.set_yscale("log")
     loss_ax.set_title(f"{title}: training loss")
-    acc_ax.legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = acc_ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8)  # below the panels: long labels fit
+    fig.tight_layout(rect=(0, (0.25 + 0.22 * legend_rows) / height, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+CONFUSION_LABELLED = 30  # classes up to which a confusion figure names every class and prints every count
 LABEL_KEYS = ("s", "m1", "m2", "m3", "epochs", "lr", "widths", "max_train_samples", "imbalance", "holdout_classes")
 
 
@@ -240,7 +251,8 @@ def plot_results_csv(results_csv: str, out_dir: str) -> list[str]:
         run_dir = os.path.join(stem, row["run_id"])
         path = os.path.join(out_dir, f"{row['run_id']}_confusion.png")
         plot_confusion(os.path.join(run_dir, "confusion.csv"), path,
-                       f"{row['dataset']} {label}: test acc {float(row['test_acc']):.4f}")
+                       f"{row['dataset']} {label}: {'validation' if int(row.get('val_per_class') or 0) else 'test'} "
+                       f"acc {float(row['test_acc']):.4f}")
         written.append(path)
         runs.append((label, read_rows(os.path.join(run_dir, "history.csv"))))
     if runs:
@@ -270,7 +282,7 @@ def train_missing(args, device: torch.device) -> list[str]:
         config = replace(defaults, loss=loss, latent_dim=args.latent_dim, epochs=args.epochs, seed=args.seed,
                          lr=args.lr, device=str(device), data_root=args.data_root,
                          max_train_samples=args.max_train_samples, checkpoint=path,
-                         out=os.path.join(args.out_dir, "trained_models.csv"), progress=args.progress,
+                         out=os.path.join(args.out, "trained_models.csv"), progress=args.progress,
                          threads=args.threads).named()
         epochs_done = checkpoint_progress(path, config)
         if epochs_done < args.epochs:
@@ -305,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", type=device_flag,
                    help="device for training and embeddings: auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
-    p.add_argument("--out-dir", default="results/embeddings", help="folder for the PNG and CSV files")
+    p.add_argument("--out", default="runs/embeddings", help="folder for the PNG and CSV files")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bars")
     return p
 
@@ -324,7 +336,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     missing = [p for p in args.checkpoints + args.results if not os.path.isfile(p)]
     if missing:
         parser.error(f"no such file: {missing[0]}")
-    folders = [("--out-dir", args.out_dir)] + ([("--checkpoint-dir", args.checkpoint_dir)] if args.train else [])
+    folders = [("--out", args.out)] + ([("--checkpoint-dir", args.checkpoint_dir)] if args.train else [])
     for flag, folder in folders:
         try:
             check_writable(folder, flag, folder=True)
@@ -343,8 +355,8 @@ def main(argv: list[str] | None = None) -> list[str]:
 
 def plot(args, device: torch.device) -> list[str]:
     """Everything main() was asked for, flags already checked: returns the files written."""
-    os.makedirs(args.out_dir, exist_ok=True)
-    written = [p for csv_path in args.results for p in plot_results_csv(csv_path, args.out_dir)]
+    os.makedirs(args.out, exist_ok=True)
+    written = [p for csv_path in args.results for p in plot_results_csv(csv_path, args.out)]
     checkpoints = args.checkpoints + (train_missing(args, device) if args.train else [])
     if checkpoints:
         with torch.no_grad():
@@ -354,7 +366,7 @@ def plot(args, device: torch.device) -> list[str]:
                 for path, r in zip(checkpoints, results)]
         for row in rows:
             print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-        written += [os.path.join(args.out_dir, name) for name in ("angular_stats.csv", "spheres.png", "angles.png")]
+        written += [os.path.join(args.out, name) for name in ("angular_stats.csv", "spheres.png", "angles.png")]
         write_csv(written[-3], rows)
         plot_spheres(results, written[-2])
         plot_angle_histograms(results, written[-1])

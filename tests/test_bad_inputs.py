@@ -51,8 +51,8 @@ def test_other_scripts_check_their_output_paths_up_front(tmp_path, capsys):
     err = one_line_exit_2(sweep_margins.main, ["--out", str(a_file / "s.csv"), "--data-root", str(tmp_path), *TINY[:-2]],
                           capsys)
     assert "--out" in err and "is a file" in err
-    err = one_line_exit_2(plot_embeddings.main, ["--results", str(a_file), "--out-dir", str(a_file / "plots")], capsys)
-    assert "--out-dir" in err
+    err = one_line_exit_2(plot_embeddings.main, ["--results", str(a_file), "--out", str(a_file / "plots")], capsys)
+    assert "--out" in err
     err = one_line_exit_2(throughput.main, ["--out", str(a_file / "b.json"), "--device", "cpu"], capsys)
     assert "--out" in err
 
@@ -192,7 +192,7 @@ def test_parallel_appends_keep_every_row(tmp_path):
 def test_plot_and_benchmark_with_a_missing_dataset_are_one_line(tmp_path, capsys, failing_download):
     missing = str(tmp_path / "nowhere")
     err = one_line_exit_2(plot_embeddings.main, ["--train", "--losses", "softmax", "--data-root", missing, "--device", "cpu",
-                                                 "--checkpoint-dir", str(tmp_path / "ckpt"), "--out-dir", str(tmp_path / "out"),
+                                                 "--checkpoint-dir", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out"),
                                                  "--no-progress"], capsys)
     assert "MNIST not found" in err and not os.path.exists(missing)
     err = one_line_exit_2(throughput.main, ["--datasets", "mnist", "--mnist-root", missing, "--device", "cpu",

@@ -59,7 +59,7 @@ def test_figures_and_statistics_from_tiny_checkpoints(tiny_checkpoints, gray_fol
     real_plot = plot_embeddings.plot_spheres
     monkeypatch.setattr(plot_embeddings, "plot_spheres", lambda r, p: titles.extend(real_plot(r, p)) or titles)
     written = plot_embeddings.main(["--checkpoints", *paths.values(), "--data-root", gray_folder,
-                                    "--out-dir", str(tmp_path), "--device", "cpu"])
+                                    "--out", str(tmp_path), "--device", "cpu"])
     for name in ("spheres.png", "angles.png"):
         with open(tmp_path / name, "rb") as handle:
             assert handle.read(8) == PNG_MAGIC
@@ -73,7 +73,7 @@ def test_figures_and_statistics_from_tiny_checkpoints(tiny_checkpoints, gray_fol
 
 def test_confusion_and_curves_from_a_results_csv(tiny_checkpoints, tmp_path):
     _, runs_csv = tiny_checkpoints
-    written = plot_embeddings.main(["--results", runs_csv, "--out-dir", str(tmp_path)])
+    written = plot_embeddings.main(["--results", runs_csv, "--out", str(tmp_path)])
     assert sum(p.endswith("_confusion.png") for p in written) == 3
     assert sum(p.endswith("_curves.png") for p in written) == 1
     assert all(os.path.getsize(p) > 1000 for p in written)
@@ -81,7 +81,7 @@ def test_confusion_and_curves_from_a_results_csv(tiny_checkpoints, tmp_path):
 
 def test_train_mode_trains_missing_models_once(gray_folder, tmp_path, capsys):
     args = ["--train", "--losses", "softmax", "combined", "--epochs", "1", "--data-root", gray_folder,
-            "--checkpoint-dir", str(tmp_path / "ckpt"), "--out-dir", str(tmp_path / "out"), "--device", "cpu",
+            "--checkpoint-dir", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out"), "--device", "cpu",
             "--no-progress"]
     plot_embeddings.main(args + ["--preset", "report"])
     assert capsys.readouterr().out.count("training ") == 2
