@@ -6,7 +6,8 @@ A table is a block between two comments: the first says where its numbers come f
     ...generated lines...
     <!-- /table -->
 
-Each cell is the mean ± std (runs) of `value` in percent over the rows that share the `rows` keys and the
+Each cell is the mean ± std (runs) of `value` in percent (several fields, comma-separated, are shown as
+'a / b') over the rows that share the `rows` keys and the
 `columns` key's value (one column per value, in the order the CSVs first give them; without `columns`, one
 value column), counting each run once (`rows.run_key`) and leaving out diverged runs. `where` keeps rows whose
 keys have the given values; `percent=no` shows the value as it is; `also=train_tflop` adds a column with that
@@ -48,20 +49,23 @@ def render(spec: str, root: str = REPO_ROOT) -> str:
     rows = list({run_key(r): r for r in rows}.values())  # each run once
     keys = options["rows"].split(",")
     column = options.get("columns")
-    field, percent = options["value"], options.get("percent", "yes") != "no"
-    heads = list(dict.fromkeys(str(r.get(column, "")) for r in rows)) if column else [field]
-    groups: dict[tuple, dict[str, list[float]]] = {}
+    fields, percent = options["value"].split(","), options.get("percent", "yes") != "no"
+    heads = list(dict.fromkeys(str(r.get(column, "")) for r in rows)) if column else ["/".join(fields)]
+    groups: dict[tuple, dict[str, list[list[float]]]] = {}  # group -> column -> one list of values per field
     for r in rows:
-        if str(r.get(field, "")) in ("", "nan"):
+        if any(str(r.get(f, "")) in ("", "nan") for f in fields):
             continue
         cells = groups.setdefault(tuple(str(r.get(k, "")) for k in keys), {})
-        cells.setdefault(str(r.get(column, "")) if column else field, []).append(float(r[field]) * (100 if percent else 1))
+        values = cells.setdefault(str(r.get(column, "")) if column else heads[0], [[] for _ in fields])
+        for f, kept in zip(fields, values):
+            kept.append(float(r[f]) * (100 if percent else 1))
     also = [k for k in options.get("also", "").split(",") if k]
     lines = ["| " + " | ".join(keys + also + heads) + " |", "|---" * (len(keys) + len(also) + len(heads)) + "|"]
     for group, cells in groups.items():
         members = [r for r in rows if tuple(str(r.get(k, "")) for k in keys) == group]
         extra = [f"{mean_std([float(r[k]) for r in members])[0]:.3g}" for k in also]
-        shown = [f"{format_mean_std(*mean_std(cells[h]))} ({len(cells[h])})" if h in cells else "—" for h in heads]
+        shown = [" / ".join(format_mean_std(*mean_std(v)) for v in cells[h]) + f" ({len(cells[h][0])})"
+                 if h in cells else "—" for h in heads]
         lines.append("| " + " | ".join([label(v, k) for v, k in zip(group, keys)] + extra + shown) + " |")
     return "\n".join(lines) + "\n"
 
