@@ -37,7 +37,6 @@ from tqdm import tqdm
 import train_cifar10
 import train_mnist
 from common import LOSSES, MARGIN_DEFAULTS
-from common.checkpoints import read_checkpoint
 from common.cli import OneLineErrorParser, parse_config
 from common.data import DATASETS, DataError, is_image_folder, list_image_folder
 from common.device import pick_device
@@ -148,19 +147,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def set_aside_if_damaged(config):
+def set_aside(config, exc: ValueError):
     """A --checkpoint-dir file that cannot be resumed (truncated, damaged, not a checkpoint) is renamed
-    '<name>.bad-<time>' and named in one line, and the job starts afresh: one bad file never stops a sweep."""
-    if config.resume is None:
-        return config
-    try:
-        read_checkpoint(config.resume, "--checkpoint-dir file")
-    except ValueError as exc:
-        aside = f"{config.resume}.bad-{time.strftime('%Y%m%d-%H%M%S')}"
-        os.replace(config.resume, aside)
-        print(f"{exc}: set aside as {aside}; the run starts again", flush=True)
-        return replace(config, resume=None)
-    return config
+    '<name>.bad-<time>' and named in one line, and the job starts afresh: one bad file never stops a sweep.
+    Returns the job's config without the resume."""
+    aside = f"{config.resume}.bad-{time.strftime('%Y%m%d-%H%M%S')}"
+    os.replace(config.resume, aside)
+    print(f"{exc}: set aside as {aside}; the run starts again", flush=True)
+    return replace(config, resume=None)
 
 
 def run_job(job: Job, base, dataset: str, threads: int, checkpoint_dir: str | None = None) -> dict | None:
@@ -172,7 +166,12 @@ def run_job(job: Job, base, dataset: str, threads: int, checkpoint_dir: str | No
         if not mine or run_key(config.as_row()) in done:
             return None
         try:
-            return SCRIPTS[dataset].run(set_aside_if_damaged(config))
+            try:
+                return SCRIPTS[dataset].run(config)
+            except ValueError as exc:  # the run reads its checkpoint once, first thing: only that file is at fault
+                if config.resume is None or not str(exc).startswith(f"--resume {config.resume} "):
+                    raise
+                return SCRIPTS[dataset].run(set_aside(config, exc))
         except DivergedError as exc:
             return record_diverged(config, exc)
 
