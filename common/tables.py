@@ -8,9 +8,9 @@ A table is a block between two comments: the first says where its numbers come f
 
 Each cell is the mean ± std (runs) of `value` in percent (several fields, comma-separated, are shown as
 'a / b') over the rows that share the `rows` keys and the
-`columns` key's value (one column per value, in the order the CSVs first give them; without `columns`, one
-value column), counting each run once (`rows.run_key`) and leaving out diverged runs. `where` keeps rows whose
-keys have the given values; `percent=no` shows the value as it is; `also=train_tflop` adds a column with that
+`columns` key's value (one column per value; without `columns`, one value column); rows and columns in order
+(losses as LOSSES lists them, numbers by value), counting each run once (`rows.run_key`) and leaving out diverged runs. `where` keeps rows whose
+keys have the given values; `margins=default` keeps each loss at its default margins; `percent=no` shows the value as it is; `also=train_tflop` adds a column with that
 field's mean over the group's rows (3 significant digits).
 
     python -m common.tables README.md results/README.md            # rewrite every block from the CSVs
@@ -23,8 +23,9 @@ import os
 import re
 import sys
 
+from .heads import LOSSES
 from .results import REPO_ROOT, atomic_write_text, read_rows
-from .rows import accuracy_of, run_key
+from .rows import accuracy_of, row_key, run_key, setting
 from .summary import format_mean_std, mean_std
 
 BLOCK = re.compile(r"(<!-- table (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
@@ -33,6 +34,16 @@ BLOCK = re.compile(r"(<!-- table (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /tabl
 def parse_spec(spec: str) -> dict[str, str]:
     """'csv=a.csv rows=loss value=test_acc' -> {'csv': 'a.csv', 'rows': 'loss', 'value': 'test_acc'}."""
     return dict(part.split("=", 1) for part in spec.split())
+
+
+def order(key: str, value: str) -> tuple:
+    """Sort key of a cell: losses in LOSSES order (softmax first), numbers by value, other text as text."""
+    if key == "loss" and value in LOSSES:
+        return (0, LOSSES.index(value), "")
+    try:
+        return (1, float(value), "")
+    except ValueError:
+        return (2, 0.0, value)
 
 
 def label(value: str, key: str) -> str:
@@ -46,11 +57,14 @@ def render(spec: str, root: str = REPO_ROOT) -> str:
     rows = [r for path in options["csv"].split(";") for r in read_rows(os.path.join(root, path))]
     wanted = [part.split(":", 1) for part in options.get("where", "").split(",") if part]
     rows = [r for r in rows if all(str(r.get(k, "")) == v for k, v in wanted) and accuracy_of(r) is not None]
+    if options.get("margins") == "default":  # each loss at its own default margins only
+        rows = [r for r in rows if row_key(r).setting == setting(r["loss"])]
     rows = list({run_key(r): r for r in rows}.values())  # each run once
     keys = options["rows"].split(",")
     column = options.get("columns")
     fields, percent = options["value"].split(","), options.get("percent", "yes") != "no"
-    heads = list(dict.fromkeys(str(r.get(column, "")) for r in rows)) if column else ["/".join(fields)]
+    heads = (sorted({str(r.get(column, "")) for r in rows}, key=lambda v: order(column, v)) if column
+             else ["/".join(fields)])
     groups: dict[tuple, dict[str, list[list[float]]]] = {}  # group -> column -> one list of values per field
     for r in rows:
         if any(str(r.get(f, "")) in ("", "nan") for f in fields):
@@ -61,7 +75,7 @@ def render(spec: str, root: str = REPO_ROOT) -> str:
             kept.append(float(r[f]) * (100 if percent else 1))
     also = [k for k in options.get("also", "").split(",") if k]
     lines = ["| " + " | ".join(keys + also + heads) + " |", "|---" * (len(keys) + len(also) + len(heads)) + "|"]
-    for group, cells in groups.items():
+    for group, cells in sorted(groups.items(), key=lambda item: [order(k, v) for k, v in zip(keys, item[0])]):
         members = [r for r in rows if tuple(str(r.get(k, "")) for k in keys) == group]
         extra = [f"{mean_std([float(r[k]) for r in members])[0]:.3g}" for k in also]
         shown = [" / ".join(format_mean_std(*mean_std(v)) for v in cells[h]) + f" ({len(cells[h][0])})"
