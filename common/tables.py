@@ -10,7 +10,8 @@ Each cell is the mean ± std (runs) of `value` in percent (several fields, comma
 'a / b') over the rows that share the `rows` keys and the
 `columns` key's value (one column per value; without `columns`, one value column); rows and columns in order
 (losses as LOSSES lists them, numbers by value), counting each run once (`rows.run_key`) and leaving out diverged runs. `where` keeps rows whose
-keys have the given values; `margins=default` keeps each loss at its default margins; `percent=no` shows the value as it is; `also=train_tflop` adds a column with that
+keys have the given values; `margins=default` keeps each loss at its default margins; `percent=no` shows the value as it is; `kind=comparison` writes the table of `--preset claims` (each loss across
+the four scenarios, `summary.comparison_table`) instead; `also=train_tflop` adds a column with that
 field's mean over the group's rows (3 significant digits).
 
     python -m common.tables README.md results/README.md            # rewrite every block from the CSVs
@@ -26,7 +27,7 @@ import sys
 from .heads import LOSSES
 from .results import REPO_ROOT, atomic_write_text, read_rows
 from .rows import accuracy_of, row_key, run_key, setting
-from .summary import format_mean_std, mean_std
+from .summary import comparison_markdown, comparison_table, format_mean_std, mean_std
 
 BLOCK = re.compile(r"(<!-- table (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
@@ -60,6 +61,8 @@ def render(spec: str, root: str = REPO_ROOT) -> str:
     if options.get("margins") == "default":  # each loss at its own default margins only
         rows = [r for r in rows if row_key(r).setting == setting(r["loss"])]
     rows = list({run_key(r): r for r in rows}.values())  # each run once
+    if options.get("kind") == "comparison":  # --preset claims: the losses across the four scenarios
+        return comparison_markdown(comparison_table(rows))
     keys = options["rows"].split(",")
     column = options.get("columns")
     fields, percent = options["value"].split(","), options.get("percent", "yes") != "no"
