@@ -11,7 +11,8 @@ Each cell is the mean ± std (runs) of `value` in percent (several fields, comma
 `columns` key's value (one column per value; without `columns`, one value column); rows and columns in order
 (losses as LOSSES lists them, numbers by value), counting each run once (`rows.run_key`) and leaving out diverged runs. `where` keeps rows whose
 keys have the given values; `margins=default` keeps each loss at its default margins; `percent=no` shows the value as it is; `kind=comparison` writes the table of `--preset claims` (each loss across
-the four scenarios, `summary.comparison_table`) instead; `also=train_tflop` adds a column with that
+the four scenarios, `summary.comparison_table`) instead, and `kind=budget baseline=b.csv` the budget comparison
+(`summary.budget_comparison`) of the rows against the baseline's; `also=train_tflop` adds a column with that
 field's mean over the group's rows (3 significant digits).
 
     python -m common.tables README.md results/README.md            # rewrite every block from the CSVs
@@ -27,7 +28,8 @@ import sys
 from .heads import LOSSES
 from .results import REPO_ROOT, atomic_write_text, read_rows
 from .rows import accuracy_of, row_key, run_key, setting
-from .summary import comparison_markdown, comparison_table, format_mean_std, mean_std
+from .summary import (budget_comparison, collapse_threshold, comparison_markdown, comparison_table, format_mean_std,
+                      mean_std)
 
 BLOCK = re.compile(r"(<!-- table (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
@@ -63,6 +65,10 @@ def render(spec: str, root: str = REPO_ROOT) -> str:
     rows = list({run_key(r): r for r in rows}.values())  # each run once
     if options.get("kind") == "comparison":  # --preset claims: the losses across the four scenarios
         return comparison_markdown(comparison_table(rows))
+    if options.get("kind") == "budget":  # the same settings at two budgets: `summary.budget_comparison`
+        baseline = [r for path in options["baseline"].split(";") for r in read_rows(os.path.join(root, path))]
+        table, verdict = budget_comparison(rows, baseline, collapse_threshold(rows))
+        return table + "".join(f"\n{line}\n" for line in verdict)
     keys = options["rows"].split(",")
     column = options.get("columns")
     fields, percent = options["value"].split(","), options.get("percent", "yes") != "no"
