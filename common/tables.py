@@ -86,7 +86,8 @@ def render(spec: str, root: str = REPO_ROOT) -> str:
     lines = ["| " + " | ".join(keys + also + heads) + " |", "|---" * (len(keys) + len(also) + len(heads)) + "|"]
     for group, cells in sorted(groups.items(), key=lambda item: [order(k, v) for k, v in zip(keys, item[0])]):
         members = [r for r in rows if tuple(str(r.get(k, "")) for k in keys) == group]
-        extra = [f"{mean_std([float(r[k]) for r in members])[0]:.3g}" for k in also]
+        found = {k: [float(r[k]) for r in members if str(r.get(k, "")) not in ("", "nan")] for k in also}
+        extra = [f"{mean_std(found[k])[0]:.3g}" if found[k] else "—" for k in also]
         shown = [" / ".join(format_mean_std(*mean_std(v)) for v in cells[h]) + f" ({len(cells[h][0])})"
                  if h in cells else "—" for h in heads]
         lines.append("| " + " | ".join([label(v, k) for v, k in zip(group, keys)] + extra + shown) + " |")
