@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import ctypes
 import hashlib
+import io
 import itertools
 import multiprocessing
 import os
@@ -41,7 +43,7 @@ from common.cli import OneLineErrorParser, parse_config
 from common.data import DATASETS, DataError, is_image_folder, list_image_folder
 from common.device import pick_device
 from common.heads import check_margins
-from common.results import CsvDamageError, append_row, check_writable, environment_info, read_rows, write_csv
+from common.results import CsvDamageError, append_row, process_alive, check_writable, environment_info, read_rows, write_csv
 from common.rows import CLAIM_SCENARIOS, PLAIN, Job, row_key, run_key, scenario_of, setting, table1_grid
 from common.summary import collapse_threshold, write_summary
 from common.training import DivergedError
@@ -119,7 +121,7 @@ def claimed(config):
             with contextlib.suppress(OSError, ValueError):
                 with open(path) as handle:
                     owner = int(handle.read().strip() or 0)
-                if owner and _alive(owner):
+                if owner and process_alive(owner):
                     yield False
                     return
                 os.unlink(path)  # its sweep was killed: take the job over
@@ -135,16 +137,6 @@ def claimed(config):
                 os.rmdir(folder)  # the last claim gone: no empty folder left
         return
     yield False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def set_aside(config, exc: ValueError):
@@ -325,7 +317,7 @@ def read_summary_rows(paths: list[str]) -> list[dict]:
     for path in paths:
         with open(path, newline="") as handle:
             text = handle.read()
-        found = read_rows(path)
+        found = list(csv.DictReader(io.StringIO(text)))  # the text already read: one read per file
         cut = bool(text and not text.endswith("\n") and found)
         usable = [r for r in (found[:-1] if cut else found) if _usable(r)]
         skipped = len(found) - len(usable)

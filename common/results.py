@@ -66,7 +66,8 @@ def temp_name(path: str) -> str:
     return os.path.join(folder, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}-{name}")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id is running (another user's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -81,7 +82,7 @@ def remove_stale_temps(paths: list[str]) -> None:
     a killed run's half-written result or checkpoint, which would otherwise hold its disk space for good."""
     for path in paths:
         match = re.search(r"\.tmp-(\d+)", os.path.basename(path))
-        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+        if match and int(match.group(1)) != os.getpid() and not process_alive(int(match.group(1))):
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
