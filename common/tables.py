@@ -8,9 +8,11 @@ A table is a block between two comments: the first says where its numbers come f
 
 Each cell is the mean ± std (runs) of `value` in percent (several fields, comma-separated, are shown as
 'a / b') over the rows that share the `rows` keys and the
-`columns` key's value (one column per value; without `columns`, one value column); rows and columns in order
-(losses as LOSSES lists them, numbers by value), counting each run once (`rows.run_key`) and leaving out diverged runs. `where` keeps rows whose
-keys have the given values; `margins=default` keeps each loss at its default margins; `percent=no` shows the value as it is; `kind=comparison` writes the table of `--preset claims` (each loss across
+`columns` key's value (one column per value; without `columns`, one value column; `columns=fields`, one column
+per field of `value`); rows and columns in order (losses as LOSSES lists them, numbers by value; the pseudo-key
+`csv`, each row's file name without `.csv`, and datasets in the order their files are listed), counting each run once (`rows.run_key`) and leaving out diverged runs. `where` keeps rows whose
+keys have the given values; `margins=default` keeps each loss at its default margins; `percent=no` shows the values as they are,
+`percent=f1,f2` only those fields in percent; `kind=comparison` writes the table of `--preset claims` (each loss across
 the four scenarios, `summary.comparison_table`) instead, and `kind=budget baseline=b.csv` the budget comparison
 (`summary.budget_comparison`) of the rows against the baseline's; `also=train_tflop` adds a column with that
 field's mean over the group's rows (3 significant digits).
@@ -39,10 +41,13 @@ def parse_spec(spec: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in spec.split())
 
 
-def order(key: str, value: str) -> tuple:
-    """Sort key of a cell: losses in LOSSES order (softmax first), numbers by value, other text as text."""
+def order(key: str, value: str, listed: dict[str, list[str]] | None = None) -> tuple:
+    """Sort key of a cell: losses in LOSSES order (softmax first), CSV names and datasets in the order their
+    files are listed (`listed`: key -> values in that order), numbers by value, other text as text."""
     if key == "loss" and value in LOSSES:
         return (0, LOSSES.index(value), "")
+    if value in (listed or {}).get(key, ()):
+        return (0, listed[key].index(value), "")
     try:
         return (1, float(value), "")
     except ValueError:
@@ -57,12 +62,15 @@ def label(value: str, key: str) -> str:
 def render(spec: str, root: str = REPO_ROOT) -> str:
     """The Markdown lines of one table block (header, rule, a line per group), from its spec."""
     options = parse_spec(spec)
-    rows = [r for path in options["csv"].split(";") for r in read_rows(os.path.join(root, path))]
+    paths = options["csv"].split(";")
+    files = tuple(os.path.basename(path).removesuffix(".csv") for path in paths)  # the pseudo-key `csv`
+    rows = [dict(r, csv=name) for path, name in zip(paths, files) for r in read_rows(os.path.join(root, path))]
     wanted = [part.split(":", 1) for part in options.get("where", "").split(",") if part]
     rows = [r for r in rows if all(str(r.get(k, "")) == v for k, v in wanted) and accuracy_of(r) is not None]
     if options.get("margins") == "default":  # each loss at its own default margins only
         rows = [r for r in rows if row_key(r).setting == setting(r["loss"])]
     rows = list({run_key(r): r for r in rows}.values())  # each run once
+    listed = {k: list(dict.fromkeys(str(r.get(k, "")) for r in rows)) for k in ("csv", "dataset")}
     if options.get("kind") == "comparison":  # --preset claims: the losses across the four scenarios
         return comparison_markdown(comparison_table(rows))
     if options.get("kind") == "budget":  # the same settings at two budgets: `summary.budget_comparison`
@@ -71,20 +79,30 @@ def render(spec: str, root: str = REPO_ROOT) -> str:
         return table + "".join(f"\n{line}\n" for line in verdict)
     keys = options["rows"].split(",")
     column = options.get("columns")
-    fields, percent = options["value"].split(","), options.get("percent", "yes") != "no"
-    heads = (sorted({str(r.get(column, "")) for r in rows}, key=lambda v: order(column, v)) if column
-             else ["/".join(fields)])
+    fields = options["value"].split(",")
+    shown_in_percent = {"yes": fields, "no": []}.get(options.get("percent", "yes"), options.get("percent", "").split(","))
+    if column == "fields":  # one column per field, each cell one field
+        heads = fields
+    elif column:
+        heads = sorted({str(r.get(column, "")) for r in rows}, key=lambda v: order(column, v, listed))
+    else:
+        heads = ["/".join(fields)]
     groups: dict[tuple, dict[str, list[list[float]]]] = {}  # group -> column -> one list of values per field
     for r in rows:
         if any(str(r.get(f, "")) in ("", "nan") for f in fields):
             continue
         cells = groups.setdefault(tuple(str(r.get(k, "")) for k in keys), {})
-        values = cells.setdefault(str(r.get(column, "")) if column else heads[0], [[] for _ in fields])
-        for f, kept in zip(fields, values):
-            kept.append(float(r[f]) * (100 if percent else 1))
+        values = {f: float(r[f]) * (100 if f in shown_in_percent else 1) for f in fields}
+        if column == "fields":
+            for f in fields:
+                cells.setdefault(f, [[]])[0].append(values[f])
+            continue
+        kept = cells.setdefault(str(r.get(column, "")) if column else heads[0], [[] for _ in fields])
+        for f, values_of_field in zip(fields, kept):
+            values_of_field.append(values[f])
     also = [k for k in options.get("also", "").split(",") if k]
     lines = ["| " + " | ".join(keys + also + heads) + " |", "|---" * (len(keys) + len(also) + len(heads)) + "|"]
-    for group, cells in sorted(groups.items(), key=lambda item: [order(k, v) for k, v in zip(keys, item[0])]):
+    for group, cells in sorted(groups.items(), key=lambda item: [order(k, v, listed) for k, v in zip(keys, item[0])]):
         members = [r for r in rows if tuple(str(r.get(k, "")) for k in keys) == group]
         found = {k: [float(r[k]) for r in members if str(r.get(k, "")) not in ("", "nan")] for k in also}
         extra = [f"{mean_std(found[k])[0]:.3g}" if found[k] else "—" for k in also]

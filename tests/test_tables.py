@@ -28,3 +28,17 @@ def test_a_doctored_number_is_caught_and_rewriting_restores_it(tmp_path, capsys)
     assert tables.update(str(page), check=True, root=str(tmp_path)) and "91.50" in page.read_text()  # --check: unchanged
     tables.update(str(page), check=False, root=str(tmp_path))
     assert page.read_text() == good
+
+
+def test_rows_by_file_one_column_per_field_and_datasets_in_listed_order(tmp_path):
+    base = {"loss": "softmax", "s": "", "m1": "", "m2": "", "m3": "", "imbalance": 1.0, "holdout_classes": 0,
+            "corruptions": False}
+    write_csv(str(tmp_path / "zeta.csv"), [dict(base, dataset="mnist", seed=0, test_acc=0.5, angle=40.0)])
+    write_csv(str(tmp_path / "alpha.csv"), [dict(base, dataset="cifar", seed=0, test_acc=0.25, angle=80.0),
+                                            dict(base, dataset="cifar", seed=1, test_acc=0.75, angle=90.0)])
+    by_file = tables.render("csv=zeta.csv;alpha.csv rows=csv columns=fields value=test_acc,angle percent=test_acc",
+                            root=str(tmp_path)).splitlines()
+    assert by_file[0] == "| csv | test_acc | angle |"
+    assert by_file[2:] == ["| zeta | 50.00 (1) | 40.00 (1) |", "| alpha | 50.00 ± 35.36 (2) | 85.00 ± 7.07 (2) |"]
+    by_dataset = tables.render("csv=zeta.csv;alpha.csv rows=loss columns=dataset value=test_acc", root=str(tmp_path))
+    assert by_dataset.splitlines()[0] == "| loss | mnist | cifar |"  # as listed, not alphabetical
