@@ -1,6 +1,7 @@
 """Tables written from the CSVs (common/tables.py): the committed Markdown agrees with its rows, and a doctored
 copy is caught."""
 import os
+import re
 
 from common import tables
 from common.results import REPO_ROOT, write_csv
@@ -42,3 +43,25 @@ def test_rows_by_file_one_column_per_field_and_datasets_in_listed_order(tmp_path
     assert by_file[2:] == ["| zeta | 50.00 (1) | 40.00 (1) |", "| alpha | 50.00 ± 35.36 (2) | 85.00 ± 7.07 (2) |"]
     by_dataset = tables.render("csv=zeta.csv;alpha.csv rows=loss columns=dataset value=test_acc", root=str(tmp_path))
     assert by_dataset.splitlines()[0] == "| loss | mnist | cifar |"  # as listed, not alphabetical
+
+
+def heading_anchors(path: str) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings: lower case, punctuation dropped, spaces as hyphens."""
+    with open(path) as handle:
+        titles = [line.lstrip("#").strip() for line in handle if line.startswith("#")]
+    return {re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-") for title in titles}
+
+
+def test_every_relative_link_in_the_documents_resolves():
+    pages = [*DOCS, os.path.join(REPO_ROOT, "results", "HISTORY.md"), os.path.join(REPO_ROOT, "docs", "guide.md")]
+    broken = []
+    for page in pages:
+        with open(page) as handle:
+            links = re.findall(r"\]\(([^)\s]+)\)", handle.read())
+        for link in (k for k in links if not k.startswith(("http://", "https://"))):
+            path, _, anchor = link.partition("#")
+            target = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+            if not os.path.exists(target) or (anchor and target.endswith(".md")
+                                               and anchor not in heading_anchors(target)):
+                broken.append(f"{os.path.relpath(page, REPO_ROOT)}: {link}")
+    assert broken == []
