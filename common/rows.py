@@ -114,12 +114,18 @@ def base_keys() -> tuple[str, ...]:
     return tuple(k for k in identity_keys() if k not in JOB_KEYS)
 
 
+def differing_settings(rows: list[dict]) -> list[str]:
+    """The base settings (`base_keys`) whose values differ between the rows."""
+    bases = {base_key(r) for r in rows}
+    return [k for i, k in enumerate(base_keys()) if len({b[i] for b in bases}) > 1]
+
+
 def settings_labels(rows: list[dict]) -> dict[tuple, str]:
     """{base_key: 'epochs 2, lr 0.1'}: for rows of several sweeps' settings, the base settings that differ
     between them, as a label per base key ('' for every key when all rows share their settings)."""
     keys = base_keys()
     values = {base_key(r): r for r in rows}
-    differing = [i for i, k in enumerate(keys) if len({b[i] for b in values}) > 1]
+    differing = [keys.index(k) for k in differing_settings(rows)]
     shown = lambda v: "none" if v in ("", None) else str(v)  # noqa: E731 - 0 and False are values, not missing
     return {b: ", ".join(f"{keys[i]} {shown(values[b].get(keys[i]))}" for i in differing) for b in values}
 
@@ -138,6 +144,16 @@ def setting_label(key: tuple) -> str:
     named = [f"{n} = {v:g}" for n, v, d in zip(SETTING_KEYS[1:], margins, MARGIN_DEFAULTS[loss])
              if v != d or applied(n, d)]
     return f"{loss} {', '.join(named)}"
+
+
+def sides(rows: list[dict], baseline: list[dict]) -> tuple[str, str]:
+    """A label for each of two sets of rows that says what tells them apart: '20 epochs' and '4 epochs' when
+    only the epochs differ (`budget_of`), else the base settings that differ ('margin_grad exact, ...')."""
+    if differing_settings(rows + baseline) in ([], ["epochs"]):
+        return budget_of(rows), budget_of(baseline)
+    labels = settings_labels(rows + baseline)
+    side = lambda part: "; ".join(dict.fromkeys(labels[base_key(r)] for r in part))  # noqa: E731
+    return side(rows), side(baseline)
 
 
 def budget_of(rows: list[dict]) -> str:

@@ -18,7 +18,7 @@ import torch
 from .heads import LOSSES, MARGIN_DEFAULTS
 from .plots import plot_gains, plot_summary
 from .results import atomic_write_text, write_csv
-from .rows import (CLAIM_SCENARIOS, SETTING_KEYS, accuracy_of, base_key, budget_of, group_key, is_plain,
+from .rows import (CLAIM_SCENARIOS, SETTING_KEYS, accuracy_of, base_key, group_key, is_plain, sides,
                    percent_values, plain_training_set, row_key, run_key, setting, setting_label, settings_labels,
                    source_value, table1)
 from .significance import difference, difference_interval, permutation_p
@@ -434,8 +434,9 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 def budget_comparison(rows: list[dict], baseline: list[dict],
                       collapse_below: float = COLLAPSE_BELOW) -> tuple[str, list[str]]:
-    """Does the training budget change the ranking? For every setting that both `rows` and `baseline` (the
-    same settings at another budget) have runs of: mean ± std at each budget, its rank among these settings
+    """Does the training budget (or any other setting the two share across their margins: `rows.sides` names
+    it) change the ranking? For every setting that both `rows` and `baseline` (the same settings at another
+    budget) have runs of: mean ± std at each budget, its rank among these settings
     at each, the change and its permutation p. Then one line: the mean change, the rank correlation, and
     whether the settings differ beyond their seeds at each budget (a reordering of settings that do not
     differ is noise, not a change of ranking). Means over the runs that did not collapse, collapsed runs
@@ -445,7 +446,7 @@ def budget_comparison(rows: list[dict], baseline: list[dict],
     shared = [k for k in old if k in new and old[k][0] and new[k][0]]
     if not shared:
         return "", []
-    at_new, at_old = budget_of(rows), budget_of(baseline)
+    at_new, at_old = sides(rows, baseline)
     means_new, means_old = [mean_std(new[k][0])[0] for k in shared], [mean_std(old[k][0])[0] for k in shared]
     rank_new, rank_old = ranks(means_new), ranks(means_old)
     lines = [f"| setting | {at_old}: test acc % | rank | collapsed | {at_new}: test acc % | rank | collapsed | "

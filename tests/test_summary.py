@@ -257,6 +257,14 @@ def test_budget_comparison_finds_a_reversed_ranking_and_counts_collapsed_runs(tm
     assert summaries.budget_comparison(long, other_margins) == ("", [])
 
 
+def test_a_comparison_at_one_budget_names_the_settings_that_differ():
+    unit = budget_rows(4, lambda label, seed: 99.5)
+    exact = [dict(r, margin_grad="exact", margin_warmup=0.0) for r in budget_rows(4, lambda label, seed: 99.4)]
+    _, (verdict,) = summaries.budget_comparison(exact, [dict(r, margin_grad="unit", margin_warmup=0.3) for r in unit])
+    assert verdict.startswith("margin_warmup 0.0, margin_grad exact against margin_warmup 0.3, margin_grad unit, 3 "
+                              "settings: mean change -0.10 points")
+
+
 def test_ranks_share_ties_and_spearman_needs_three_varying_values():
     assert summaries.ranks([3.0, 1.0, 3.0, 2.0]) == [1.5, 4, 1.5, 3]
     assert summaries.spearman([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
