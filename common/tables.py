@@ -70,7 +70,6 @@ def render(spec: str, root: str = REPO_ROOT) -> str:
     if options.get("margins") == "default":  # each loss at its own default margins only
         rows = [r for r in rows if row_key(r).setting == setting(r["loss"])]
     rows = list({run_key(r): r for r in rows}.values())  # each run once
-    listed = {k: list(dict.fromkeys(str(r.get(k, "")) for r in rows)) for k in ("csv", "dataset")}
     if options.get("kind") == "comparison":  # --preset claims: the losses across the four scenarios
         return comparison_markdown(comparison_table(rows))
     if options.get("kind") == "budget":  # the same settings at two budgets: `summary.budget_comparison`
@@ -79,8 +78,9 @@ def render(spec: str, root: str = REPO_ROOT) -> str:
         return table + "".join(f"\n{line}\n" for line in verdict)
     keys = options["rows"].split(",")
     column = options.get("columns")
-    fields = options["value"].split(",")
-    shown_in_percent = {"yes": fields, "no": []}.get(options.get("percent", "yes"), options.get("percent", "").split(","))
+    fields, percent = options["value"].split(","), options.get("percent", "yes")
+    in_percent = fields if percent == "yes" else [] if percent == "no" else percent.split(",")
+    listed = {k: list(dict.fromkeys(str(r.get(k, "")) for r in rows)) for k in ("csv", "dataset")}  # listed order
     if column == "fields":  # one column per field, each cell one field
         heads = fields
     elif column:
@@ -92,7 +92,7 @@ def render(spec: str, root: str = REPO_ROOT) -> str:
         if any(str(r.get(f, "")) in ("", "nan") for f in fields):
             continue
         cells = groups.setdefault(tuple(str(r.get(k, "")) for k in keys), {})
-        values = {f: float(r[f]) * (100 if f in shown_in_percent else 1) for f in fields}
+        values = {f: float(r[f]) * (100 if f in in_percent else 1) for f in fields}
         if column == "fields":
             for f in fields:
                 cells.setdefault(f, [[]])[0].append(values[f])
