@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import ctypes
 import hashlib
-import io
 import itertools
 import multiprocessing
 import os
@@ -43,7 +41,8 @@ from common.cli import OneLineErrorParser, parse_config
 from common.data import DATASETS, DataError, is_image_folder, list_image_folder
 from common.device import pick_device
 from common.heads import check_margins
-from common.results import CsvDamageError, append_row, process_alive, check_writable, environment_info, read_rows, write_csv
+from common.results import (CsvDamageError, append_row, check_writable, environment_info, parse_rows, process_alive,
+                            read_rows, write_csv)
 from common.rows import CLAIM_SCENARIOS, PLAIN, Job, row_key, run_key, scenario_of, setting, table1_grid
 from common.summary import collapse_threshold, write_summary
 from common.training import DivergedError
@@ -317,7 +316,7 @@ def read_summary_rows(paths: list[str]) -> list[dict]:
     for path in paths:
         with open(path, newline="") as handle:
             text = handle.read()
-        found = list(csv.DictReader(io.StringIO(text)))  # the text already read: one read per file
+        found = parse_rows(text)  # the text already read: one read per file
         cut = bool(text and not text.endswith("\n") and found)
         usable = [r for r in (found[:-1] if cut else found) if _usable(r)]
         skipped = len(found) - len(usable)

@@ -205,6 +205,11 @@ def file_lock(path: str):
         handle.close()
 
 
+def parse_rows(text: str) -> list[dict]:
+    """The rows of a results CSV's text, leniently (a cut last line is kept as far as it goes)."""
+    return list(csv.DictReader(io.StringIO(text)))
+
+
 def read_rows(path: str, strict: bool = False) -> list[dict]:
     """The rows of a results CSV (none if it does not exist). With `strict`, CsvDamageError naming the file
     and line when the file is not as `rows_to_csv` writes it: a header with an empty or repeated column, a
@@ -214,7 +219,7 @@ def read_rows(path: str, strict: bool = False) -> list[dict]:
     with open(path, newline="") as handle:
         text = handle.read()
     if not strict:
-        return list(csv.DictReader(io.StringIO(text)))
+        return parse_rows(text)
     damaged = lambda line, why: CsvDamageError(f"{path} line {line}: {why}; fix or move the file, it was left as it is")  # noqa: E731
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
