@@ -504,19 +504,21 @@ def gains_over_softmax(rows: list[dict]) -> list[dict]:
     return sorted(lines, key=lambda line: (-line["classes"], line["per_class"], line["loss"]))
 
 
-def gains_markdown(lines: list[dict]) -> str:
-    """The gains as a table: one line per (data shape, loss), each field as gain [95% interval] (p)."""
+def gains_markdown(lines: list[dict], names: tuple[str, ...] = tuple(n for n, _, _ in GAIN_FIELDS)) -> str:
+    """The gains as a table: one line per (data shape, loss), each field of `names` (GAIN_FIELDS' short names)
+    as gain [95% interval] (p)."""
     def cell(line, name):
         if f"gain_{name}" not in line:
             return "—"
         interval = "" if math.isnan(line[f"low_{name}"]) else f" [{line[f'low_{name}']:+.2f}, {line[f'high_{name}']:+.2f}]"
         return f"{line[f'gain_{name}']:+.2f}{interval} (p = {format_p(line[f'p_{name}'])})"
 
-    heads = " | ".join(f"{title} gain, points" for _, _, title in GAIN_FIELDS)
-    out = [f"| classes | images per class | loss | runs (softmax) | {heads} |", "|---" * (4 + len(GAIN_FIELDS)) + "|"]
+    fields = [(name, title) for name, _, title in GAIN_FIELDS if name in names]
+    heads = " | ".join(f"{title} gain, points" for _, title in fields)
+    out = [f"| classes | images per class | loss | runs (softmax) | {heads} |", "|---" * (4 + len(fields)) + "|"]
     for line in lines:
         out.append(f"| {line['classes']} | {line['per_class']} | {line['loss']} | {line['runs']} ({line['softmax_runs']}) | "
-                   + " | ".join(cell(line, name) for name, _, _ in GAIN_FIELDS) + " |")
+                   + " | ".join(cell(line, name) for name, _ in fields) + " |")
     return "\n".join(out) + ("\n\nEach loss at its margins minus softmax, same settings and seeds: difference of means, "
                               "its 95% interval (t with df = min(runs) - 1) and permutation p.\n")
 

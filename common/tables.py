@@ -14,7 +14,8 @@ per field of `value`); rows and columns in order (losses as LOSSES lists them, n
 keys have the given values; `margins=default` keeps each loss at its default margins; `percent=no` shows the values as they are,
 `percent=f1,f2` only those fields in percent; `kind=comparison` writes the table of `--preset claims` (each loss across
 the four scenarios, `summary.comparison_table`) instead, and `kind=budget baseline=b.csv` the budget comparison
-(`summary.budget_comparison`) of the rows against the baseline's; `also=train_tflop` adds a column with that
+(`summary.budget_comparison`) of the rows against the baseline's, `kind=gains` each loss minus softmax per
+data size (`summary.gains_over_softmax`; `value=acc,map_at_r` picks its fields); `also=train_tflop` adds a column with that
 field's mean over the group's rows (3 significant digits).
 
     python -m common.tables README.md results/README.md            # rewrite every block from the CSVs
@@ -31,7 +32,7 @@ from .heads import LOSSES
 from .results import REPO_ROOT, atomic_write_text, read_rows
 from .rows import accuracy_of, row_key, run_key, setting
 from .summary import (budget_comparison, collapse_threshold, comparison_markdown, comparison_table, format_mean_std,
-                      mean_std)
+                      gains_markdown, gains_over_softmax, mean_std)
 
 BLOCK = re.compile(r"(<!-- table (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
@@ -76,6 +77,9 @@ def render(spec: str, root: str = REPO_ROOT) -> str:
         baseline = [r for path in options["baseline"].split(";") for r in read_rows(os.path.join(root, path))]
         table, verdict = budget_comparison(rows, baseline, collapse_threshold(rows))
         return table + "".join(f"\n{line}\n" for line in verdict)
+    if options.get("kind") == "gains":  # each loss minus softmax per data size: `summary.gains_over_softmax`
+        names = options.get("value")
+        return gains_markdown(gains_over_softmax(rows), *([tuple(names.split(","))] if names else []))
     keys = options["rows"].split(",")
     column = options.get("columns")
     fields, percent = options["value"].split(","), options.get("percent", "yes")

@@ -45,6 +45,23 @@ def test_rows_by_file_one_column_per_field_and_datasets_in_listed_order(tmp_path
     assert by_dataset.splitlines()[0] == "| loss | mnist | cifar |"  # as listed, not alphabetical
 
 
+
+def test_gains_table_one_line_per_data_size_and_only_the_fields_asked_for(tmp_path):
+    def row(loss, per_class, seed, acc):
+        margins = {"s": 30, "m1": 1, "m2": 0.5, "m3": 0} if loss == "arcface" else {"s": "", "m1": "", "m2": "", "m3": ""}
+        return {"dataset": "t", "imbalance": 1.0, "holdout_classes": 0, "corruptions": False, "loss": loss, **margins,
+                "seed": seed, "max_train_samples": "" if per_class == 50 else 4 * per_class, "test_acc": acc,
+                "test_top5": acc, "map_at_r": acc / 2, "train_class_counts": ";".join([str(per_class)] * 4)}
+
+    rows = [row("softmax", n, s, 0.30 + 0.01 * s) for n in (10, 50) for s in range(3)]
+    rows += [row("arcface", n, s, 0.30 + gain + 0.01 * s) for n, gain in ((10, 0.05), (50, 0.0)) for s in range(3)]
+    write_csv(str(tmp_path / "g.csv"), rows)
+    lines = tables.render("csv=g.csv kind=gains value=acc,map_at_r", root=str(tmp_path)).splitlines()
+    assert lines[0] == "| classes | images per class | loss | runs (softmax) | top-1 gain, points | MAP@R gain, points |"
+    assert lines[2].startswith("| 4 | 10 | arcface m2 = 0.5 | 3 (3) | +5.00 [") and "| +2.50 [" in lines[2]
+    assert lines[3].startswith("| 4 | 50 | arcface m2 = 0.5 | 3 (3) | +0.00 [") and "(p = 1.000)" in lines[3]
+
+
 def heading_anchors(path: str) -> set[str]:
     """GitHub's anchors of a Markdown file's headings: lower case, punctuation dropped, spaces as hyphens."""
     with open(path) as handle:
