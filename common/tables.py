@@ -15,7 +15,8 @@ keys have the given values; `margins=default` keeps each loss at its default mar
 `percent=f1,f2` only those fields in percent; `kind=comparison` writes the table of `--preset claims` (each loss across
 the four scenarios, `summary.comparison_table`) instead, and `kind=budget baseline=b.csv` the budget comparison
 (`summary.budget_comparison`) of the rows against the baseline's, `kind=gains` each loss minus softmax per
-data size (`summary.gains_over_softmax`; `value=acc,map_at_r` picks its fields); `also=train_tflop` adds a column with that
+data size (`summary.gains_over_softmax`; `value=acc,map_at_r` picks its fields, `columns=loss` puts one
+loss in a column); `also=train_tflop` adds a column with that
 field's mean over the group's rows (3 significant digits).
 
     python -m common.tables README.md results/README.md            # rewrite every block from the CSVs
@@ -24,6 +25,7 @@ field's mean over the group's rows (3 significant digits).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -31,8 +33,8 @@ import sys
 from .heads import LOSSES
 from .results import REPO_ROOT, atomic_write_text, read_rows
 from .rows import accuracy_of, row_key, run_key, setting
-from .summary import (budget_comparison, collapse_threshold, comparison_markdown, comparison_table, format_mean_std,
-                      gains_markdown, gains_over_softmax, mean_std)
+from .summary import (GAIN_FIELDS, budget_comparison, collapse_threshold, comparison_markdown, comparison_table,
+                      format_mean_std, gains_markdown, gains_over_softmax, mean_std)
 
 BLOCK = re.compile(r"(<!-- table (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
@@ -78,8 +80,9 @@ def render(spec: str, root: str = REPO_ROOT) -> str:
         table, verdict = budget_comparison(rows, baseline, collapse_threshold(rows))
         return table + "".join(f"\n{line}\n" for line in verdict)
     if options.get("kind") == "gains":  # each loss minus softmax per data size: `summary.gains_over_softmax`
-        names = options.get("value")
-        return gains_markdown(gains_over_softmax(rows), *([tuple(names.split(","))] if names else []))
+        names = tuple(options.get("value", ",".join(n for n, _, _ in GAIN_FIELDS)).split(","))
+        gains = gains_over_softmax(rows)
+        return gains_by_loss(gains, names) if options.get("columns") == "loss" else gains_markdown(gains, names)
     keys = options["rows"].split(",")
     column = options.get("columns")
     fields, percent = options["value"].split(","), options.get("percent", "yes")
@@ -114,6 +117,32 @@ def render(spec: str, root: str = REPO_ROOT) -> str:
                  if h in cells else "—" for h in heads]
         lines.append("| " + " | ".join([label(v, k) for v, k in zip(group, keys)] + extra + shown) + " |")
     return "\n".join(lines) + "\n"
+
+
+def gains_by_loss(gains: list[dict], names: tuple[str, ...]) -> str:
+    """The gains with one line per data size and one column per loss, each cell the fields of `names` as
+    'gain [95% interval]', joined by ' / ': the short form of `summary.gains_markdown`."""
+    losses = list(dict.fromkeys(g["loss"] for g in sorted(gains, key=lambda g: order("loss", g["loss"].split()[0]))))
+    shapes = list(dict.fromkeys((g["classes"], g["per_class"]) for g in gains))
+    titles = " / ".join(title for name, _, title in GAIN_FIELDS if name in names)
+
+    def cell(line: dict | None) -> str:
+        if line is None:
+            return "—"
+        parts = []
+        for name in names:
+            low, high = line.get(f"low_{name}", math.nan), line.get(f"high_{name}", math.nan)
+            interval = "" if math.isnan(low) else f" [{low:+.1f}, {high:+.1f}]"
+            parts.append("—" if f"gain_{name}" not in line else f"{line[f'gain_{name}']:+.2f}{interval}")
+        return " / ".join(parts) + f" ({line['runs']}, {line['softmax_runs']})"
+
+    found = {(g["classes"], g["per_class"], g["loss"]): g for g in gains}
+    lines = [f"| classes | images per class | {' | '.join(losses)} |", "|---" * (2 + len(losses)) + "|"]
+    for classes, per_class in shapes:
+        cells = [cell(found.get((classes, per_class, loss))) for loss in losses]
+        lines.append(f"| {classes} | {per_class} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + (f"\n\n{titles} gain over softmax, points: difference of means [95% interval] "
+                               "(runs, softmax's runs).\n")
 
 
 def update(path: str, check: bool, root: str = REPO_ROOT) -> list[str]:
