@@ -11,7 +11,7 @@ Each cell is the mean ± std (runs) of `value` in percent (several fields, comma
 `columns` key's value (one column per value; without `columns`, one value column; `columns=fields`, one column
 per field of `value`); rows and columns in order (losses as LOSSES lists them, numbers by value; the pseudo-key
 `csv`, each row's file name without `.csv`, and datasets in the order their files are listed), counting each run once (`rows.run_key`) and leaving out diverged runs. `where` keeps rows whose
-keys have the given values; `margins=default` keeps each loss at its default margins; `percent=no` shows the values as they are,
+keys have the given values (`where=loss:softmax|arcface`: either); `margins=default` keeps each loss at its default margins; `percent=no` shows the values as they are,
 `percent=f1,f2` only those fields in percent; `kind=comparison` writes the table of `--preset claims` (each loss across
 the four scenarios, `summary.comparison_table`) instead, and `kind=budget baseline=b.csv` the budget comparison
 (`summary.budget_comparison`) of the rows against the baseline's, `kind=gains` each loss minus softmax per
@@ -69,7 +69,7 @@ def render(spec: str, root: str = REPO_ROOT) -> str:
     files = tuple(os.path.basename(path).removesuffix(".csv") for path in paths)  # the pseudo-key `csv`
     rows = [dict(r, csv=name) for path, name in zip(paths, files) for r in read_rows(os.path.join(root, path))]
     wanted = [part.split(":", 1) for part in options.get("where", "").split(",") if part]
-    rows = [r for r in rows if all(str(r.get(k, "")) == v for k, v in wanted) and accuracy_of(r) is not None]
+    rows = [r for r in rows if all(str(r.get(k, "")) in v.split("|") for k, v in wanted) and accuracy_of(r) is not None]
     if options.get("margins") == "default":  # each loss at its own default margins only
         rows = [r for r in rows if row_key(r).setting == setting(r["loss"])]
     rows = list({run_key(r): r for r in rows}.values())  # each run once

@@ -64,6 +64,9 @@ def test_gains_table_one_line_per_data_size_and_only_the_fields_asked_for(tmp_pa
     assert by_loss[:2] == ["| classes | images per class | arcface m2 = 0.5 |", "|---|---|---|"]
     assert by_loss[2] == "| 4 | 10 | +5.00 [+1.5, +8.5] (3, 3) |"  # +-t(2) sqrt(1/3 + 1/3) = 4.303 * 0.816 points
     assert by_loss[3] == "| 4 | 50 | +0.00 [-3.5, +3.5] (3, 3) |"
+    assert tables.render("csv=g.csv kind=gains columns=loss value=acc where=loss:softmax|arcface",
+                         root=str(tmp_path)).splitlines()[2:4] == by_loss[2:4]  # either loss kept
+    assert "| arcface" not in tables.render("csv=g.csv kind=gains where=loss:softmax", root=str(tmp_path))
 
 
 def heading_anchors(path: str) -> set[str]:
