@@ -337,6 +337,9 @@ def test_the_default_collapse_threshold_is_the_datasets(tmp_path):
     assert summaries.collapse_threshold(cifar + mnist) == 50.0  # mixed: no dataset's healthy runs count as collapsed
     assert summaries.collapse_threshold([{"test_acc": 0.9, "dataset": "my-photos"}]) == 0.0  # no threshold of its own
     assert summaries.collapse_threshold([{"test_acc": 0.4, "dataset": "tiny-imagenet-200"}]) == 10.0
+    few = {"test_acc": 0.09, "dataset": "tiny-imagenet-200", "max_train_samples": 2000}  # 10 images a class: healthy
+    assert summaries.collapse_threshold([few]) == 0.0
+    assert summaries.collapse_threshold([{**few, "max_train_samples": "", "num_classes": 10}]) == 0.0
     path = str(tmp_path / "cifar.csv")
     write_csv(path, cifar)
     sweep_margins.main(["--summarize", path, "--out", path])  # no --collapse-below: CIFAR-10's 50%
