@@ -189,6 +189,7 @@ def plot_gains(gains: list[dict], path: str) -> str:
         ax.set_xscale("log")
         values = sorted({g[x_key] for g in lines})
         ax.set_xticks(values, [str(v) for v in values])  # the sizes measured, not powers of ten
+        ax.set_xlim(values[0] / 1.5, values[-1] * 1.5)  # a margin that keeps one size's bars and dots together
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
