@@ -468,6 +468,17 @@ def budget_comparison(rows: list[dict], baseline: list[dict],
 
 
 GAIN_FIELDS = (("acc", "test_acc", "top-1"), ("top5", "test_top5", "top-5"), ("map_at_r", "map_at_r", "MAP@R"))
+GAIN_NAMES = tuple(name for name, _, _ in GAIN_FIELDS)
+
+
+def format_gain(line: dict, name: str, digits: int = 2, with_p: bool = True) -> str:
+    """One field of a `gains_over_softmax` line: 'gain [low, high] (p = ...)', the interval's ends to `digits`
+    decimals (no interval where it does not exist: one run a side); '—' where the field was not measured."""
+    if f"gain_{name}" not in line:
+        return "—"
+    low, high = line[f"low_{name}"], line[f"high_{name}"]
+    interval = "" if math.isnan(low) else f" [{low:+.{digits}f}, {high:+.{digits}f}]"
+    return f"{line[f'gain_{name}']:+.2f}{interval}" + (f" (p = {format_p(line[f'p_{name}'])})" if with_p else "")
 
 
 def data_shape(row: dict) -> tuple[int, int]:
@@ -507,21 +518,15 @@ def gains_over_softmax(rows: list[dict]) -> list[dict]:
     return sorted(lines, key=lambda line: (-line["classes"], line["per_class"], line["loss"]))
 
 
-def gains_markdown(lines: list[dict], names: tuple[str, ...] = tuple(n for n, _, _ in GAIN_FIELDS)) -> str:
+def gains_markdown(lines: list[dict], names: tuple[str, ...] = GAIN_NAMES) -> str:
     """The gains as a table: one line per (data shape, loss), each field of `names` (GAIN_FIELDS' short names)
-    as gain [95% interval] (p)."""
-    def cell(line, name):
-        if f"gain_{name}" not in line:
-            return "—"
-        interval = "" if math.isnan(line[f"low_{name}"]) else f" [{line[f'low_{name}']:+.2f}, {line[f'high_{name}']:+.2f}]"
-        return f"{line[f'gain_{name}']:+.2f}{interval} (p = {format_p(line[f'p_{name}'])})"
-
+    as gain [95% interval] (p), `format_gain`."""
     fields = [(name, title) for name, _, title in GAIN_FIELDS if name in names]
     heads = " | ".join(f"{title} gain, points" for _, title in fields)
     out = [f"| classes | images per class | loss | runs (softmax) | {heads} |", "|---" * (4 + len(fields)) + "|"]
     for line in lines:
         out.append(f"| {line['classes']} | {line['per_class']} | {line['loss']} | {line['runs']} ({line['softmax_runs']}) | "
-                   + " | ".join(cell(line, name) for name, _ in fields) + " |")
+                   + " | ".join(format_gain(line, name) for name, _ in fields) + " |")
     return "\n".join(out) + ("\n\nEach loss at its margins minus softmax, same settings and seeds: difference of means, "
                               "its 95% interval (t with df = min(runs) - 1) and permutation p.\n")
 

@@ -25,7 +25,6 @@ field's mean over the group's rows (3 significant digits).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import sys
@@ -33,8 +32,8 @@ import sys
 from .heads import LOSSES
 from .results import REPO_ROOT, atomic_write_text, read_rows
 from .rows import accuracy_of, row_key, run_key, setting
-from .summary import (GAIN_FIELDS, budget_comparison, collapse_threshold, comparison_markdown, comparison_table,
-                      format_mean_std, gains_markdown, gains_over_softmax, mean_std)
+from .summary import (GAIN_FIELDS, GAIN_NAMES, budget_comparison, collapse_threshold, comparison_markdown,
+                      comparison_table, format_gain, format_mean_std, gains_markdown, gains_over_softmax, mean_std)
 
 BLOCK = re.compile(r"(<!-- table (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
@@ -80,7 +79,7 @@ def render(spec: str, root: str = REPO_ROOT) -> str:
         table, verdict = budget_comparison(rows, baseline, collapse_threshold(rows))
         return table + "".join(f"\n{line}\n" for line in verdict)
     if options.get("kind") == "gains":  # each loss minus softmax per data size: `summary.gains_over_softmax`
-        names = tuple(options.get("value", ",".join(n for n, _, _ in GAIN_FIELDS)).split(","))
+        names = tuple(options["value"].split(",")) if "value" in options else GAIN_NAMES
         gains = gains_over_softmax(rows)
         return gains_by_loss(gains, names) if options.get("columns") == "loss" else gains_markdown(gains, names)
     keys = options["rows"].split(",")
@@ -129,12 +128,8 @@ def gains_by_loss(gains: list[dict], names: tuple[str, ...]) -> str:
     def cell(line: dict | None) -> str:
         if line is None:
             return "—"
-        parts = []
-        for name in names:
-            low, high = line.get(f"low_{name}", math.nan), line.get(f"high_{name}", math.nan)
-            interval = "" if math.isnan(low) else f" [{low:+.1f}, {high:+.1f}]"
-            parts.append("—" if f"gain_{name}" not in line else f"{line[f'gain_{name}']:+.2f}{interval}")
-        return " / ".join(parts) + f" ({line['runs']}, {line['softmax_runs']})"
+        parts = " / ".join(format_gain(line, name, digits=1, with_p=False) for name in names)
+        return f"{parts} ({line['runs']}, {line['softmax_runs']})"
 
     found = {(g["classes"], g["per_class"], g["loss"]): g for g in gains}
     lines = [f"| classes | images per class | {' | '.join(losses)} |", "|---" * (2 + len(losses)) + "|"]

@@ -45,7 +45,6 @@ def test_rows_by_file_one_column_per_field_and_datasets_in_listed_order(tmp_path
     assert by_dataset.splitlines()[0] == "| loss | mnist | cifar |"  # as listed, not alphabetical
 
 
-
 def test_gains_table_one_line_per_data_size_and_only_the_fields_asked_for(tmp_path):
     def row(loss, per_class, seed, acc):
         margins = {"s": 30, "m1": 1, "m2": 0.5, "m3": 0} if loss == "arcface" else {"s": "", "m1": "", "m2": "", "m3": ""}
