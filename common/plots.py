@@ -155,11 +155,21 @@ def plot_combined_grid(plt, combined: list[dict], path: str) -> str:
 
 
 
+def losses_with_a_trend(gains: list[dict]) -> list[str]:
+    """The losses of `gains` measured at more than one data size (classes, images per class): only they have
+    a line to draw against the size; a loss measured at one size stays in the gains table. All of them when
+    none has two sizes, so a figure is never empty."""
+    sizes: dict[str, set] = {}
+    for g in gains:
+        sizes.setdefault(g["loss"], set()).add((g["classes"], g["per_class"]))
+    return sorted(loss for loss, seen in sizes.items() if len(seen) > 1) or sorted(sizes)
+
+
 def plot_gains(gains: list[dict], path: str) -> str:
     """Gain in top-1 over softmax (points) against training images per class (left: at the most classes) and
-    against the number of classes (right: at the most images per class), one line per loss: the mean gain with
-    its 95% interval as a bar, every run's own gain as a dot beside it, zero (no gain) as a dashed line.
-    `gains`: `summary.gains_over_softmax` lines."""
+    against the number of classes (right: at the most images per class), one line per loss measured at more
+    than one size (`losses_with_a_trend`): the mean gain with its 95% interval as a bar, every run's own gain as
+    a dot beside it, zero (no gain) as a dashed line. `gains`: `summary.gains_over_softmax` lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,7 +180,7 @@ def plot_gains(gains: list[dict], path: str) -> str:
                f"training images per class ({most_classes} classes)"),
               ("classes", [g for g in gains if g["per_class"] == most_images],
                f"number of classes ({most_images} images per class)"))
-    losses = sorted({g["loss"] for g in gains})
+    losses = losses_with_a_trend(gains)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     for ax, (x_key, lines, xlabel) in zip(axes, panels):
         for i, loss in enumerate(losses):

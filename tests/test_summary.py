@@ -384,6 +384,15 @@ def test_gains_over_softmax_per_data_size_with_intervals_and_a_figure(tmp_path):
     assert (tmp_path / "tiny_gains.png").stat().st_size > 1000
 
 
+def test_the_gains_figure_draws_only_losses_measured_at_several_sizes():
+    from common.plots import losses_with_a_trend
+    gains = [{"loss": "arcface", "classes": 200, "per_class": n} for n in (10, 500)]
+    gains += [{"loss": "triplet", "classes": 200, "per_class": 500}]  # one size: the table holds it
+    assert losses_with_a_trend(gains) == ["arcface"]
+    one_each = [{"loss": "arcface", "classes": 200, "per_class": 10}, {"loss": "cosface", "classes": 10, "per_class": 500}]
+    assert losses_with_a_trend(one_each) == ["arcface", "cosface"]  # no trend anywhere: every loss, never empty
+
+
 def test_the_95_percent_interval_uses_t_with_the_smaller_sides_degrees_of_freedom():
     from common.significance import difference_interval
     diff, low, high = difference_interval([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
