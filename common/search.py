@@ -1,0 +1,83 @@
+"""A seeded hyper-parameter search, fixed before its first trial: the same number of trials for every loss,
+each trial a point of a Latin hypercube over that loss's ranges (every range is cut into `trials` equal
+strata and each stratum is used exactly once, so 8 trials cover each setting's range evenly, as a grid of
+8 values would, while the settings vary together).
+
+    python -m common.search                  # the trials of results/README.md "A fair trial", one per line
+    python -m common.search --trials 8 --seed 0 --losses softmax arcface
+
+Each line holds the sweep flags of one trial (`--losses arcface --s 21.3 --m2 0.284 --lr 0.0731`); trials are
+interleaved across losses (trial 0 of every loss, then trial 1, ...), so a search stopped part-way has given
+every loss the same number of trials, give or take one.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+
+# One range per setting: (low, high, scale). 'log': uniform in log(value), for settings that act by ratio.
+RANGES = {"lr": (0.025, 0.4, "log"), "label_smoothing": (0.0, 0.2, "linear"), "s": (8.0, 64.0, "log"),
+          "m2": (0.1, 0.5, "linear"), "m3": (0.1, 0.5, "linear")}
+# What each arm tunes, and the loss and fixed margins it trains with. Normalised softmax is ArcFace without a
+# margin (m2 = 0): cosine logits times s, the control that tells the margin from the normalisation and scale.
+ARMS = {"softmax": ("softmax", {}, ("lr", "label_smoothing")),
+        "normsoftmax": ("arcface", {"m2": 0.0}, ("lr", "s")),
+        "arcface": ("arcface", {}, ("lr", "s", "m2")),
+        "cosface": ("cosface", {}, ("lr", "s", "m3"))}
+SWEEP_FLAGS = ("s", "m1", "m2", "m3")  # set by the sweep's own grid flags; the others are training flags
+
+
+def scaled(unit: float, low: float, high: float, scale: str) -> float:
+    """A point of [0, 1) mapped onto [low, high), uniformly or uniformly in log; 3 significant digits."""
+    value = low * (high / low) ** unit if scale == "log" else low + unit * (high - low)
+    return float(f"{value:.3g}")
+
+
+def latin_hypercube(names: tuple[str, ...], trials: int, rng: random.Random) -> list[dict]:
+    """`trials` points; for each setting, one random point in each of its `trials` strata, in a random order."""
+    columns = {}
+    for name in names:
+        strata = list(range(trials))
+        rng.shuffle(strata)
+        columns[name] = [scaled((k + rng.random()) / trials, *RANGES[name]) for k in strata]
+    return [{name: columns[name][i] for name in names} for i in range(trials)]
+
+
+def draw(arm: str, trials: int, seed: int) -> list[dict]:
+    """The trials of one arm: its tuned settings drawn (`latin_hypercube`) with its fixed ones added. The
+    generator is seeded by (seed, arm), so adding an arm never changes another's trials."""
+    loss, fixed, names = ARMS[arm]
+    rng = random.Random(f"{seed}:{arm}")
+    return [{**point, **fixed} for point in latin_hypercube(names, trials, rng)]
+
+
+def flags(arm: str, trial: dict) -> str:
+    """One trial as sweep_margins.py flags."""
+    parts = ["--losses", ARMS[arm][0]]
+    for name, value in sorted(trial.items(), key=lambda item: item[0] not in SWEEP_FLAGS):
+        parts += [f"--{name.replace('_', '-')}", f"{value:g}"]
+    return " ".join(parts)
+
+
+def plan(arms: list[str], trials: int, seed: int) -> list[str]:
+    """Every trial's flags, interleaved across arms."""
+    drawn = {arm: draw(arm, trials, seed) for arm in arms}
+    return [flags(arm, drawn[arm][i]) for i in range(trials) for arm in arms]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m common.search", description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
+                   help="what to tune (default: all): " + "; ".join(f"{a}: {', '.join(n)}" for a, (_, _, n) in ARMS.items()))
+    p.add_argument("--trials", type=int, default=8, help="trials per arm (default: 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draw (default: 0)")
+    args = p.parse_args(argv)
+    if args.trials < 1:
+        p.exit(2, f"{p.prog}: error: --trials must be >= 1, got {args.trials}\n")
+    for line in plan(args.arms, args.trials, args.seed):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
