@@ -21,14 +21,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import hashlib
 import itertools
-import multiprocessing
 import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import replace
 
@@ -39,13 +35,13 @@ import train_mnist
 from common import LOSSES, MARGIN_DEFAULTS
 from common.cli import OneLineErrorParser, parse_config
 from common.data import DATASETS, DataError, is_image_folder, list_image_folder
-from common.device import pick_device
 from common.heads import check_margins
 from common.results import (CsvDamageError, append_row, check_writable, environment_info, parse_rows, process_alive,
                             read_rows, write_csv)
 from common.rows import CLAIM_SCENARIOS, PLAIN, Job, row_key, run_key, scenario_of, setting, table1_grid
 from common.summary import collapse_threshold, write_summary
 from common.training import DivergedError
+from common.workers import WorkerDied, exit_on_sigterm, run_in_processes
 
 SCRIPTS = {"mnist": train_mnist, "cifar10": train_cifar10}  # --dataset: which training script every run uses
 # Training flags a sweep sets per run itself, and the flag of the sweep to use instead.
@@ -176,68 +172,32 @@ def check_data(base, dataset: str) -> None:
         DATASETS[dataset].load(base)
 
 
-def end_with_parent(parent: int) -> None:
-    """Make this worker process end when the sweep that started it does, even by SIGKILL: on Linux the
-    kernel sends it SIGKILL (prctl PR_SET_PDEATHSIG); elsewhere a thread watches the parent. A worker
-    killed mid-run loses only its unfinished run (rows and checkpoints are written atomically)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        def watch():
-            while os.getppid() == parent:
-                time.sleep(1)
-            os._exit(1)
-        threading.Thread(target=watch, daemon=True).start()
-    if os.getppid() != parent:  # the parent died before the signal was set up
-        os._exit(1)
-
-
-def _worker(payload):
-    return run_job(*payload)
-
-
-def _exit_on_signal(signum, frame):
-    raise SystemExit(128 + signum)
-
-
-@contextlib.contextmanager
-def exit_on_sigterm():
-    """Within this block SIGTERM (`kill`, a scheduler's time limit) raises SystemExit instead of ending the
-    process at once, so an enclosing `with Pool` terminates its workers rather than leaving them to run
-    on. Outside the main thread (where no handler can be set) it does nothing. The previous handler comes
-    back on leaving."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_sweep(jobs: list[Job], base, dataset: str, workers: int, threads: int = 0,
-              checkpoint_dir: str | None = None) -> int:
-    """Run the jobs (already filtered to those not done), `workers` processes at a time, with one overall bar.
-    `threads` is torch's CPU threads per worker; 0 splits the cores between workers. With `checkpoint_dir`
-    every run saves after each epoch there and resumes from what it finds. Returns how many jobs another
-    sweep on the same --out had in progress (skipped here)."""
+              checkpoint_dir: str | None = None) -> tuple[int, list[str]]:
+    """Run the jobs (already filtered to those not done), `workers` processes at a time (`common.workers`),
+    with one overall bar. `threads` is torch's CPU threads per worker; 0 splits the cores between workers.
+    With `checkpoint_dir` every run saves after each epoch there and resumes from what it finds. Returns how
+    many jobs another sweep on the same --out had in progress (skipped here), and one line per job whose
+    worker died (the others go on)."""
     threads = threads or (0 if workers == 1 else max(1, (os.cpu_count() or 1) // workers))
-    skipped = 0
+    skipped, failed = 0, []
     with tqdm(total=len(jobs), desc="sweep", unit="run") as bar:  # closed on Ctrl-C too
+        def done(task, row):
+            nonlocal skipped
+            if isinstance(row, WorkerDied):
+                failed.append(f"{job_name(config_for(task[0], base))}: {row}")
+                tqdm.write(f"sweep_margins.py: run {failed[-1]}; the sweep goes on", file=sys.stderr)
+            skipped += row is None
+            bar.update(1)
+
+        tasks = [(job, base, dataset, threads, checkpoint_dir) for job in jobs]
         if workers == 1:
-            for job in jobs:
-                skipped += run_job(job, base, dataset, threads, checkpoint_dir) is None
-                bar.update(1)
-            return skipped
-        context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-        with exit_on_sigterm(), context.Pool(workers, initializer=end_with_parent, initargs=(os.getpid(),),
-                                             maxtasksperchild=1) as pool:  # workers end with the sweep
-            for row in pool.imap_unordered(_worker, [(job, base, dataset, threads, checkpoint_dir) for job in jobs]):
-                skipped += row is None
-                bar.update(1)
-    return skipped
+            for task in tasks:
+                done(task, run_job(*task))
+        else:
+            with exit_on_sigterm():  # `kill` of the sweep ends its workers too
+                run_in_processes(run_job, tasks, workers, done)
+    return skipped, failed
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -395,7 +355,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     try:
         if todo:
             check_data(base, args.dataset)  # a missing or broken dataset is one line, before the first run
-        skipped = run_sweep(todo, base, args.dataset, args.workers, args.threads, args.checkpoint_dir)
+        skipped, failed = run_sweep(todo, base, args.dataset, args.workers, args.threads, args.checkpoint_dir)
     except (DataError, ValueError) as exc:
         parser.exit(2, f"sweep_margins.py: error: {exc}\n")
     except KeyboardInterrupt:
@@ -406,6 +366,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = read_rows(args.out)
     for path in write_summary(rows, args.out, collapse_below(args, rows)):
         print(f"wrote {path}")
+    if failed:
+        print(f"sweep_margins.py: {len(failed)} runs failed, their workers died: {'; '.join(failed)}; "
+              "rerun the same command to retry them", file=sys.stderr)
+        sys.exit(1)
     return rows
 
 

@@ -106,6 +106,7 @@ def check_writable(path: str, flag: str, folder: bool = False, companions: tuple
     writer will create beside it: its temporary file (`temp_name`, the longest) and `companions` (the
     lock file, for example), so a name too long for the file system or a folder without write permission
     fails here, before any data is read, never after training. A symlinked `path` is checked at its target.
+A companion that another writer creates meanwhile (a parallel run's lock file) passes: its name works.
     """
     target = os.path.realpath(path)
     if folder:
@@ -125,6 +126,8 @@ def check_writable(path: str, flag: str, folder: bool = False, companions: tuple
         try:
             os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             os.unlink(probe)
+        except FileExistsError:
+            continue  # another writer made it since `exists` (a parallel run's lock): the name works there
         except OSError as exc:
             raise ValueError(f"{flag} {path} cannot be written: creating {os.path.basename(probe)} in "
                              f"{os.path.dirname(probe)} failed ({exc.strerror or exc}); choose another location") from None

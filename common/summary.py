@@ -21,14 +21,8 @@ from .results import atomic_write_text, write_csv
 from .rows import (CLAIM_SCENARIOS, SETTING_KEYS, accuracy_of, base_key, group_key, is_plain, sides,
                    percent_values, plain_training_set, row_key, run_key, setting, setting_label, settings_labels,
                    source_value, table1)
-from .significance import difference, difference_interval, permutation_p
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (NaN where undefined)."""
-    mean = sum(values) / len(values) if values else math.nan
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
-    return mean, std
+from .stats import (difference, difference_interval, holm, mean_std, permutation_method, permutation_p, ranks, spearman,
+                    standard_error)
 
 
 def format_mean_std(mean: float, std: float) -> str:
@@ -389,50 +383,36 @@ def kept_cells(rows: list[dict], collapse_below: float) -> dict[tuple, tuple[lis
     return {k: ([100 * accuracy_of(r) for r in kept], low) for k, (kept, low) in kept_runs(rows, collapse_below).items()}
 
 
-def standard_error(a: list[float], b: list[float]) -> float:
-    """Standard error of mean(a) - mean(b) from the two samples' spreads (NaN with fewer than 2 of either)."""
-    return math.sqrt(mean_std(a)[1] ** 2 / len(a) + mean_std(b)[1] ** 2 / len(b)) if min(len(a), len(b)) > 1 else math.nan
-
-
 def against_softmax(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) -> list[str]:
     """Each other loss at its default margins (`setting(loss)`) against softmax, on the plain training set:
     the differences of mean test accuracy and of mean MAP@R, each ± its standard error and with its
-    permutation p, over the runs that did not collapse (the collapsed counted). No lines without softmax runs."""
+    permutation p and Holm's adjustment over the losses compared (the family: one per field), over the runs
+    that did not collapse (the collapsed counted). No lines without softmax runs."""
     cells = kept_runs(rows, collapse_below)
     base, base_low = cells.get(setting("softmax"), ([], 0))
     if not base:
         return []
-    lines = []
-    for loss in LOSSES[1:]:
-        runs, low = cells.get(setting(loss), ([], 0))
-        if not runs:
-            continue
-        parts = []
-        for name, field in (("test acc", "test_acc"), ("MAP@R", "map_at_r")):
+    compared = [(loss, *cells[setting(loss)]) for loss in LOSSES[1:] if cells.get(setting(loss), ([], 0))[0]]
+    fields = (("test acc", "test_acc"), ("MAP@R", "map_at_r"))
+    tests = {}  # (loss, field) -> (gain, standard error, p)
+    for loss, runs, _ in compared:
+        for _, field in fields:
             a, b = percent_values(runs, field), percent_values(base, field)
             if a and b:
-                gain, p = difference(a, b)
-                parts.append(f"{name} {gain:+.2f} ± {standard_error(a, b):.2f} points (p = {format_p(p)})")
+                tests[loss, field] = (*difference(a, b), standard_error(a, b))
+    adjusted = {}
+    for _, field in fields:
+        family = [key for key in tests if key[1] == field]
+        adjusted.update(zip(family, holm([tests[key][1] for key in family])))
+    lines = []
+    for loss, runs, low in compared:
+        parts = [f"{name} {tests[loss, field][0]:+.2f} ± {tests[loss, field][2]:.2f} points (p = "
+                 f"{format_p(tests[loss, field][1])}, Holm {format_p(adjusted[loss, field])})"
+                 for name, field in fields if (loss, field) in tests]
         lines.append(f"{setting_label(setting(loss))} ({len(runs)} runs, {low} collapsed) against softmax ({len(base)} "
-                     f"runs, {base_low} collapsed): {'; '.join(parts)}; difference of means ± its standard error")
+                     f"runs, {base_low} collapsed): {'; '.join(parts)}; difference of means ± its standard error, "
+                     f"{permutation_method([len(runs), len(base)])} permutation p, Holm over the {len(compared)} losses")
     return lines
-
-
-def ranks(values: list[float]) -> list[float]:
-    """1 for the largest value; ties share the mean of their ranks."""
-    order = sorted(values, reverse=True)
-    return [sum(i + 1 for i, o in enumerate(order) if o == v) / order.count(v) for v in values]
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    """Rank correlation of two equally long lists (NaN below 3 entries or where one list is constant)."""
-    if len(a) < 3:
-        return math.nan
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
-    norm = math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
-    return cov / norm if norm else math.nan
 
 
 def budget_comparison(rows: list[dict], baseline: list[dict],
@@ -453,17 +433,20 @@ def budget_comparison(rows: list[dict], baseline: list[dict],
     means_new, means_old = [mean_std(new[k][0])[0] for k in shared], [mean_std(old[k][0])[0] for k in shared]
     rank_new, rank_old = ranks(means_new), ranks(means_old)
     lines = [f"| setting | {at_old}: test acc % | rank | collapsed | {at_new}: test acc % | rank | collapsed | "
-             "change, points | p |", "|---|---|---|---|---|---|---|---|---|"]
-    for i, k in enumerate(shared):
-        change, p = difference(new[k][0], old[k][0])
+             "change, points | p | Holm p |", "|---|---|---|---|---|---|---|---|---|---|"]
+    changes = [difference(new[k][0], old[k][0]) for k in shared]
+    for i, (k, (change, p), adjusted) in enumerate(zip(shared, changes, holm([p for _, p in changes]))):
         lines.append(f"| {setting_label(k)} | {described(old[k][0])} ({len(old[k][0])}) | {rank_old[i]:g} | {old[k][1]} | "
-                     f"{described(new[k][0])} ({len(new[k][0])}) | {rank_new[i]:g} | {new[k][1]} | {change:+.2f} | {format_p(p)} |")
+                     f"{described(new[k][0])} ({len(new[k][0])}) | {rank_new[i]:g} | {new[k][1]} | {change:+.2f} | "
+                     f"{format_p(p)} | {format_p(adjusted)} |")
     change = sum(means_new) / len(shared) - sum(means_old) / len(shared)
     verdict = (f"{at_new} against {at_old}, {len(shared)} settings: mean change {change:+.2f} points; rank correlation "
                f"(Spearman) {spearman(means_old, means_new):.2f}; settings differ beyond their seeds: permutation "
                f"p = {format_p(permutation_p([old[k][0] for k in shared]))} at {at_old}, "
                f"p = {format_p(permutation_p([new[k][0] for k in shared]))} at {at_new}")
-    note = f"\nmean ± std (runs) over the runs that did not collapse (< {collapse_below:g}%); rank 1 = best mean.\n"
+    note = (f"\nmean ± std (runs) over the runs that did not collapse (< {collapse_below:g}%); rank 1 = best mean; p: "
+            f"permutation test of the change ({permutation_method([len(old[shared[0]][0]), len(new[shared[0]][0])])} "
+            f"for the first setting); Holm p: adjusted over the table's {len(shared)} changes.\n")
     return "\n".join(lines) + "\n" + note, [verdict]
 
 
@@ -472,13 +455,14 @@ GAIN_NAMES = tuple(name for name, _, _ in GAIN_FIELDS)
 
 
 def format_gain(line: dict, name: str, digits: int = 2, with_p: bool = True) -> str:
-    """One field of a `gains_over_softmax` line: 'gain [low, high] (p = ...)', the interval's ends to `digits`
+    """One field of a `gains_over_softmax` line: 'gain [low, high] (p = ..., Holm ...)', the interval's ends to `digits`
     decimals (no interval where it does not exist: one run a side); '—' where the field was not measured."""
     if f"gain_{name}" not in line:
         return "—"
     low, high = line[f"low_{name}"], line[f"high_{name}"]
     interval = "" if math.isnan(low) else f" [{low:+.{digits}f}, {high:+.{digits}f}]"
-    return f"{line[f'gain_{name}']:+.2f}{interval}" + (f" (p = {format_p(line[f'p_{name}'])})" if with_p else "")
+    p = f" (p = {format_p(line[f'p_{name}'])}, Holm {format_p(line[f'holm_{name}'])})" if with_p else ""
+    return f"{line[f'gain_{name}']:+.2f}{interval}{p}"
 
 
 def data_shape(row: dict) -> tuple[int, int]:
@@ -512,9 +496,13 @@ def gains_over_softmax(rows: list[dict]) -> list[dict]:
                 if a and b:
                     gain, low, high = difference_interval(a, b)
                     line.update({f"gain_{name}": gain, f"low_{name}": low, f"high_{name}": high,
-                                 f"p_{name}": difference(a, b)[1],
+                                 f"p_{name}": difference(a, b)[1], f"method_{name}": permutation_method([len(a), len(b)]),
                                  f"run_gains_{name}": ";".join(f"{v - sum(b) / len(b):.3f}" for v in a)})
             lines.append(line)
+    for name in GAIN_NAMES:  # the family: every comparison of this field in these rows
+        family = [line for line in lines if f"p_{name}" in line]
+        for line, adjusted in zip(family, holm([line[f"p_{name}"] for line in family])):
+            line[f"holm_{name}"] = adjusted
     return sorted(lines, key=lambda line: (-line["classes"], line["per_class"], line["loss"]))
 
 
@@ -527,8 +515,12 @@ def gains_markdown(lines: list[dict], names: tuple[str, ...] = GAIN_NAMES) -> st
     for line in lines:
         out.append(f"| {line['classes']} | {line['per_class']} | {line['loss']} | {line['runs']} ({line['softmax_runs']}) | "
                    + " | ".join(format_gain(line, name) for name, _ in fields) + " |")
+    methods = sorted({line[f"method_{name}"] for line in lines for name, _ in fields if f"method_{name}" in line})
+    families = ", ".join(f"{sum(f'p_{name}' in line for line in lines)} {title}" for name, title in fields)
     return "\n".join(out) + ("\n\nEach loss at its margins minus softmax, same settings and seeds: difference of means, "
-                              "its 95% interval (t with df = min(runs) - 1) and permutation p.\n")
+                              "its 95% interval (t with df = min(runs) - 1) and two-sided permutation p "
+                              f"({'; '.join(methods)}); Holm: p adjusted over the table's comparisons of each field "
+                              f"(the families: {families}).\n")
 
 
 def partitions(rows: list[dict]) -> list[tuple[str, list[dict]]]:

@@ -2,11 +2,8 @@
 inputs): no finished result is lost, none turns into a wrong number, and each says what went wrong in one line."""
 import errno
 import os
-import signal
 import subprocess
 import sys
-import textwrap
-import time
 
 import pytest
 import torch
@@ -191,37 +188,6 @@ def test_an_out_name_too_long_for_the_file_system_is_refused_up_front(gray_folde
     out = tmp_path / ("r" * 240 + ".csv")  # fits, but its temporary and lock names do not
     err = one_line_exit_2(train_mnist.main, [*TINY, "--data-root", gray_folder, "--out", str(out)], capsys)
     assert "--out" in err and "too long" in err.lower()
-
-
-# 8: sweep workers
-def test_sweep_workers_end_when_the_sweep_is_killed(tmp_path):
-    script = textwrap.dedent(f"""
-        import multiprocessing, os, sys, time
-        sys.path.insert(0, {os.getcwd()!r})
-        import sweep_margins
-
-        def work(_):
-            print(os.getpid(), flush=True)
-            time.sleep(60)
-
-        if __name__ == "__main__":
-            with multiprocessing.get_context("spawn").Pool(1, initializer=sweep_margins.end_with_parent,
-                                                           initargs=(os.getpid(),)) as pool:
-                pool.map(work, [0])
-    """)
-    (tmp_path / "sweep.py").write_text(script)
-    parent = subprocess.Popen([sys.executable, str(tmp_path / "sweep.py")], stdout=subprocess.PIPE, text=True)
-    worker = int(parent.stdout.readline())
-    parent.send_signal(signal.SIGKILL)
-    parent.wait()
-    for _ in range(50):
-        try:
-            os.kill(worker, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    os.kill(worker, signal.SIGKILL)
-    pytest.fail("the worker outlived its killed sweep")
 
 
 # 10, 11: messages about checkpoints

@@ -6,7 +6,7 @@ import re
 import pytest
 
 import sweep_margins
-from common import plots, rows as row_keys, summary as summaries
+from common import plots, rows as row_keys, stats, summary as summaries
 from common.results import read_rows, write_csv
 
 PLAIN = {"dataset": "mnist", "imbalance": 1.0, "holdout_classes": 0, "corruptions": False}  # columns every row has
@@ -266,10 +266,10 @@ def test_a_comparison_at_one_budget_names_the_settings_that_differ():
 
 
 def test_ranks_share_ties_and_spearman_needs_three_varying_values():
-    assert summaries.ranks([3.0, 1.0, 3.0, 2.0]) == [1.5, 4, 1.5, 3]
-    assert summaries.spearman([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
-    assert summaries.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert math.isnan(summaries.spearman([1, 2], [2, 1])) and math.isnan(summaries.spearman([1, 1, 1], [1, 2, 3]))
+    assert stats.ranks([3.0, 1.0, 3.0, 2.0]) == [1.5, 4, 1.5, 3]
+    assert stats.spearman([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
+    assert stats.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(stats.spearman([1, 2], [2, 1])) and math.isnan(stats.spearman([1, 1, 1], [1, 2, 3]))
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -295,8 +295,11 @@ def test_each_loss_at_its_defaults_is_compared_with_softmax():
     rows += [run("cosface", 0, 0.992), run("cosface", 1, 0.1135)]  # one run collapsed
     arcface, cosface = summaries.against_softmax(rows)
     assert arcface.startswith("arcface m2 = 0.5 (3 runs, 0 collapsed) against softmax (3 runs, 0 collapsed): ")
-    assert "test acc +0.30 ± 0.08 points (p = 0.09" in arcface  # std 0.1 each: sqrt(2 * 0.01 / 3) = 0.08
-    assert "MAP@R +5.00 ± 0.82 points" in arcface
+    # std 0.1 each: sqrt(2 * 0.01 / 3) = 0.08; 3 runs a side fully apart: the exact floor 2 / 20. The top-1 family
+    # holds ArcFace's and CosFace's tests, so Holm doubles the smaller p; MAP@R's holds ArcFace's alone.
+    assert "test acc +0.30 ± 0.08 points (p = 0.100, Holm 0.200)" in arcface
+    assert "MAP@R +5.00 ± 0.82 points (p = 0.100, Holm 0.100)" in arcface
+    assert arcface.endswith("exact (20 labellings) permutation p, Holm over the 2 losses")
     assert cosface.startswith("cosface m3 = 0.35 (1 runs, 1 collapsed)") and "test acc +0.10 ± nan points" in cosface
     assert "MAP@R" not in cosface  # these runs report none
     assert summaries.against_softmax([r for r in rows if r["loss"] != "softmax"]) == []
@@ -394,7 +397,7 @@ def test_the_gains_figure_draws_only_losses_measured_at_several_sizes():
 
 
 def test_the_95_percent_interval_uses_t_with_the_smaller_sides_degrees_of_freedom():
-    from common.significance import difference_interval
+    from common.stats import difference_interval
     diff, low, high = difference_interval([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
     assert diff == pytest.approx(2.0) and high - diff == pytest.approx(4.303 * (1 / 3) ** 0.5)
     assert math.isnan(difference_interval([1.0], [0.0, 1.0])[1])  # one run: no spread, no interval

@@ -58,7 +58,7 @@ def test_gains_table_one_line_per_data_size_and_only_the_fields_asked_for(tmp_pa
     lines = tables.render("csv=g.csv kind=gains value=acc,map_at_r", root=str(tmp_path)).splitlines()
     assert lines[0] == "| classes | images per class | loss | runs (softmax) | top-1 gain, points | MAP@R gain, points |"
     assert lines[2].startswith("| 4 | 10 | arcface m2 = 0.5 | 3 (3) | +5.00 [") and "| +2.50 [" in lines[2]
-    assert lines[3].startswith("| 4 | 50 | arcface m2 = 0.5 | 3 (3) | +0.00 [") and "(p = 1.000)" in lines[3]
+    assert lines[3].startswith("| 4 | 50 | arcface m2 = 0.5 | 3 (3) | +0.00 [") and "(p = 1.000, Holm 1.000)" in lines[3]
     by_loss = tables.render("csv=g.csv kind=gains columns=loss value=acc", root=str(tmp_path)).splitlines()
     assert by_loss[:2] == ["| classes | images per class | arcface m2 = 0.5 |", "|---|---|---|"]
     assert by_loss[2] == "| 4 | 10 | +5.00 [+1.5, +8.5] (3, 3) |"  # +-t(2) sqrt(1/3 + 1/3) = 4.303 * 0.816 points
