@@ -36,8 +36,8 @@ from common import LOSSES, MARGIN_DEFAULTS
 from common.cli import OneLineErrorParser, parse_config
 from common.data import DATASETS, DataError, is_image_folder, list_image_folder
 from common.heads import check_margins
-from common.results import (CsvDamageError, append_row, check_writable, environment_info, parse_rows, process_alive,
-                            read_rows, write_csv)
+from common.results import (CsvDamageError, RowNotWrittenError, append_row, check_writable, environment_info, parse_rows,
+                            process_alive, read_rows, write_csv)
 from common.rows import CLAIM_SCENARIOS, PLAIN, Job, row_key, run_key, scenario_of, setting, table1_grid
 from common.summary import collapse_threshold, write_summary
 from common.training import DivergedError
@@ -295,6 +295,25 @@ def _usable(row: dict) -> bool:
     return row.get("test_acc", "") != "" or row.get("diverged", "") not in ("", None)
 
 
+def merge_into_out(out: str, inputs: list[str], rows: list[dict]) -> list[dict]:
+    """Write the inputs' usable rows, each run once (its first row, as the summary counts it), to `out`. An
+    input named as `out` keeps every row it had, as it was; only runs it lacks are added, and it is not
+    rewritten when there are none. Returns the rows summarised: each run once."""
+    first: dict[tuple, dict] = {}
+    for row in rows:
+        first.setdefault(run_key(row), row)  # the first row of each run
+    merged = list(first.values())
+    if not any(os.path.realpath(path) == os.path.realpath(out) for path in inputs):
+        write_csv(out, merged)
+        return merged
+    kept = read_rows(out)
+    have = {run_key(r) for r in kept}
+    added = [r for r in merged if run_key(r) not in have]
+    if added:
+        write_csv(out, kept + added)
+    return merged
+
+
 def summarize_only(args, parser: OneLineErrorParser) -> list[dict]:
     for flag, paths in (("--summarize", args.summarize), ("--baseline", args.baseline or [])):
         missing = [p for p in paths if not os.path.isfile(p)]
@@ -303,8 +322,7 @@ def summarize_only(args, parser: OneLineErrorParser) -> list[dict]:
     rows = read_summary_rows(args.summarize)
     if not rows:
         parser.error(f"--summarize: no usable rows in {', '.join(args.summarize)}")
-    merged = list({run_key(r): r for r in rows}.values())  # the same run in two files counts once
-    write_csv(args.out, merged)
+    merged = merge_into_out(args.out, args.summarize, rows)
     baseline = [r for path in args.baseline or [] for r in read_rows(path) if _usable(r)]
     for path in write_summary(merged, args.out, collapse_below(args, merged), baseline):
         print(f"wrote {path}")
@@ -358,6 +376,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         skipped, failed = run_sweep(todo, base, args.dataset, args.workers, args.threads, args.checkpoint_dir)
     except (DataError, ValueError) as exc:
         parser.exit(2, f"sweep_margins.py: error: {exc}\n")
+    except (RowNotWrittenError, OSError) as exc:  # --out replaced by a folder, a full disk: the row is printed
+        parser.exit(1, f"sweep_margins.py: error: {exc}\n")
     except KeyboardInterrupt:
         print("\ninterrupted: finished runs are in the CSV; rerun the same command to continue", file=sys.stderr)
         sys.exit(130)

@@ -122,12 +122,16 @@ def differing_settings(rows: list[dict]) -> list[str]:
 
 def settings_labels(rows: list[dict]) -> dict[tuple, str]:
     """{base_key: 'epochs 2, lr 0.1'}: for rows of several sweeps' settings, the base settings that differ
-    between them, as a label per base key ('' for every key when all rows share their settings)."""
+    between them, as a label per base key ('' for every key when all rows share their settings). A setting
+    left unset (--num-classes, --max-train-samples: all) is left out of the label; a part whose differing
+    settings are all unset is 'defaults'. Labels stay distinct: two parts differ in a set setting."""
     keys = base_keys()
     values = {base_key(r): r for r in rows}
     differing = [keys.index(k) for k in differing_settings(rows)]
-    shown = lambda v: "none" if v in ("", None) else str(v)  # noqa: E731 - 0 and False are values, not missing
-    return {b: ", ".join(f"{keys[i]} {shown(values[b].get(keys[i]))}" for i in differing) for b in values}
+    unset = lambda v: v in ("", None)  # noqa: E731 - a setting left at its default (all classes, all images)
+    labels = {b: ", ".join(f"{keys[i]} {values[b].get(keys[i])}" for i in differing
+                           if not unset(values[b].get(keys[i]))) for b in values}
+    return {b: label or ("defaults" if differing else "") for b, label in labels.items()}
 
 
 def percent_values(runs: list[dict], field: str) -> list[float]:

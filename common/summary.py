@@ -8,6 +8,7 @@ Rows are averaged only with rows that share every setting but the seed (`rows.gr
 CSV are summarised apart, each part labelled with the settings that tell it from the others."""
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -534,9 +535,16 @@ def partitions(rows: list[dict]) -> list[tuple[str, list[dict]]]:
     return sorted(parts.items())
 
 
+SLUG_CHARACTERS = 80  # a file-name suffix longer than this is cut and made unique by a hash of the whole label
+
+
 def slug(label: str) -> str:
-    """A file-name suffix for a partition's label: 'epochs 2, lr 0.1' -> 'epochs2_lr0.1'."""
-    return re.sub(r"[^A-Za-z0-9.\-]+", "_", label.replace(" ", "")).strip("_")[:80]
+    """A file-name suffix for a partition's label: 'epochs 2, lr 0.1' -> 'epochs2_lr0.1'; a long one is cut
+    and ends in a hash of the whole label, so two labels never share a name."""
+    text = re.sub(r"[^A-Za-z0-9.\-]+", "_", label.replace(" ", "")).strip("_")
+    if len(text) <= SLUG_CHARACTERS:
+        return text
+    return f"{text[:SLUG_CHARACTERS - 11]}-{hashlib.sha1(label.encode()).hexdigest()[:10]}"
 
 
 def analyses(rows: list[dict], collapse_below: float) -> list[str]:

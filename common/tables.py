@@ -30,17 +30,84 @@ import re
 import sys
 
 from .heads import LOSSES
-from .results import REPO_ROOT, atomic_write_text, read_rows
-from .rows import accuracy_of, row_key, run_key, setting
+from .config import identity_keys
+from .results import REPO_ROOT, CsvDamageError, atomic_write_text, read_rows
+from .rows import accuracy_of, group_key, row_key, run_key, setting
 from .summary import (GAIN_FIELDS, GAIN_NAMES, budget_comparison, collapse_threshold, comparison_markdown,
                       comparison_table, format_gain, format_mean_std, gains_markdown, gains_over_softmax, mean_std)
 
 BLOCK = re.compile(r"(<!-- table (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
 
+class TableError(ValueError):
+    """A table block that cannot be filled from its CSVs; the message says why in one line."""
+
+
+SPEC_KEYS = ("csv", "rows", "columns", "value", "where", "margins", "percent", "kind", "baseline", "also")
+KINDS = ("comparison", "budget", "gains")
+
+
 def parse_spec(spec: str) -> dict[str, str]:
-    """'csv=a.csv rows=loss value=test_acc' -> {'csv': 'a.csv', 'rows': 'loss', 'value': 'test_acc'}."""
-    return dict(part.split("=", 1) for part in spec.split())
+    """'csv=a.csv rows=loss value=test_acc' -> {'csv': 'a.csv', 'rows': 'loss', 'value': 'test_acc'}; TableError
+    for a token without '=', an unknown key or kind, or a spec without what its kind needs."""
+    options = {}
+    for part in spec.split():
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise TableError(f"'{part}' is not key=value")
+        if key not in SPEC_KEYS:
+            raise TableError(f"unknown key '{key}' (known: {', '.join(SPEC_KEYS)})")
+        options[key] = value
+    kind = options.get("kind")
+    if kind is not None and kind not in KINDS:
+        raise TableError(f"unknown kind '{kind}' (known: {', '.join(KINDS)})")
+    needed = ["csv"] + {None: ["rows", "value"], "budget": ["baseline"]}.get(kind, [])
+    missing = [key for key in needed if key not in options]
+    if missing:
+        raise TableError(f"no {missing[0]}= in the spec")
+    return options
+
+
+def table_rows(paths: list[str], root: str) -> list[dict]:
+    """The rows of these CSVs, each with the pseudo-key `csv` (its file name without .csv), read strictly: a
+    missing file or a damaged line is a TableError naming it, never a number."""
+    rows = []
+    for path in paths:
+        full = os.path.join(root, path)
+        if not os.path.isfile(full):
+            raise TableError(f"csv={path}: no such file")
+        try:
+            found = read_rows(full, strict=True)
+        except CsvDamageError as exc:
+            raise TableError(str(exc).replace(full, path)) from None
+        rows += [dict(r, csv=os.path.basename(path).removesuffix(".csv")) for r in found]
+    return rows
+
+
+def check_columns(options: dict[str, str], rows: list[dict]) -> None:
+    """TableError naming the first column that rows=, columns=, value=, where= or also= asks for and no row has."""
+    present = {"csv"}.union(*(r.keys() for r in rows))
+    named = {"rows": options.get("rows", "").split(","), "also": options.get("also", "").split(","),
+             "where": [part.split(":", 1)[0] for part in options.get("where", "").split(",")]}
+    if options.get("kind") is None:
+        named["value"] = options["value"].split(",")
+        named["columns"] = [] if options.get("columns") in (None, "fields") else [options["columns"]]
+    for key, columns in named.items():
+        for column in columns:
+            if column and column not in present:
+                raise TableError(f"{key}={options[key]}: no column '{column}' in {options['csv']}")
+
+
+def one_setting(cell: str, members: list[dict]) -> None:
+    """TableError unless the rows of one cell share every identity setting but the seed (`rows.group_key`):
+    a cell averages the seeds of one setting, never rows of different settings."""
+    groups = {group_key(r): r for r in members}
+    if len(groups) > 1:
+        keys = [k for k in identity_keys() if k != "seed"]
+        differ = [k for i, k in enumerate(keys) if len({g[i] for g in groups}) > 1]
+        values = "; ".join(f"{k}: {', '.join(sorted({str(r.get(k, '')) or '(empty)' for r in members}))}" for k in differ)
+        raise TableError(f"cell {cell} would average rows of {len(groups)} settings ({values}); "
+                         "tell them apart with rows=, columns= or where=")
 
 
 def order(key: str, value: str, listed: dict[str, list[str]] | None = None) -> tuple:
@@ -64,18 +131,20 @@ def label(value: str, key: str) -> str:
 def render(spec: str, root: str = REPO_ROOT) -> str:
     """The Markdown lines of one table block (header, rule, a line per group), from its spec."""
     options = parse_spec(spec)
-    paths = options["csv"].split(";")
-    files = tuple(os.path.basename(path).removesuffix(".csv") for path in paths)  # the pseudo-key `csv`
-    rows = [dict(r, csv=name) for path, name in zip(paths, files) for r in read_rows(os.path.join(root, path))]
+    rows = table_rows(options["csv"].split(";"), root)
+    check_columns(options, rows)
     wanted = [part.split(":", 1) for part in options.get("where", "").split(",") if part]
     rows = [r for r in rows if all(str(r.get(k, "")) in v.split("|") for k, v in wanted) and accuracy_of(r) is not None]
     if options.get("margins") == "default":  # each loss at its own default margins only
         rows = [r for r in rows if row_key(r).setting == setting(r["loss"])]
     rows = list({run_key(r): r for r in rows}.values())  # each run once
+    if not rows:
+        raise TableError("no row matches" + (f" where={options['where']}" if "where" in options else "") +
+                         " (a table is never rewritten from nothing)")
     if options.get("kind") == "comparison":  # --preset claims: the losses across the four scenarios
         return comparison_markdown(comparison_table(rows))
     if options.get("kind") == "budget":  # the same settings at two budgets: `summary.budget_comparison`
-        baseline = [r for path in options["baseline"].split(";") for r in read_rows(os.path.join(root, path))]
+        baseline = table_rows(options["baseline"].split(";"), root)
         table, verdict = budget_comparison(rows, baseline, collapse_threshold(rows))
         return table + "".join(f"\n{line}\n" for line in verdict)
     if options.get("kind") == "gains":  # each loss minus softmax per data size: `summary.gains_over_softmax`
@@ -110,6 +179,9 @@ def render(spec: str, root: str = REPO_ROOT) -> str:
     lines = ["| " + " | ".join(keys + also + heads) + " |", "|---" * (len(keys) + len(also) + len(heads)) + "|"]
     for group, cells in sorted(groups.items(), key=lambda item: [order(k, v, listed) for k, v in zip(keys, item[0])]):
         members = [r for r in rows if tuple(str(r.get(k, "")) for k in keys) == group]
+        for head in heads if column not in (None, "fields") else [None]:
+            name = ", ".join(f"{k}={v}" for k, v in zip(keys, group)) + ("" if head is None else f", {column}={head}")
+            one_setting(f"({name})", [r for r in members if head is None or str(r.get(column, "")) == head])
         found = {k: [float(r[k]) for r in members if str(r.get(k, "")) not in ("", "nan")] for k in also}
         extra = [f"{mean_std(found[k])[0]:.3g}" if found[k] else "—" for k in also]
         shown = [" / ".join(format_mean_std(*mean_std(v)) for v in cells[h]) + f" ({len(cells[h][0])})"
@@ -148,7 +220,10 @@ def update(path: str, check: bool, root: str = REPO_ROOT) -> list[str]:
     stale = []
 
     def fill(match: re.Match) -> str:
-        body = render(match["spec"], root)
+        try:
+            body = render(match["spec"], root)
+        except TableError as exc:  # the whole file stays as it is
+            raise TableError(f"{path} line {text.count(chr(10), 0, match.start()) + 1}: {exc}") from None
         if body != match["body"]:
             stale.append(f"{path}: table '{match['spec']}' differs from what its CSVs give")
         return match.group(1) + body + match.group(4)
@@ -165,7 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("files", nargs="+", help="Markdown files with table blocks")
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if any block differs")
     args = parser.parse_args(argv)
-    stale = [line for path in args.files for line in update(path, args.check)]
+    try:
+        stale = [line for path in args.files for line in update(path, args.check)]
+    except TableError as exc:
+        print(f"python -m common.tables: error: {exc}", file=sys.stderr)
+        return 2
     for line in stale:
         print(line, file=sys.stderr if args.check else sys.stdout)
     return 1 if args.check and stale else 0

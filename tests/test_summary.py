@@ -401,3 +401,39 @@ def test_the_95_percent_interval_uses_t_with_the_smaller_sides_degrees_of_freedo
     diff, low, high = difference_interval([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
     assert diff == pytest.approx(2.0) and high - diff == pytest.approx(4.303 * (1 / 3) ** 0.5)
     assert math.isnan(difference_interval([1.0], [0.0, 1.0])[1])  # one run: no spread, no interval
+
+
+PLAIN_ROW = {"dataset": "mnist", "imbalance": 1.0, "holdout_classes": 0, "corruptions": False, "loss": "arcface",
+             "s": 30, "m1": 1, "m2": 0.5, "m3": 0}
+
+
+def test_parts_are_named_by_the_settings_they_set_never_none():
+    rows = [{**PLAIN_ROW, "seed": 0, "test_acc": 0.9, "epochs": 7, "num_classes": ""},
+            {**PLAIN_ROW, "seed": 0, "test_acc": 0.9, "epochs": 35, "num_classes": 10},
+            {**PLAIN_ROW, "seed": 0, "test_acc": 0.9, "epochs": 7, "num_classes": 50}]
+    labels = sorted(row_keys.settings_labels(rows).values())
+    assert labels == ["epochs 35, num_classes 10", "epochs 7", "epochs 7, num_classes 50"]
+    only_unset = [{**PLAIN_ROW, "seed": 0, "test_acc": 0.9, "num_classes": n} for n in ("", 10)]
+    assert sorted(row_keys.settings_labels(only_unset).values()) == ["defaults", "num_classes 10"]
+
+
+def test_long_part_labels_that_share_their_start_get_distinct_file_names():
+    common = "margin_tail sphereface, " * 5
+    names = {summaries.slug(common + end) for end in ("epochs 1", "epochs 2", "epochs 3")}
+    assert len(names) == 3 and all(len(n) <= summaries.SLUG_CHARACTERS for n in names)
+    assert summaries.slug("epochs 2, lr 0.1") == "epochs2_lr0.1"  # a short label is kept as it reads
+
+
+def test_summarize_into_its_own_input_keeps_every_row_it_had(tmp_path):
+    path = tmp_path / "x.csv"
+    row = {**PLAIN_ROW, "epochs": 1, "test_acc": 0.9}
+    write_csv(str(path), [{**row, "seed": 0, "run_id": "a"}, {**row, "seed": 0, "run_id": "b", "test_acc": 0.8},
+                          {**row, "seed": 1, "run_id": "c"}])  # two rows of one run (seed 0)
+    before = path.read_bytes()
+    rows = sweep_margins.main(["--summarize", str(path), "--out", str(path)])
+    assert path.read_bytes() == before  # nothing dropped, nothing rewritten
+    assert sorted(r["run_id"] for r in rows) == ["a", "c"]  # each run once, its first row (as the summary counts)
+    other = tmp_path / "y.csv"
+    write_csv(str(other), [{**row, "seed": 2, "run_id": "d"}])
+    sweep_margins.main(["--summarize", str(path), str(other), "--out", str(path)])
+    assert [r["run_id"] for r in read_rows(str(path))] == ["a", "b", "c", "d"]  # the new run added, the rest kept

@@ -186,3 +186,18 @@ def test_train_preset_starts_every_run_from_the_scripts_named_defaults(script, t
         assert changed <= {"out"}, changed
     overridden = base("--train-preset", "report", "--epochs", "2", "--lr", "0.01")
     assert (overridden.epochs, overridden.lr, overridden.widths) == (2, 0.01, module.REPORT.widths)
+
+
+def test_a_row_that_cannot_be_written_ends_the_sweep_in_one_line(gray_folder, tmp_path, capsys, monkeypatch):
+    from common.results import RowNotWrittenError
+
+    def folder_in_place_of_out(*args, **kwargs):  # --out replaced by a folder while a run trained
+        raise RowNotWrittenError(f"cannot write the results of run r to {tmp_path}/s.csv (it is a folder); its row "
+                                 "was printed above")
+
+    monkeypatch.setattr(sweep_margins, "run_sweep", folder_in_place_of_out)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_margins.main(["--losses", "softmax", "--data-root", gray_folder, "--out", str(tmp_path / "s.csv"), *TINY])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 1 and len(err.splitlines()) == 1 and "it is a folder" in err

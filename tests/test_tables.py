@@ -88,3 +88,58 @@ def test_every_relative_link_in_the_documents_resolves():
                                                and anchor not in heading_anchors(target)):
                 broken.append(f"{os.path.relpath(page, REPO_ROOT)}: {link}")
     assert broken == []
+
+
+def page_with(tmp_path, spec: str) -> str:
+    """A Markdown page holding one filled table block of this spec over rows of two seeds of one setting."""
+    base = {"dataset": "d", "loss": "softmax", "s": "", "m1": "", "m2": "", "m3": "", "imbalance": 1.0,
+            "holdout_classes": 0, "corruptions": False, "epochs": 10}
+    write_csv(str(tmp_path / "r.csv"), [dict(base, seed=0, test_acc=0.9), dict(base, seed=1, test_acc=0.92)])
+    page = tmp_path / "page.md"
+    spec = spec.replace("csv=", f"csv={tmp_path}/")  # absolute: main() reads paths from the repository root
+    page.write_text(f"# results\n\n<!-- table {spec} -->\n| old | table |\n<!-- /table -->\n")
+    return str(page)
+
+
+def refused(tmp_path, capsys, spec: str) -> str:
+    """Run `python -m common.tables` on a page with this spec: it must exit 2 with one line and leave the page."""
+    path = page_with(tmp_path, spec)
+    before = open(path).read()
+    capsys.readouterr()
+    assert tables.main([path]) == 2 and tables.main(["--check", path]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0] == err[1], err
+    assert open(path).read() == before  # never rewritten from nothing
+    return err[0]
+
+
+def test_a_cell_that_would_pool_two_settings_is_refused_naming_them(tmp_path, capsys):
+    path = page_with(tmp_path, "csv=r.csv rows=dataset value=test_acc")
+    other = {"dataset": "d", "loss": "softmax", "s": "", "m1": "", "m2": "", "m3": "", "imbalance": 1.0,
+             "holdout_classes": 0, "corruptions": False, "epochs": 1, "seed": 0, "test_acc": 0.3}
+    from common.results import append_row
+    append_row(str(tmp_path / "r.csv"), other)  # a 1-epoch run appended to the 10-epoch rows
+    assert tables.main([path]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "line 3" in err and "cell (dataset=d)" in err and "2 settings" in err and "epochs: 1, 10" in err
+
+
+def test_a_cut_last_line_is_named_not_read_as_a_number(tmp_path, capsys):
+    path = page_with(tmp_path, "csv=r.csv rows=dataset value=test_acc")
+    text = (tmp_path / "r.csv").read_text()
+    (tmp_path / "r.csv").write_text(text.rstrip("\n")[:-1])  # the last line ends inside test_acc
+    assert tables.main([path]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "r.csv line 3: the last line is cut" in err
+
+
+def test_typos_in_a_spec_are_refused_in_one_line_naming_the_line_and_the_name(tmp_path, capsys):
+    assert "/missing.csv: no such file" in refused(tmp_path, capsys, "csv=missing.csv rows=dataset value=test_acc")
+    assert "value=test_ac: no column 'test_ac'" in refused(tmp_path, capsys, "csv=r.csv rows=dataset value=test_ac")
+    assert "where=epoch:10: no column 'epoch'" in refused(tmp_path, capsys,
+                                                          "csv=r.csv rows=dataset value=test_acc where=epoch:10")
+    assert "no row matches where=epochs:20" in refused(tmp_path, capsys,
+                                                       "csv=r.csv rows=dataset value=test_acc where=epochs:20")
+    assert "line 3: 'rows' is not key=value" in refused(tmp_path, capsys, "csv=r.csv rows value=test_acc")
+    assert "no rows= in the spec" in refused(tmp_path, capsys, "csv=r.csv value=test_acc")
+    assert "unknown key 'valu'" in refused(tmp_path, capsys, "csv=r.csv rows=dataset valu=test_acc")
