@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import math
 import os
 import sys
 import textwrap
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -23,8 +24,8 @@ from common.cli import OneLineErrorParser
 from common.device import device_flag
 from common.geometry import angles_to_centres, angular_statistics, target_and_nearest_other, to_sphere_3d
 from common.checkpoints import load_checkpoint, read_checkpoint
-from common.data import DataError, dataset_for
-from common.evaluation import embed
+from common.data import DataError, check_same_data, data_identity, dataset_for, folder_name, is_image_folder
+from common.evaluation import embed_as
 from common.results import check_writable, read_rows, write_csv
 from common.training import DivergedError, build_model
 from sweep_margins import SCRIPTS
@@ -41,6 +42,8 @@ class Model:
     net: Network
     head: torch.nn.Module
     history: list[dict]
+    path: str = ""  # the checkpoint it was read from
+    data: dict = field(default_factory=dict)  # what it was trained on (`data.data_identity`), {} if not recorded
 
 
 def config_from_row(row: dict, **overrides) -> TrainConfig:
@@ -60,7 +63,7 @@ def load_model(path: str, data_root: str | None, device: torch.device) -> Model:
     net, head = build_model(config, in_channels(state["net"].values()), num_classes, device)
     net.load_state_dict(state["net"])
     head.load_state_dict(state["head"])
-    return Model(config.loss, config, net.eval(), head.eval(), state["history"])
+    return Model(config.loss, config, net.eval(), head.eval(), state["history"], path, state.get("data", {}))
 
 
 def in_channels(weights) -> int:
@@ -83,11 +86,18 @@ def class_centres(model: Model, embeddings_of, data) -> torch.Tensor:
 
 
 def analyse(model: Model, device: torch.device) -> dict:
-    """Test embeddings, centres, accuracy and angular statistics of one model."""
-    dataset = dataset_for(model.config.dataset, in_channels(model.net))
-    data = dataset.load(model.config).hold_out_classes(model.config.holdout_classes)[0].to(device)  # trained classes
+    """Test embeddings, centres, accuracy and angular statistics of one model, on the data it was trained on
+    (its classes: --num-classes, held-out classes left out), embedded as its training run evaluated it (its
+    --amp precision and test-time augmentation: `evaluation.embed_as`), so the accuracy is its row's. Data that
+    is not what the checkpoint recorded (other classes or files) is refused (ValueError)."""
+    config = model.config
+    dataset = dataset_for(config.dataset, in_channels(model.net))
+    data = dataset.load(config).keep_classes(config.num_classes).hold_out_classes(config.holdout_classes)[0]
+    check_same_data(model.data, data_identity(config.data_root, dataset.name, data.classes), "--checkpoints",
+                    model.path, config.data_root)
+    data = data.to(device)
     normalize = dataset.normalizer(device)
-    embeddings_of = lambda images: embed(model.net, images, normalize, amp=False)  # noqa: E731
+    embeddings_of = lambda images: embed_as(config, model.net, images, normalize)  # noqa: E731
     embeddings = embeddings_of(data.test_x)
     centres = class_centres(model, embeddings_of, data)
     accuracy = (model.head(embeddings).argmax(1) == data.test_y).double().mean().item()
@@ -246,7 +256,14 @@ def plot_results_csv(results_csv: str, out_dir: str) -> list[str]:
     """A confusion heat map per run, and one training-curve figure, for a training script's CSV."""
     written, runs = [], []
     stem = os.path.splitext(results_csv)[0]
-    rows = [row for row in read_rows(results_csv) if os.path.isdir(os.path.join(stem, row["run_id"]))]
+    found = read_rows(results_csv, strict=True)
+    if found and "run_id" not in found[0]:
+        raise ValueError(f"--results {results_csv} has no run_id column: give a CSV a training script or sweep wrote "
+                         "(its runs' folders lie beside it)")
+    rows = [row for row in found if os.path.isdir(os.path.join(stem, row["run_id"]))]
+    if not rows:
+        raise ValueError(f"--results {results_csv}: none of its {len(found)} runs has its folder in {stem}/ "
+                         "(history.csv, confusion.csv); was the CSV moved without them?")
     for row, label in zip(rows, run_labels(rows)):
         run_dir = os.path.join(stem, row["run_id"])
         path = os.path.join(out_dir, f"{row['run_id']}_confusion.png")
@@ -272,18 +289,27 @@ def checkpoint_progress(path: str, config: TrainConfig) -> int:
         return 0
 
 
+def data_tag(data_root: str, dataset: str) -> str:
+    """The data part of a --train checkpoint's name: an image folder's own name and a hash of where it is (two
+    folders never share a checkpoint, even of one name), else the torchvision dataset's name."""
+    if not is_image_folder(data_root):
+        return dataset
+    return f"{folder_name(data_root)}-{hashlib.sha1(os.path.realpath(data_root).encode()).hexdigest()[:8]}"
+
+
 def train_missing(args, device: torch.device) -> list[str]:
     """Train (or resume) one latent-dim model per loss; existing finished checkpoints are reused."""
     script = SCRIPTS[args.dataset]
+    data_root = args.data_root or "data"
     paths = []
     for loss in args.losses:
-        path = os.path.join(args.checkpoint_dir, f"{args.dataset}-{loss}-d{args.latent_dim}-seed{args.seed}.pt")
+        path = os.path.join(args.checkpoint_dir, f"{data_tag(data_root, args.dataset)}-{loss}-d{args.latent_dim}-seed{args.seed}.pt")
         defaults = script.PRESETS.get(args.preset, script.DEFAULTS)
         config = replace(defaults, loss=loss, latent_dim=args.latent_dim, epochs=args.epochs, seed=args.seed,
-                         lr=args.lr, device=str(device), data_root=args.data_root,
+                         lr=args.lr, device=str(device), data_root=data_root,
                          max_train_samples=args.max_train_samples, checkpoint=path,
                          out=os.path.join(args.out, "trained_models.csv"), progress=args.progress,
-                         threads=args.threads).named()
+                         threads=args.threads).resolved()  # as the run records it: a finished one is reused
         epochs_done = checkpoint_progress(path, config)
         if epochs_done < args.epochs:
             print(f"training {loss} ({args.dataset}, latent dim {args.latent_dim}) -> {path}", flush=True)
@@ -313,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed that --train uses")
     p.add_argument("--checkpoint-dir", default="checkpoints/embeddings", help="where --train keeps its checkpoints")
     p.add_argument("--results", nargs="*", default=[], help="training results CSVs: confusion heat maps and curves")
-    p.add_argument("--data-root", default="data", help="dataset folder (overrides the one saved in checkpoints)")
+    p.add_argument("--data-root", default=None,
+                   help="dataset folder (default: each checkpoint's own; --train: data); data whose classes or files "
+                        "differ from what a checkpoint trained on is refused")
     p.add_argument("--device", default="auto", type=device_flag,
                    help="device for training and embeddings: auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
@@ -349,6 +377,8 @@ def main(argv: list[str] | None = None) -> list[str]:
         return plot(args, device)
     except (DataError, ValueError) as exc:  # missing or broken data, a checkpoint that cannot be used
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    except KeyboardInterrupt:  # finished models keep their checkpoints; --train resumes the unfinished one
+        parser.exit(130, f"\n{parser.prog}: interrupted; rerun the same command to continue\n")
     except DivergedError as exc:
         parser.exit(1, f"{parser.prog}: error: training diverged: {exc}; try a smaller --lr\n")
 
@@ -362,7 +392,8 @@ def plot(args, device: torch.device) -> list[str]:
         with torch.no_grad():
             results = [analyse(load_model(path, args.data_root, device), device) for path in checkpoints]
         rows = [{"checkpoint": path, "loss": r["model"].name, "dataset": r["model"].config.dataset,
-                 "latent_dim": r["model"].config.latent_dim, "test_acc": r["accuracy"], **r["stats"]}
+                 "latent_dim": r["model"].config.latent_dim, "test_acc": r["accuracy"],
+                 "precision": "bfloat16" if r["model"].config.amp else "float32", **r["stats"]}
                 for path, r in zip(checkpoints, results)]
         for row in rows:
             print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))

@@ -43,7 +43,8 @@ from common.summary import collapse_threshold, write_summary
 from common.training import DivergedError
 from common.workers import WorkerDied, exit_on_sigterm, run_in_processes
 
-SCRIPTS = {"mnist": train_mnist, "cifar10": train_cifar10}  # --dataset: which training script every run uses
+# --dataset: which training script every run uses; "folder" is any RGB image folder (--data-root), read as cifar10 is
+SCRIPTS = {"mnist": train_mnist, "cifar10": train_cifar10, "folder": train_cifar10}
 # Training flags a sweep sets per run itself, and the flag of the sweep to use instead.
 SET_PER_RUN = {"--loss": "--losses", "--s": "--s", "--m1": "--m1", "--m2": "--m2", "--m3": "--m3",
                "--seed": "--seeds", "--checkpoint": "--checkpoint-dir", "--resume": "--checkpoint-dir"}
@@ -221,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="table1: the source paper's 40 MNIST settings; claims: every loss in the four scenarios of "
                         "the comparison table (clean + corruptions, imbalance 10 and 100, 2 held-out classes)")
     p.add_argument("--dataset", choices=sorted(SCRIPTS), default="mnist",
-                   help="which training script runs (cifar10 also trains any RGB image folder given as --data-root)")
+                   help="mnist, cifar10, or folder: your own RGB image folder given as --data-root (train/<class>/*, "
+                        "test/<class>/*), its rows and files named after the folder")
     p.add_argument("--train-preset", choices=["default", *sorted({n for m in SCRIPTS.values() for n in m.PRESETS})],
                    default="default",
                    help="the training script's named defaults that every run starts from (its --preset): default, "
@@ -235,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU threads per worker (0: the machine's cores split between the workers)")
     p.add_argument("--shard", type=parse_shard, default="0/1", help="run only slice I of N (a job-array index)")
     p.add_argument("--out", default=None,
-                   help="results CSV (default runs/sweep/<dataset>.csv); rows already in it are skipped")
+                   help="results CSV (default runs/sweep/<dataset>.csv, an image folder's own name as the dataset; with "
+                        "--summarize, the first CSV given, which keeps every row it had); rows already in it are skipped")
     p.add_argument("--summarize", nargs="+", default=None, metavar="CSV",
                    help="train nothing: merge these CSVs into --out and summarise them")
     p.add_argument("--baseline", nargs="+", default=None, metavar="CSV",
@@ -259,8 +262,14 @@ def base_config(args, training_flags: list[str], parser: OneLineErrorParser):
         if name in SET_PER_RUN:
             parser.error(f"{name} is set per run by the sweep; use {SET_PER_RUN[name]}")
     script = SCRIPTS[args.dataset]
-    flags = ["--preset", args.train_preset, "--out", args.out, *training_flags]
+    flags = ["--preset", args.train_preset, *(["--out", args.out] if args.out else []), *training_flags]
     base = parse_config(flags, script.DEFAULTS, "sweep_margins.py", "", script.PRESETS).resolved()
+    if args.dataset == "folder" and not is_image_folder(base.data_root):
+        parser.error(f"--dataset folder needs --data-root to be an image folder (train/<class>/*, test/<class>/*); "
+                     f"{base.data_root} is not one")
+    if not args.out:  # named after what it trains on: an image folder by its own name
+        args.out = os.path.join("runs", "sweep", f"{base.dataset}.csv")
+        base = replace(base, out=args.out)
     try:
         base.validate()
         check_writable(base.out, "--out", companions=(".lock",))
@@ -332,12 +341,12 @@ def summarize_only(args, parser: OneLineErrorParser) -> list[dict]:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = build_parser()
     args, training_flags = parser.parse_known_args(argv)
-    args.out = args.out or os.path.join("runs", "sweep", f"{args.dataset}.csv")
     if args.collapse_below is not None and not 0 <= args.collapse_below <= 100:
         parser.error(f"--collapse-below must be a test accuracy in percent, 0 to 100 (got {args.collapse_below:g})")
     if args.summarize:
         if training_flags:
             parser.error(f"unrecognized arguments: {' '.join(training_flags)}")
+        args.out = args.out or args.summarize[0]  # beside the (first) input, named after it; the input is kept
         return summarize_only(args, parser)
     if args.baseline:
         parser.error("--baseline needs --summarize")

@@ -23,7 +23,7 @@ from common.network import as_float, net_forward
 from common.results import write_results
 from common.training import (build_model, check_checkpoint_space, check_finite, count_train_tflop, evaluates_at, fit_whitening,
                              load_training_data, make_optimizer, record_epoch, set_margin_ramp, start,
-                             steps_per_epoch)
+                             steps_per_epoch, epoch_batches)
 
 # The recipe of results/README.md "CIFAR-10 (JPEG copy) at the full budget": airbench's network inside the report's
 # conv-BatchNorm-activation family (a fixed 2x2 patch-whitening layer, widths 64-256-256 with two convs per stage,
@@ -65,7 +65,7 @@ def run(config: TrainConfig) -> dict:
     """Train one model as `config` says and return its results row (also appended to config.out)."""
     config = config.resolved()  # --amp auto: decided for the device
     device, resumed = start(config)  # validate, device, files, --resume read once, threads, seed
-    data, open_set = load_training_data(config, CIFAR10, device)  # uint8 images on the device
+    data, open_set = load_training_data(config, CIFAR10, device, resumed)  # uint8 images on the device; checked
     normalize = CIFAR10.normalizer(device)
     net, head = build_model(config, CIFAR10.channels, data.num_classes, device)
     check_checkpoint_space(config, net, head)  # room for a checkpoint of this model, before training
@@ -74,6 +74,7 @@ def run(config: TrainConfig) -> dict:
     optimizer, scheduler = make_optimizer(config, net, head, steps * config.epochs)
     generator = torch.Generator(device).manual_seed(config.seed)  # shuffling and augmentation
     record = resume_run(config, resumed, net, head, optimizer, scheduler, generator)  # or a new record
+    record.data = data.source  # saved with every checkpoint: a resume on other data is refused
     record.train_tflop = count_train_tflop(config, net, head, data, normalize)
     metrics = None
 
@@ -83,7 +84,7 @@ def run(config: TrainConfig) -> dict:
         head.train()
         order = torch.randperm(len(data.train_y), generator=generator, device=device)
         losses = torch.zeros(steps, device=device)  # per-step losses, kept on the device
-        batches = tqdm(order.split(config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
+        batches = tqdm(epoch_batches(order, config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
                        disable=not config.progress, leave=False)
         for step, batch in enumerate(batches):
             set_margin_ramp(head, config, epoch * steps + step, config.epochs * steps)  # --margin-warmup

@@ -114,7 +114,7 @@ def save_run(config, record: RunRecord, net, head, optimizer, scheduler, generat
                         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                         generator=generator.get_state(), epoch=epochs_done, history=record.history,
                         train_seconds=record.train_seconds, config=config.as_row(), run_id=record.run_id,
-                        device=device.type, threads=torch.get_num_threads())
+                        device=device.type, threads=torch.get_num_threads(), data=record.data)
     except OSError as exc:
         kept = "the last one written stays" if os.path.isfile(config.checkpoint) else "none was written"
         print(f"warning: {exc}; training goes on ({kept})", flush=True)

@@ -50,6 +50,18 @@ class OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        """As argparse's, but a list flag (nargs + or *) given twice is an error: argparse would keep only the
+        last list (`--losses a b --losses c` -> c) without a word."""
+        argv = sys.argv[1:] if args is None else list(args)
+        for action in self._actions:
+            if action.nargs in ("+", "*") and action.option_strings:
+                given = [a for a in argv if a.split("=", 1)[0] in action.option_strings]
+                if len(given) > 1:
+                    self.error(f"{action.option_strings[0]} is given {len(given)} times; give it once with every value "
+                               f"(a second list would replace the first)")
+        return super().parse_known_args(args, namespace)
+
     def check_losses(self, losses: list[str]) -> None:
         """Exit 2 naming the first entry of --losses that is not a known loss."""
         unknown = [loss for loss in losses if loss not in LOSSES]
@@ -72,10 +84,11 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def _positive_int_list(text: str) -> tuple[int, ...]:
+    """'64-256-64' or '64,256,64' -> (64, 256, 64): one argument, integers joined by '-' or ','."""
     try:
         return tuple(int(part) for part in text.replace(",", "-").split("-"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers joined by '-' such as 64-256-64, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected integers joined by '-' or ',' such as 64-256-64, got {text!r}") from None
 
 
 def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse.ArgumentParser:
@@ -90,7 +103,7 @@ def build_parser(prog: str, defaults: TrainConfig, description: str) -> argparse
     p.add_argument("--triplet-margin", type=float, default=d.triplet_margin, help="margin of the batch-hard triplet loss")
     p.add_argument("--latent-dim", type=int, default=d.latent_dim, help="embedding dimension")
     p.add_argument("--widths", type=_positive_int_list, default="-".join(map(str, d.widths)),
-                   help="conv widths per stage, e.g. 64-256-64")
+                   help="conv widths per stage: one argument, integers joined by '-' or ',', e.g. 64-256-64")
     p.add_argument("--convs-per-stage", type=int, default=d.convs_per_stage, help="3x3 convs per stage")
     p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size")

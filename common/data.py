@@ -8,15 +8,19 @@ image size and loader.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import math
 import os
 import shutil
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
+
+from .results import remove_stale_temps
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 CLASS_ORDER_SEED = 0  # fixes which classes --num-classes keeps (`class_order`), the same for every run and seed
@@ -39,6 +43,7 @@ class ImageData:
     test_x: torch.Tensor  # (M, C, H, W) uint8
     test_y: torch.Tensor  # (M,) int64
     classes: list[str]
+    source: dict = field(default_factory=dict)  # `data_identity` of what a run trains on (`load_training_data`)
 
     @property
     def num_classes(self) -> int:
@@ -180,12 +185,23 @@ def folder_name(root: str) -> str:
     return os.path.basename(os.path.normpath(os.path.abspath(root)))
 
 
+# What torchvision's MNIST and CIFAR-10 downloads put in a data root: a folder holding only these may get more.
+TORCHVISION_NAMES = {"MNIST", "cifar-10-python.tar.gz", "cifar-10-batches-py"}
+
+
 def _torchvision_split(dataset_class, root: str, train: bool, download: bool, name: str, how: str):
     try:
         return dataset_class(root, train=train, download=False)
     except RuntimeError:
-        if not download:
-            raise DataNotFoundError(f"{name} not found under {os.path.abspath(root)} and --no-download is set; {how}") from None
+        pass
+    others = sorted(n for n in set(os.listdir(root)) - TORCHVISION_NAMES if not n.startswith(".")) if os.path.isdir(root) else []
+    if others:  # a user's folder (a parent of image folders, say): never download into it
+        raise DataNotFoundError(
+            f"--data-root {root} is neither an image folder (train/<class>/*, test/<class>/*) nor torchvision's "
+            f"{name} layout, and holds other things ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): "
+            f"nothing is downloaded into it; pass the image folder itself, or an empty or new folder to download {name}")
+    if not download:
+        raise DataNotFoundError(f"{name} not found under {os.path.abspath(root)} and --no-download is set; {how}")
     created = _missing_paths(root, [os.path.join(root, dataset_class.__name__, "raw"),  # MNIST's folders
                                     os.path.join(root, "cifar-10-python.tar.gz"), os.path.join(root, "cifar-10-batches-py")])
     try:
@@ -245,6 +261,12 @@ def _list_images(class_dir: str) -> list[str]:
     return [os.path.join(class_dir, f) for f in sorted(os.listdir(class_dir)) if f.lower().endswith(IMAGE_EXTENSIONS)]
 
 
+def nested_images(class_dir: str) -> int:
+    """How many images lie in subfolders of a class folder (never read: a class is the files directly in it)."""
+    return sum(f.lower().endswith(IMAGE_EXTENSIONS) for folder, _, files in os.walk(class_dir)
+               if folder != class_dir for f in files)
+
+
 def list_image_folder(root: str) -> tuple[list[str], dict[str, tuple[list[str], list[int]]]]:
     """Class names and, per split ("train", "test"), the image paths and labels of ROOT/<split>/<class>/*.
 
@@ -273,8 +295,32 @@ def list_image_folder(root: str) -> tuple[list[str], dict[str, tuple[list[str], 
                                 f"every class needs images in both train/ and test/")
             paths += found
             labels += [label] * len(found)
+            skipped = nested_images(class_dir) if os.path.isdir(class_dir) else 0
+            if skipped:
+                print(f"note: {skipped} images in subfolders of {os.path.abspath(class_dir)} are not read (a class is "
+                      "the images directly in its folder)", file=sys.stderr)
         splits[split] = (paths, labels)
     return classes, splits
+
+
+def to_mode(image, mode: str):
+    """A PIL image as 8-bit `mode` ('L' or 'RGB'). Safeguards: 16-bit greyscale (I;16, or I within 0-65535) is
+    scaled to 8 bits (v / 257, rounded: 65535 -> 255) instead of clipped at 255; transparency (RGBA, LA, a
+    palette's transparent colour) is laid over black, so a hidden colour never shows; CMYK and palettes go
+    through Pillow's conversion. ValueError for pixels it cannot map: 32-bit integers beyond 16 bits, floats."""
+    from PIL import Image
+
+    if image.mode.startswith("I;16") or image.mode == "I":
+        pixels = np.asarray(image, dtype=np.int64)
+        if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+            raise ValueError(f"{image.mode} pixels beyond 16 bits ({pixels.min()}..{pixels.max()}): save as 8 or 16 bits")
+        image = Image.fromarray(((pixels + 128) // 257).astype(np.uint8), "L")
+    elif image.mode == "F":
+        raise ValueError("floating-point pixels (mode F): save the image as 8 or 16 bits")
+    if image.mode == "P" and "transparency" in image.info or image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    return image.convert(mode)
 
 
 def _decode(paths: list[str], mode: str, size: int) -> torch.Tensor:
@@ -285,7 +331,7 @@ def _decode(paths: list[str], mode: str, size: int) -> torch.Tensor:
     for i, path in enumerate(paths):
         try:
             with Image.open(path) as image:
-                image = image.convert(mode)  # decodes the pixels: a truncated file fails here
+                image = to_mode(image, mode)  # decodes the pixels: a truncated file fails here
                 if image.size != (size, size):
                     image = image.resize((size, size), Image.BILINEAR)
                 images[i] = np.asarray(image).reshape(size, size, len(mode))
@@ -293,6 +339,31 @@ def _decode(paths: list[str], mode: str, size: int) -> torch.Tensor:
             raise DataError(f"cannot read image {os.path.abspath(path)} ({type(exc).__name__}: {exc}); "
                             "replace or delete the file") from None
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N, C, size, size)
+
+
+def data_identity(root: str, name: str, classes: list[str]) -> dict:
+    """What a model was trained on, as a checkpoint records it: the classes it learnt, in label order, and a
+    fingerprint of the source: an image folder's `folder_fingerprint`, or a torchvision dataset's name."""
+    if is_image_folder(root):
+        return {"classes": list(classes), "fingerprint": folder_fingerprint(root, list_image_folder(root)[1])}
+    return {"classes": list(classes), "fingerprint": name}
+
+
+def check_same_data(saved: dict, here: dict, flag: str, path: str, root: str) -> None:
+    """ValueError naming `flag` and `path` when the data at `root` is not what the checkpoint was trained on:
+    other classes, or the same classes from other files (an image added, removed or edited). A checkpoint
+    that records no data (written before this check) passes."""
+    if not saved:
+        return
+    if saved["classes"] != here["classes"]:
+        gone = [c for c in saved["classes"] if c not in here["classes"]][:3]
+        new = [c for c in here["classes"] if c not in saved["classes"]][:3]
+        raise ValueError(f"{flag} {path} was trained on {len(saved['classes'])} other classes than the "
+                         f"{len(here['classes'])} of {root}" + (f" (missing here: {', '.join(gone)})" if gone else "")
+                         + (f" (new here: {', '.join(new)})" if new else "") + "; give the data it was trained on")
+    if saved["fingerprint"] != here["fingerprint"]:
+        raise ValueError(f"{flag} {path} was trained on other files than {root} holds now (same classes; an image "
+                         "was added, removed or edited); give the data it was trained on")
 
 
 def folder_fingerprint(root: str, splits: dict[str, tuple[list[str], list[int]]]) -> str:
@@ -342,7 +413,9 @@ def _read_cache(path: str, fingerprint: str) -> list[torch.Tensor] | None:
 
 def _write_cache(path: str, fingerprint: str, tensors: list[torch.Tensor]) -> None:
     """Save the decoded tensors atomically (temporary file, then rename); skip quietly where that fails
-    (a read-only folder, a full disk): the cache only saves time."""
+    (a read-only folder, a full disk): the cache only saves time. Temporary files of writers that were killed
+    (their process gone) are removed first."""
+    remove_stale_temps(glob.glob(glob.escape(path) + ".tmp-*"))  # left by a writer killed mid-save
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         torch.save({"fingerprint": fingerprint, **dict(zip(("train_x", "train_y", "test_x", "test_y"), tensors))}, tmp)

@@ -290,6 +290,7 @@ class RunRecord:
     train_seconds: float = 0.0
     environment: dict = field(default_factory=dict)
     train_tflop: float = 0.0  # training FLOPs of the whole run (forward + backward), in units of 10^12
+    data: dict = field(default_factory=dict)  # what it trains on: `data.data_identity`, saved in its checkpoints
 
 
 def write_results(config, record: RunRecord, metrics: dict, confusion: torch.Tensor, extras: tuple[dict, list[dict]],
@@ -298,10 +299,11 @@ def write_results(config, record: RunRecord, metrics: dict, confusion: torch.Ten
     beside it. `extras` is what `evaluation.evaluate_extras` returns. A run whose row (same run_id, as a
     resumed finished checkpoint has) is already in config.out is not appended twice."""
     columns, corrupted = extras
-    row = {**config.as_row(), "test_acc": metrics["accuracy"], "test_top5": metrics["top5"],
+    row = {**config.as_row(), "test_acc": metrics["accuracy"], "test_top5": metrics.get("top5", ""),
            "test_precision": metrics["precision"],
            "test_recall": metrics["recall"], "test_f1": metrics["f1"],
-           "per_class_recall": ";".join(f"{r:.4f}" for r in metrics["per_class_recall"]), **columns,
+           "per_class_recall": ";".join(f"{r:.4f}" for r in metrics["per_class_recall"]),
+           "class_names": ";".join(classes), **columns,  # per_class_recall's classes, in its order
            "train_tflop": record.train_tflop, "train_seconds": round(record.train_seconds, 2),
            "seconds_per_epoch": round(record.train_seconds / config.epochs, 2),
            "device": device.type, "device_name": device_name(device), **record.environment, "run_id": record.run_id,
@@ -324,7 +326,8 @@ def write_results(config, record: RunRecord, metrics: dict, confusion: torch.Ten
                                  f"{config.out}`") from None
     if appended:
         print(f"{config.dataset} {config.loss}: {'validation' if config.val_per_class else 'test'} acc "
-              f"{metrics['accuracy']:.4f}, top-5 {metrics['top5']:.4f}, macro F1 {metrics['f1']:.4f}, "
+              f"{metrics['accuracy']:.4f}, " + (f"top-5 {metrics['top5']:.4f}, " if "top5" in metrics else "") +
+              f"macro F1 {metrics['f1']:.4f}, "
               f"{record.train_tflop:.3g} TFLOP and {record.train_seconds:.0f} s to train; row appended to {config.out}",
               flush=True)
     else:

@@ -17,7 +17,7 @@ from torch import nn
 from .checkpoints import check_resume
 from .config import TrainConfig
 from .results import MIN_FREE_BYTES, check_writable
-from .data import Dataset, ImageData, Normalize
+from .data import Dataset, ImageData, Normalize, check_same_data, data_identity
 from .device import configure_backends, has_native_bf16, pick_device
 from .heads import build_head
 from .network import Network, as_float, init_whitening, net_forward
@@ -78,16 +78,20 @@ def warn_if_slow_amp(config: TrainConfig, device: torch.device) -> None:
         print(f"warning: --amp on {what}: bfloat16 is emulated and much slower than float32")
 
 
-def load_training_data(config: TrainConfig, dataset: Dataset,
-                       device: torch.device) -> tuple[ImageData, tuple[torch.Tensor, torch.Tensor]]:
+def load_training_data(config: TrainConfig, dataset: Dataset, device: torch.device,
+                       resumed: dict | None = None) -> tuple[ImageData, tuple[torch.Tensor, torch.Tensor]]:
     """The dataset as `config` shapes it, on the device: the --num-classes subset of classes, the
     --val-per-class validation split (evaluated instead of the test set), held-out classes set apart, then a
     stratified subset of --max-train-samples images, then a long tail (--imbalance). Returns (data, open
     set), the open set being the held-out classes' evaluation images and labels (empty without
-    --holdout-classes)."""
+    --holdout-classes). The data's `source` says what it is (`data.data_identity`); a --resume checkpoint
+    (`resumed`) trained on other data is refused (ValueError naming both), before any model is built."""
     data = dataset.load(config).keep_classes(config.num_classes).validation_split(config.val_per_class)
     data, open_x, open_y = data.hold_out_classes(config.holdout_classes)
     data = data.subset_train(config.max_train_samples, config.seed).long_tailed(config.imbalance, config.seed).to(device)
+    data.source = data_identity(config.data_root, dataset.name, data.classes)
+    if resumed is not None:
+        check_same_data(resumed.get("data", {}), data.source, "--resume", config.resume, config.data_root)
     return data, (open_x.to(device), open_y.to(device))
 
 
@@ -113,7 +117,15 @@ def fit_whitening(config: TrainConfig, net: nn.Module, data: ImageData, normaliz
 
 
 def steps_per_epoch(num_train: int, batch_size: int) -> int:
-    return math.ceil(num_train / batch_size)
+    """Optimiser steps per epoch: the batches of `epoch_batches`."""
+    return math.ceil(num_train / batch_size) - (num_train % batch_size == 1 and num_train > 1)
+
+
+def epoch_batches(order: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, ...]:
+    """An epoch's shuffled indices (N,) in batches of `batch_size`, the last one shorter; a last batch of a
+    single image is dropped (BatchNorm cannot normalise one value per channel, and one image is no batch)."""
+    batches = order.split(batch_size)
+    return batches[:-1] if len(batches) > 1 and len(batches[-1]) == 1 else batches
 
 
 def make_optimizer(config: TrainConfig, net: nn.Module, head: nn.Module, total_steps: int):
