@@ -24,7 +24,8 @@ from common.cli import OneLineErrorParser
 from common.device import device_flag
 from common.geometry import angles_to_centres, angular_statistics, target_and_nearest_other, to_sphere_3d
 from common.checkpoints import load_checkpoint, read_checkpoint
-from common.data import DataError, check_same_data, data_identity, dataset_for, folder_name, is_image_folder
+from common.data import DataError, dataset_for
+from common.image_folder import check_same_data, data_identity, folder_name, is_image_folder
 from common.evaluation import embed_as
 from common.results import check_writable, read_rows, write_csv
 from common.training import DivergedError, build_model

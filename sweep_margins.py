@@ -20,12 +20,9 @@ comparison table with the losses as rows.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import itertools
 import os
 import sys
-import time
 from dataclasses import replace
 
 from tqdm import tqdm
@@ -34,12 +31,15 @@ import train_cifar10
 import train_mnist
 from common import LOSSES, MARGIN_DEFAULTS
 from common.cli import OneLineErrorParser, parse_config
-from common.data import DATASETS, DataError, is_image_folder, list_image_folder
+from common.data import DATASETS, DataError
+from common.grouping import collapse_threshold
 from common.heads import check_margins
-from common.results import (CsvDamageError, RowNotWrittenError, append_row, check_writable, environment_info, parse_rows,
-                            process_alive, read_rows, write_csv)
-from common.rows import CLAIM_SCENARIOS, PLAIN, Job, row_key, run_key, scenario_of, setting, table1_grid
-from common.summary import collapse_threshold, write_summary
+from common.image_folder import is_image_folder, list_image_folder
+from common.jobs import claimed, config_for, job_name, record_diverged, set_aside
+from common.merge import merge_into_out, read_summary_rows, usable
+from common.results import CsvDamageError, RowNotWrittenError, check_writable, read_rows
+from common.rows import CLAIM_SCENARIOS, PLAIN, Job, run_key, scenario_of, setting, table1_grid
+from common.summary import write_summary
 from common.training import DivergedError
 from common.workers import WorkerDied, exit_on_sigterm, run_in_processes
 
@@ -70,79 +70,6 @@ def jobs_for(grid: list[tuple], seeds: list[int], shard: tuple[int, int], scenar
     index, count = shard
     everything = (Job(g, scenario, seed) for scenario in scenarios for g in grid for seed in seeds)
     return [job for i, job in enumerate(everything) if i % count == index]
-
-
-def config_for(job: Job, base, threads: int = 0, checkpoint_dir: str | None = None):
-    """The training config of one job; with `checkpoint_dir` it saves there after every epoch and resumes
-    from there when an earlier sweep left the file (an interrupted run goes on from its last epoch)."""
-    (loss, s, m1, m2, m3), (imbalance, holdout, corruptions), seed = job
-    config = replace(base, loss=loss, s=s, m1=m1, m2=m2, m3=m3, seed=seed, threads=threads, progress=False,
-                     imbalance=imbalance, holdout_classes=holdout, corruptions=corruptions)
-    if checkpoint_dir is None:
-        return config
-    path = os.path.join(checkpoint_dir, job_name(config) + ".pt")
-    return replace(config, checkpoint=path, resume=path if os.path.isfile(path) else None)
-
-
-def job_name(config) -> str:
-    """A file name for one run: its setting, scenario and seed, and a hash of everything else that identifies
-    its result (`rows.run_key`), so runs of other settings never share a checkpoint or a claim."""
-    digest = hashlib.sha1(repr(run_key(config.as_row())).encode()).hexdigest()[:10]
-    margins = "" if config.loss not in MARGIN_DEFAULTS else "-s{:g}-m1{:g}-m2{:g}-m3{:g}".format(*config.margins())
-    return (f"{config.loss}{margins}-imb{config.imbalance:g}-held{config.holdout_classes}"
-            f"{'-corr' if config.corruptions else ''}-seed{config.seed}-{digest}")
-
-
-def record_diverged(config, exc: DivergedError) -> dict:
-    """A diverged run's row: diverged=1 and no accuracy."""
-    row = {**config.as_row(), "diverged": 1, "error": str(exc), **environment_info()}
-    for key in ("out", "checkpoint", "resume", "progress"):
-        row.pop(key)
-    append_row(config.out, row)
-    return row
-
-
-@contextlib.contextmanager
-def claimed(config):
-    """Hold the claim on one job (a file beside --out with the claimant's process id, created exclusively),
-    so that a second sweep on the same --out skips a job in progress instead of running it twice. Yields
-    False when a running process holds it; a claim whose process is gone is taken over."""
-    folder = os.path.splitext(os.path.realpath(config.out))[0] + ".claims"
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, job_name(config))
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            with contextlib.suppress(OSError, ValueError):
-                with open(path) as handle:
-                    owner = int(handle.read().strip() or 0)
-                if owner and process_alive(owner):
-                    yield False
-                    return
-                os.unlink(path)  # its sweep was killed: take the job over
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
-        try:
-            yield True
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)  # the last claim gone: no empty folder left
-        return
-    yield False
-
-
-def set_aside(config, exc: ValueError):
-    """A --checkpoint-dir file that cannot be resumed (truncated, damaged, not a checkpoint) is renamed
-    '<name>.bad-<time>' and named in one line, and the job starts afresh: one bad file never stops a sweep.
-    Returns the job's config without the resume."""
-    aside = f"{config.resume}.bad-{time.strftime('%Y%m%d-%H%M%S')}"
-    os.replace(config.resume, aside)
-    print(f"{exc}: set aside as {aside}; the run starts again", flush=True)
-    return replace(config, resume=None)
 
 
 def run_job(job: Job, base, dataset: str, threads: int, checkpoint_dir: str | None = None) -> dict | None:
@@ -278,51 +205,6 @@ def base_config(args, training_flags: list[str], parser: OneLineErrorParser):
     return base
 
 
-def read_summary_rows(paths: list[str]) -> list[dict]:
-    """The usable rows of these CSVs (a loss, a seed, and a test accuracy or a diverged mark), each file's
-    count of rows read and skipped printed with the reasons; a last line cut mid-way is skipped."""
-    rows = []
-    for path in paths:
-        with open(path, newline="") as handle:
-            text = handle.read()
-        found = parse_rows(text)  # the text already read: one read per file
-        cut = bool(text and not text.endswith("\n") and found)
-        usable = [r for r in (found[:-1] if cut else found) if _usable(r)]
-        skipped = len(found) - len(usable)
-        why = ("the last line is cut mid-way" if cut else "") + (
-            ", " if cut and skipped > 1 else "") + ("no loss, seed or result" if skipped > cut else "")
-        print(f"{path}: {len(found)} rows read, {len(usable)} used" + (f", {skipped} skipped ({why})" if skipped else ""))
-        rows += usable
-    return rows
-
-
-def _usable(row: dict) -> bool:
-    try:
-        row_key(row)
-    except (KeyError, ValueError, TypeError):
-        return False
-    return row.get("test_acc", "") != "" or row.get("diverged", "") not in ("", None)
-
-
-def merge_into_out(out: str, inputs: list[str], rows: list[dict]) -> list[dict]:
-    """Write the inputs' usable rows, each run once (its first row, as the summary counts it), to `out`. An
-    input named as `out` keeps every row it had, as it was; only runs it lacks are added, and it is not
-    rewritten when there are none. Returns the rows summarised: each run once."""
-    first: dict[tuple, dict] = {}
-    for row in rows:
-        first.setdefault(run_key(row), row)  # the first row of each run
-    merged = list(first.values())
-    if not any(os.path.realpath(path) == os.path.realpath(out) for path in inputs):
-        write_csv(out, merged)
-        return merged
-    kept = read_rows(out)
-    have = {run_key(r) for r in kept}
-    added = [r for r in merged if run_key(r) not in have]
-    if added:
-        write_csv(out, kept + added)
-    return merged
-
-
 def summarize_only(args, parser: OneLineErrorParser) -> list[dict]:
     for flag, paths in (("--summarize", args.summarize), ("--baseline", args.baseline or [])):
         missing = [p for p in paths if not os.path.isfile(p)]
@@ -332,7 +214,7 @@ def summarize_only(args, parser: OneLineErrorParser) -> list[dict]:
     if not rows:
         parser.error(f"--summarize: no usable rows in {', '.join(args.summarize)}")
     merged = merge_into_out(args.out, args.summarize, rows)
-    baseline = [r for path in args.baseline or [] for r in read_rows(path) if _usable(r)]
+    baseline = [r for path in args.baseline or [] for r in read_rows(path) if usable(r)]
     for path in write_summary(merged, args.out, collapse_below(args, merged), baseline):
         print(f"wrote {path}")
     return merged

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from .data import folder_name, is_image_folder
+from .image_folder import folder_name, is_image_folder
 from .device import has_native_bf16, pick_device
 from .heads import LOSSES, MARGIN_DEFAULTS, check_margin_options, check_margins, margins_of
 from .network import ACTIVATIONS, GLOBAL_POOLS

@@ -33,8 +33,10 @@ from .heads import LOSSES
 from .config import identity_keys
 from .results import REPO_ROOT, CsvDamageError, atomic_write_text, read_rows
 from .rows import accuracy_of, group_key, row_key, run_key, setting
-from .summary import (GAIN_FIELDS, GAIN_NAMES, budget_comparison, collapse_threshold, comparison_markdown,
-                      comparison_table, format_gain, format_mean_std, gains_markdown, gains_over_softmax, mean_std)
+from .comparisons import (GAIN_FIELDS, GAIN_NAMES, budget_comparison, comparison_markdown, comparison_table, format_gain,
+                          gains_markdown, gains_over_softmax)
+from .grouping import collapse_threshold, format_mean_std
+from .stats import mean_std
 
 BLOCK = re.compile(r"(<!-- table (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 

@@ -17,7 +17,8 @@ from torch import nn
 from .checkpoints import check_resume
 from .config import TrainConfig
 from .results import MIN_FREE_BYTES, check_writable
-from .data import Dataset, ImageData, Normalize, check_same_data, data_identity
+from .data import Dataset, ImageData, Normalize
+from .image_folder import check_same_data, data_identity
 from .device import configure_backends, has_native_bf16, pick_device
 from .heads import build_head
 from .network import Network, as_float, init_whitening, net_forward

@@ -10,7 +10,7 @@ import torch
 
 import sweep_margins
 import train_mnist
-from common import results as results_module
+from common import jobs, results as results_module
 from common.checkpoints import read_checkpoint
 from common.results import read_rows, write_csv
 from common.summary import summarize
@@ -47,11 +47,11 @@ def test_a_job_another_sweep_is_running_is_skipped_not_run_twice(gray_folder, tm
     try:
         parser = sweep_margins.build_parser()
         args, rest = parser.parse_known_args(flags)
-        config = sweep_margins.config_for(sweep_margins.jobs_for([("softmax",) + (None,) * 4], [0], (0, 1))[0],
+        config = jobs.config_for(sweep_margins.jobs_for([("softmax",) + (None,) * 4], [0], (0, 1))[0],
                                           sweep_margins.base_config(args, rest, parser))
         claims = tmp_path / "s.claims"
         claims.mkdir()
-        (claims / sweep_margins.job_name(config)).write_text(str(holder.pid))
+        (claims / jobs.job_name(config)).write_text(str(holder.pid))
         sweep_margins.main(flags)
         assert "in progress in another sweep" in capsys.readouterr().out and read_rows(str(out)) == []
         holder.kill()

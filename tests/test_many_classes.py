@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import train_cifar10
-from common import data as data_module
+from common import image_folder as data_module
 from common.data import ImageData, class_order, load_image_folder
 from common.evaluation import top_k_accuracy
 from common.results import read_rows

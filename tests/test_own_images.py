@@ -11,7 +11,8 @@ from PIL import Image
 import plot_embeddings
 import sweep_margins
 import train_cifar10
-from common.data import CACHE_NAME, list_image_folder, load_image_folder, to_mode
+from common.data import load_image_folder
+from common.image_folder import CACHE_NAME, list_image_folder, to_mode
 from common.results import read_rows
 from common.training import epoch_batches, steps_per_epoch
 from conftest import make_image_folder

@@ -6,7 +6,7 @@ import re
 import pytest
 
 import sweep_margins
-from common import plots, rows as row_keys, stats, summary as summaries
+from common import comparisons, grouping, plots, rows as row_keys, stats, summary as summaries, table1
 from common.results import read_rows, write_csv
 
 PLAIN = {"dataset": "mnist", "imbalance": 1.0, "holdout_classes": 0, "corruptions": False}  # columns every row has
@@ -94,15 +94,15 @@ def test_summary_gives_macro_f1_and_map_at_r_over_the_finished_runs():
 def test_regression_recovers_the_best_margins():
     rows = synthetic_rows()
     points = [((float(r["s"]), float(r["m1"]), r["m2"], r["m3"]), 100 * r["test_acc"]) for r in rows if r["loss"] == "arcface"]
-    fit = summaries.fit_quadratic(points)
+    fit = table1.fit_quadratic(points)
     assert fit["varying"] == [2] and fit["best"][0] == pytest.approx(0.47, abs=0.004)
     assert fit["best_std"][0] < 0.02 and fit["predicted_acc"] == pytest.approx(99.0, abs=0.01)
-    line = summaries.recommend(rows, "combined")
+    line = table1.recommend(rows, "combined")
     assert recommended(line, "m2") == pytest.approx(0.42, abs=0.004)  # within one grid step
     assert recommended(line, "m3") == pytest.approx(0.27, abs=0.004)
     # the combined default (0.3, 0.2) lies outside m2 in [0.40, 0.44]: the gain is measured from the nearest swept cell
     assert "the default m2 = 0.3, m3 = 0.2 lies outside the swept range; at the nearest swept setting m2 = 0.4, m3 = 0.2" in line
-    assert recommended(summaries.recommend(rows, "arcface"), "m2") == pytest.approx(0.47, abs=0.004)
+    assert recommended(table1.recommend(rows, "arcface"), "m2") == pytest.approx(0.47, abs=0.004)
 
 
 def arcface_rows(accuracy, seeds=3):
@@ -113,26 +113,26 @@ def arcface_rows(accuracy, seeds=3):
 def test_regression_gain_is_weighed_against_its_bootstrap_spread():
     # a clear optimum at 0.45, 1 point above the default 0.5, with 0.01-point seed noise: a supported gain
     clear = arcface_rows(lambda m2, seed: 99.0 - 400 * (m2 - 0.45) ** 2 + 0.01 * (seed - 1))
-    fit = summaries.fit_quadratic([((30.0, 1.0, r["m2"], 0.0), 100 * r["test_acc"]) for r in clear], at=(30.0, 1.0, 0.5, 0.0))
+    fit = table1.fit_quadratic([((30.0, 1.0, r["m2"], 0.0), 100 * r["test_acc"]) for r in clear], at=(30.0, 1.0, 0.5, 0.0))
     assert fit["gain"] == pytest.approx(1.0, abs=0.01) and fit["gain_std"] < 0.05
     assert fit["r2"] > 0.99 and fit["surface_p"] == pytest.approx(1 / 201)  # no shuffle of the runs explains as much
-    line = summaries.recommend(clear, "arcface")
+    line = table1.recommend(clear, "arcface")
     assert "gain +1.00 ±" in line and "no evidence" not in line and "as much: p = 0.005" in line
     # one collapsed run (50%) is left out of the fit and counted, not allowed to bend it
     collapsed = clear + [{**clear[0], **PLAIN, "seed": 9, "test_acc": 0.50}]
-    line = summaries.recommend(collapsed, "arcface", collapse_below=90)  # the clear optimum's runs end above 91%
+    line = table1.recommend(collapsed, "arcface", collapse_below=90)  # the clear optimum's runs end above 91%
     assert recommended(line, "m2") == pytest.approx(0.45, abs=0.004) and "(1 collapsed left out)" in line
     assert "gain +1.00 ±" in line and "above 100%" not in line
-    assert "(1 collapsed left out)" not in summaries.recommend(collapsed, "arcface", collapse_below=40)
+    assert "(1 collapsed left out)" not in table1.recommend(collapsed, "arcface", collapse_below=40)
     # no effect of m2 at all, 0.3-point seed noise: whatever the fit's maximum, its gain is within the spread
     flat = arcface_rows(lambda m2, seed: 99.0 + 0.3 * ((7 * seed + int(100 * m2)) % 5 - 2) / 2)
-    assert "within it, no evidence for the recommendation" in summaries.recommend(flat, "arcface")
+    assert "within it, no evidence for the recommendation" in table1.recommend(flat, "arcface")
     # pure noise over a two-margin grid: the fitted maximum can beat the reference point by more than its
     # bootstrap std, yet fits to shuffled runs explain as much; the shuffle test is what tells
     noise = [{"loss": "combined", "s": 30, "m1": 1, "m2": m2, "m3": m3, **PLAIN, "seed": seed,
               "test_acc": (99.6 + 0.04 * ((13 * seed + int(100 * m2) * 7 + int(100 * m3) * 3) % 5 - 2)) / 100}
              for m2 in (0.40, 0.41, 0.42, 0.43, 0.44) for m3 in (0.20, 0.25, 0.30, 0.35) for seed in range(3)]
-    line = summaries.recommend(noise, "combined")
+    line = table1.recommend(noise, "combined")
     p = float(re.search(r"as much: p = ([0-9.]+)", line).group(1))
     assert p > 0.05 and "no evidence that the margins matter" in line
 
@@ -142,7 +142,7 @@ def test_a_margin_swept_at_two_values_gets_no_square_term():
     # where a square term for m3 would leave the least-squares problem underdetermined
     points = [((30.0, 1.0, m2, m3), 99.0 - 40 * (m2 - 0.42) ** 2 + 4 * (m3 - 0.2))
               for m2 in (0.40, 0.41, 0.42, 0.43, 0.44) for m3 in (0.2, 0.3) for _ in range(2)]
-    fit = summaries.fit_quadratic(points)
+    fit = table1.fit_quadratic(points)
     assert fit["varying"] == [2, 3] and fit["curved"] == (True, False)
     assert fit["best"] == pytest.approx([0.42, 0.3], abs=1e-9)
     assert fit["predicted_acc"] == pytest.approx(99.4, abs=1e-6)
@@ -158,12 +158,12 @@ def test_comparison_table_on_a_synthetic_csv():
                                                                                   seconds_per_epoch=12),
             row("imbalance100", 0, 0.60, tail_recall=0.2), row("open_set", 0, 0.99, verify_tar=0.25, verify_auc=0.9),
             {**row("imbalance10", 0, ""), "diverged": 1}]
-    (line,) = summaries.comparison_table(rows)
+    (line,) = comparisons.comparison_table(rows)
     assert line["clean_acc_mean"] == pytest.approx(91.0) and line["clean_acc_std"] == pytest.approx(math.sqrt(2))
     assert line["corrupted_acc_mean"] == pytest.approx(60.0) and line["seconds_per_epoch_mean"] == pytest.approx(11.0)
     assert line["imb100_tail_mean"] == pytest.approx(20.0) and line["verify_tar_mean"] == pytest.approx(25.0)
     assert line["imb10_acc_runs"] == 0 and line["map_at_r_runs"] == 0  # diverged, and a column never reported
-    markdown = summaries.comparison_markdown([line])
+    markdown = comparisons.comparison_markdown([line])
     assert "| softmax | 91.00 ± 1.41 (2) | 91.00 ± 1.41 (2) | — |" in markdown
     summary = summaries.summarize(rows)
     assert {(r["imbalance"], r["holdout_classes"]) for r in summary} == {(1.0, 0), (100.0, 0), (1.0, 2), (10.0, 0)}
@@ -194,7 +194,7 @@ def table1_rows(accuracy, seeds=3):
 def test_table1_checks_find_a_real_low_cell_and_clear_the_others():
     def accuracy(loss, m2, m3, seed):  # 0.02-point seed noise; the 0.59 cell 2 points low, nothing else differs
         return 99.5 + 0.02 * (seed - 1) - (2.0 if (loss, m2) == ("arcface", 0.59) else 0)
-    lines = summaries.table1_checks(table1_rows(accuracy))
+    lines = table1.table1_checks(table1_rows(accuracy))
     cells, neighbours, combined, *low = lines
     assert "20 m2 cells, 60 runs (0 collapsed" in cells and float(cells.rsplit("p = ", 1)[1]) < 0.01
     assert "neighbours m2 = 0.49, 0.51" in neighbours and "+0.00 points" in neighbours
@@ -210,7 +210,7 @@ def test_table1_checks_compare_runs_that_did_not_collapse_and_name_the_collapsed
     def accuracy(loss, m2, m3, seed):  # combined 0.3 points above ArcFace; seed 2 of (0.41, 0.2) collapses
         collapsed = (loss, m2, m3, seed) == ("combined", 0.41, 0.2, 2)
         return 11.35 if collapsed else 99.3 + 0.05 * ((seed * 7 + int(100 * m2)) % 3 - 1) + 0.3 * (loss == "combined")
-    lines = summaries.table1_checks(table1_rows(accuracy))
+    lines = table1.table1_checks(table1_rows(accuracy))
     combined = next(line for line in lines if line.startswith("combined margin"))
     assert "60 runs, 1 collapsed) against ArcFace (20 cells, 60 runs, 0 collapsed)" in combined
     assert float(combined.split("collapse: ")[1].split(" points")[0]) == pytest.approx(0.3, abs=0.01)
@@ -221,13 +221,13 @@ def test_table1_checks_compare_runs_that_did_not_collapse_and_name_the_collapsed
 
 def test_table1_checks_need_cells_to_compare():
     one_cell = [{"loss": "arcface", "s": 30, "m1": 1, "m2": 0.5, "m3": 0, **PLAIN, "seed": s, "test_acc": 0.995} for s in range(3)]
-    assert summaries.table1_checks(one_cell) == []
+    assert table1.table1_checks(one_cell) == []
     cifar = [dict(r, dataset="cifar10") for r in table1_rows(lambda *a: 90.0)]
-    assert summaries.table1_checks(cifar) == []
+    assert table1.table1_checks(cifar) == []
 
 
 def test_a_low_cell_whose_every_run_collapsed_is_reproduced():
-    line = summaries.low_cell_line("arcface", (0.59, 0.0), 96.01, 98.77, [11.35, 10.1, 9.8], [99.5, 99.6, 99.55], 95.0)
+    line = table1.low_cell_line("arcface", (0.59, 0.0), 96.01, 98.77, [11.35, 10.1, 9.8], [99.5, 99.6, 99.55], 95.0)
     assert "3 collapsed" in line and line.endswith(": reproduced: every run collapsed")
 
 
@@ -244,7 +244,7 @@ def test_budget_comparison_finds_a_reversed_ranking_and_counts_collapsed_runs(tm
     short = budget_rows(4, lambda label, seed: 99.0 + 0.2 * order[label] + 0.01 * seed)
     long = budget_rows(20, lambda label, seed: 11.35 if (label, seed) == ("arc", 2)  # one collapsed run
                        else 99.5 - 0.2 * order[label] + 0.01 * seed)
-    table, (verdict,) = summaries.budget_comparison(long, short)
+    table, (verdict,) = comparisons.budget_comparison(long, short)
     assert "20 epochs against 4 epochs, 3 settings" in verdict and "(Spearman) -1.00" in verdict
     assert float(verdict.split("p = ")[1].split(" at")[0]) < 0.01  # at 4 epochs the settings differ
     assert "| arcface m2 = 0.5 | 99.21 ± 0.01 (3) | 2 | 0 | 99.31 ± 0.01 (2) | 2 | 1 | +0.10 |" in table
@@ -254,13 +254,13 @@ def test_budget_comparison_finds_a_reversed_ranking_and_counts_collapsed_runs(tm
     sweep_margins.main(["--summarize", a, "--baseline", b, "--out", a])
     assert verdict in (tmp_path / "long_budget.md").read_text()
     other_margins = [dict(r, m2=0.3) for r in short if r["loss"] != "softmax"]  # no setting in common
-    assert summaries.budget_comparison(long, other_margins) == ("", [])
+    assert comparisons.budget_comparison(long, other_margins) == ("", [])
 
 
 def test_a_comparison_at_one_budget_names_the_settings_that_differ():
     unit = budget_rows(4, lambda label, seed: 99.5)
     exact = [dict(r, margin_grad="exact", margin_warmup=0.0) for r in budget_rows(4, lambda label, seed: 99.4)]
-    _, (verdict,) = summaries.budget_comparison(exact, [dict(r, margin_grad="unit", margin_warmup=0.3) for r in unit])
+    _, (verdict,) = comparisons.budget_comparison(exact, [dict(r, margin_grad="unit", margin_warmup=0.3) for r in unit])
     assert verdict.startswith("margin_warmup 0.0, margin_grad exact against margin_warmup 0.3, margin_grad unit, 3 "
                               "settings: mean change -0.10 points")
 
@@ -293,7 +293,7 @@ def test_each_loss_at_its_defaults_is_compared_with_softmax():
     rows += [run("arcface", s, 0.993 + 0.001 * s, 0.95 + 0.01 * s) for s in range(3)]
     rows += [run("arcface", s, 0.5, m2=0.3) for s in range(3)]  # not the loss's default margins: left out
     rows += [run("cosface", 0, 0.992), run("cosface", 1, 0.1135)]  # one run collapsed
-    arcface, cosface = summaries.against_softmax(rows)
+    arcface, cosface = comparisons.against_softmax(rows)
     assert arcface.startswith("arcface m2 = 0.5 (3 runs, 0 collapsed) against softmax (3 runs, 0 collapsed): ")
     # std 0.1 each: sqrt(2 * 0.01 / 3) = 0.08; 3 runs a side fully apart: the exact floor 2 / 20. The top-1 family
     # holds ArcFace's and CosFace's tests, so Holm doubles the smaller p; MAP@R's holds ArcFace's alone.
@@ -302,16 +302,16 @@ def test_each_loss_at_its_defaults_is_compared_with_softmax():
     assert arcface.endswith("exact (20 labellings) permutation p, Holm over the 2 losses")
     assert cosface.startswith("cosface m3 = 0.35 (1 runs, 1 collapsed)") and "test acc +0.10 ± nan points" in cosface
     assert "MAP@R" not in cosface  # these runs report none
-    assert summaries.against_softmax([r for r in rows if r["loss"] != "softmax"]) == []
+    assert comparisons.against_softmax([r for r in rows if r["loss"] != "softmax"]) == []
 
 
 def test_the_gain_is_measured_from_the_default_when_swept_else_from_the_nearest_swept_setting():
     points = [((30.0, 1.0, m2, m3), 99.0) for m2 in (0.40, 0.42, 0.44) for m3 in (0.20, 0.30)]
-    assert summaries.reference_margins((30.0, 1.0, 0.42, 0.25), points, [2, 3]) == (30.0, 1.0, 0.42, 0.25)
-    assert summaries.reference_margins((30.0, 1.0, 0.30, 0.20), points, [2, 3]) == (30.0, 1.0, 0.40, 0.20)
-    assert summaries.reference_margins((30.0, 1.0, 0.43, 0.40), points, [2, 3]) == (30.0, 1.0, 0.44, 0.30)
+    assert table1.reference_margins((30.0, 1.0, 0.42, 0.25), points, [2, 3]) == (30.0, 1.0, 0.42, 0.25)
+    assert table1.reference_margins((30.0, 1.0, 0.30, 0.20), points, [2, 3]) == (30.0, 1.0, 0.40, 0.20)
+    assert table1.reference_margins((30.0, 1.0, 0.43, 0.40), points, [2, 3]) == (30.0, 1.0, 0.44, 0.30)
     # on an edge of the swept range counts as inside
-    assert summaries.reference_margins((30.0, 1.0, 0.44, 0.20), points, [2, 3]) == (30.0, 1.0, 0.44, 0.20)
+    assert table1.reference_margins((30.0, 1.0, 0.44, 0.20), points, [2, 3]) == (30.0, 1.0, 0.44, 0.20)
 
 
 def test_heatmap_labels_carry_the_spread_the_paper_and_collapsed_runs():
@@ -336,13 +336,13 @@ def test_the_default_collapse_threshold_is_the_datasets(tmp_path):
     cell = {"loss": "triplet", "s": "", "m1": "", "m2": "", "m3": ""}
     cifar = [{**cell, **PLAIN, "dataset": "cifar10", "seed": 0, "test_acc": 0.61}, {**cell, **PLAIN, "dataset": "cifar10", "seed": 1, "test_acc": 0.45}]
     mnist = [{**row, "dataset": "mnist", "test_acc": 0.94} for row in cifar]
-    assert summaries.collapse_threshold(cifar) == 50.0 and summaries.collapse_threshold(mnist) == 95.0
-    assert summaries.collapse_threshold(cifar + mnist) == 50.0  # mixed: no dataset's healthy runs count as collapsed
-    assert summaries.collapse_threshold([{"test_acc": 0.9, "dataset": "my-photos"}]) == 0.0  # no threshold of its own
-    assert summaries.collapse_threshold([{"test_acc": 0.4, "dataset": "tiny-imagenet-200"}]) == 10.0
+    assert grouping.collapse_threshold(cifar) == 50.0 and grouping.collapse_threshold(mnist) == 95.0
+    assert grouping.collapse_threshold(cifar + mnist) == 50.0  # mixed: no dataset's healthy runs count as collapsed
+    assert grouping.collapse_threshold([{"test_acc": 0.9, "dataset": "my-photos"}]) == 0.0  # no threshold of its own
+    assert grouping.collapse_threshold([{"test_acc": 0.4, "dataset": "tiny-imagenet-200"}]) == 10.0
     few = {"test_acc": 0.09, "dataset": "tiny-imagenet-200", "max_train_samples": 2000}  # 10 images a class: healthy
-    assert summaries.collapse_threshold([few]) == 0.0
-    assert summaries.collapse_threshold([{**few, "max_train_samples": "", "num_classes": 10}]) == 0.0
+    assert grouping.collapse_threshold([few]) == 0.0
+    assert grouping.collapse_threshold([{**few, "max_train_samples": "", "num_classes": 10}]) == 0.0
     path = str(tmp_path / "cifar.csv")
     write_csv(path, cifar)
     sweep_margins.main(["--summarize", path, "--out", path])  # no --collapse-below: CIFAR-10's 50%
@@ -374,7 +374,7 @@ def test_gains_over_softmax_per_data_size_with_intervals_and_a_figure(tmp_path):
     rows = [row("softmax", n, s, 0.30 + 0.01 * s) for n in (10, 50) for s in range(3)]
     rows += [row("arcface", 10, s, 0.35 + 0.01 * s) for s in range(3)]  # +5 points with few images
     rows += [row("arcface", 50, s, 0.30 + 0.01 * s) for s in range(3)]  # no gain with more
-    gains = summaries.gains_over_softmax(rows)
+    gains = comparisons.gains_over_softmax(rows)
     few, many = sorted(gains, key=lambda g: g["per_class"])
     assert (few["per_class"], few["classes"], few["runs"]) == (10, 200, 3)
     assert few["gain_acc"] == pytest.approx(5.0) and few["low_acc"] == pytest.approx(5.0 - 4.303 * (2 / 3) ** 0.5)
@@ -419,9 +419,9 @@ def test_parts_are_named_by_the_settings_they_set_never_none():
 
 def test_long_part_labels_that_share_their_start_get_distinct_file_names():
     common = "margin_tail sphereface, " * 5
-    names = {summaries.slug(common + end) for end in ("epochs 1", "epochs 2", "epochs 3")}
-    assert len(names) == 3 and all(len(n) <= summaries.SLUG_CHARACTERS for n in names)
-    assert summaries.slug("epochs 2, lr 0.1") == "epochs2_lr0.1"  # a short label is kept as it reads
+    names = {grouping.slug(common + end) for end in ("epochs 1", "epochs 2", "epochs 3")}
+    assert len(names) == 3 and all(len(n) <= grouping.SLUG_CHARACTERS for n in names)
+    assert grouping.slug("epochs 2, lr 0.1") == "epochs2_lr0.1"  # a short label is kept as it reads
 
 
 def test_summarize_into_its_own_input_keeps_every_row_it_had(tmp_path):

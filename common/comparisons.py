@@ -1,0 +1,203 @@
+"""Losses set against each other: the comparison table of --preset claims (each loss across the four
+scenarios), each loss against softmax (with Holm's adjustment over the losses), the budget comparison (does
+training longer change the ranking?), and the gains over softmax per data size with their 95% intervals."""
+from __future__ import annotations
+
+import math
+
+from .grouping import COLLAPSE_BELOW, described, format_mean_std, format_p, kept_cells, kept_runs, partitions
+from .heads import LOSSES
+from .rows import (CLAIM_SCENARIOS, SETTING_KEYS, accuracy_of, is_plain, percent_values, row_key, setting,
+                   setting_label, sides)
+from .stats import (difference, difference_interval, holm, mean_std, permutation_method, permutation_p, ranks, spearman,
+                    standard_error)
+
+
+# The comparison table of --preset claims: (column, heading, which runs, result field, x100 for percent).
+COMPARISON = [
+    ("clean_acc", "clean acc %", "clean", "test_acc", True),
+    ("clean_f1", "macro F1 %", "clean", "test_f1", True),
+    ("imb10_acc", "acc, imbalance 10 %", "imbalance10", "test_acc", True),
+    ("imb100_acc", "acc, imbalance 100 %", "imbalance100", "test_acc", True),
+    ("imb100_tail", "rarest-30% recall, imbalance 100 %", "imbalance100", "tail_recall", True),
+    ("corrupted_acc", "mean corrupted acc %", "clean", "corrupted_acc", True),
+    ("map_at_r", "MAP@R %", "clean", "map_at_r", True),
+    ("verify_tar", "open-set TAR@FAR=1e-3 %", "open_set", "verify_tar", True),
+    ("verify_auc", "open-set ROC AUC %", "open_set", "verify_auc", True),
+    ("seconds_per_epoch", "s / epoch", "clean", "seconds_per_epoch", False),
+]
+
+
+def comparison_table(rows: list[dict]) -> list[dict]:
+    """One row per setting (loss and margins): mean, std and count over seeds of each COMPARISON column."""
+    by_setting: dict[tuple, dict[str, list[dict]]] = {}
+    names = {scenario: name for name, scenario in CLAIM_SCENARIOS.items()}
+    for row in rows:
+        key, scenario, _ = row_key(row)
+        if scenario in names and accuracy_of(row) is not None:
+            by_setting.setdefault(key, {}).setdefault(names[scenario], []).append(row)
+    table = []
+    for key, runs in by_setting.items():
+        line = dict(zip(SETTING_KEYS, key))
+        for column, _, scenario, field, percent in COMPARISON:
+            values = [float(r[field]) * (100 if percent else 1) for r in runs.get(scenario, [])
+                      if str(r.get(field, "")) not in ("", "nan")]
+            line[f"{column}_mean"], line[f"{column}_std"] = mean_std(values)
+            line[f"{column}_runs"] = len(values)
+        table.append(line)
+    return table
+
+
+def comparison_markdown(table: list[dict]) -> str:
+    def cell(line, column):
+        runs = line[f"{column}_runs"]
+        return f"{format_mean_std(line[f'{column}_mean'], line[f'{column}_std'])} ({runs})" if runs else "—"
+
+    header = "| loss | " + " | ".join(heading for _, heading, *_ in COMPARISON) + " |"
+    lines = [header, "|---" * (len(COMPARISON) + 1) + "|"]
+    for line in table:
+        margins = "" if line["s"] is None else f" (s={line['s']:g}, m1={line['m1']:g}, m2={line['m2']:g}, m3={line['m3']:g})"
+        lines.append(f"| {line['loss']}{margins} | " + " | ".join(cell(line, c) for c, *_ in COMPARISON) + " |")
+    return "\n".join(lines) + "\n\nmean ± std (number of seeds) over finished runs.\n"
+
+
+def against_softmax(rows: list[dict], collapse_below: float = COLLAPSE_BELOW) -> list[str]:
+    """Each other loss at its default margins (`setting(loss)`) against softmax, on the plain training set:
+    the differences of mean test accuracy and of mean MAP@R, each ± its standard error and with its
+    permutation p and Holm's adjustment over the losses compared (the family: one per field), over the runs
+    that did not collapse (the collapsed counted). No lines without softmax runs."""
+    cells = kept_runs(rows, collapse_below)
+    base, base_low = cells.get(setting("softmax"), ([], 0))
+    if not base:
+        return []
+    compared = [(loss, *cells[setting(loss)]) for loss in LOSSES[1:] if cells.get(setting(loss), ([], 0))[0]]
+    fields = (("test acc", "test_acc"), ("MAP@R", "map_at_r"))
+    tests = {}  # (loss, field) -> (gain, standard error, p)
+    for loss, runs, _ in compared:
+        for _, field in fields:
+            a, b = percent_values(runs, field), percent_values(base, field)
+            if a and b:
+                tests[loss, field] = (*difference(a, b), standard_error(a, b))
+    adjusted = {}
+    for _, field in fields:
+        family = [key for key in tests if key[1] == field]
+        adjusted.update(zip(family, holm([tests[key][1] for key in family])))
+    lines = []
+    for loss, runs, low in compared:
+        parts = [f"{name} {tests[loss, field][0]:+.2f} ± {tests[loss, field][2]:.2f} points (p = "
+                 f"{format_p(tests[loss, field][1])}, Holm {format_p(adjusted[loss, field])})"
+                 for name, field in fields if (loss, field) in tests]
+        lines.append(f"{setting_label(setting(loss))} ({len(runs)} runs, {low} collapsed) against softmax ({len(base)} "
+                     f"runs, {base_low} collapsed): {'; '.join(parts)}; difference of means ± its standard error, "
+                     f"{permutation_method([len(runs), len(base)])} permutation p, Holm over the {len(compared)} losses")
+    return lines
+
+
+def budget_comparison(rows: list[dict], baseline: list[dict],
+                      collapse_below: float = COLLAPSE_BELOW) -> tuple[str, list[str]]:
+    """Does the training budget (or any other setting the two share across their margins: `rows.sides` names
+    it) change the ranking? For every setting that both `rows` and `baseline` (the same settings at another
+    budget) have runs of: mean ± std at each budget, its rank among these settings
+    at each, the change and its permutation p. Then one line: the mean change, the rank correlation, and
+    whether the settings differ beyond their seeds at each budget (a reordering of settings that do not
+    differ is noise, not a change of ranking). Means over the runs that did not collapse, collapsed runs
+    counted beside them, as in `table1_checks`; a setting with no such run at either budget is left out.
+    Returns (markdown table, lines); ("", []) without shared settings."""
+    new, old = kept_cells(rows, collapse_below), kept_cells(baseline, collapse_below)
+    shared = [k for k in old if k in new and old[k][0] and new[k][0]]
+    if not shared:
+        return "", []
+    at_new, at_old = sides(rows, baseline)
+    means_new, means_old = [mean_std(new[k][0])[0] for k in shared], [mean_std(old[k][0])[0] for k in shared]
+    rank_new, rank_old = ranks(means_new), ranks(means_old)
+    lines = [f"| setting | {at_old}: test acc % | rank | collapsed | {at_new}: test acc % | rank | collapsed | "
+             "change, points | p | Holm p |", "|---|---|---|---|---|---|---|---|---|---|"]
+    changes = [difference(new[k][0], old[k][0]) for k in shared]
+    for i, (k, (change, p), adjusted) in enumerate(zip(shared, changes, holm([p for _, p in changes]))):
+        lines.append(f"| {setting_label(k)} | {described(old[k][0])} ({len(old[k][0])}) | {rank_old[i]:g} | {old[k][1]} | "
+                     f"{described(new[k][0])} ({len(new[k][0])}) | {rank_new[i]:g} | {new[k][1]} | {change:+.2f} | "
+                     f"{format_p(p)} | {format_p(adjusted)} |")
+    change = sum(means_new) / len(shared) - sum(means_old) / len(shared)
+    verdict = (f"{at_new} against {at_old}, {len(shared)} settings: mean change {change:+.2f} points; rank correlation "
+               f"(Spearman) {spearman(means_old, means_new):.2f}; settings differ beyond their seeds: permutation "
+               f"p = {format_p(permutation_p([old[k][0] for k in shared]))} at {at_old}, "
+               f"p = {format_p(permutation_p([new[k][0] for k in shared]))} at {at_new}")
+    note = (f"\nmean ± std (runs) over the runs that did not collapse (< {collapse_below:g}%); rank 1 = best mean; p: "
+            f"permutation test of the change ({permutation_method([len(old[shared[0]][0]), len(new[shared[0]][0])])} "
+            f"for the first setting); Holm p: adjusted over the table's {len(shared)} changes.\n")
+    return "\n".join(lines) + "\n" + note, [verdict]
+
+
+GAIN_FIELDS = (("acc", "test_acc", "top-1"), ("top5", "test_top5", "top-5"), ("map_at_r", "map_at_r", "MAP@R"))
+
+
+GAIN_NAMES = tuple(name for name, _, _ in GAIN_FIELDS)
+
+
+def format_gain(line: dict, name: str, digits: int = 2, with_p: bool = True) -> str:
+    """One field of a `gains_over_softmax` line: 'gain [low, high] (p = ..., Holm ...)', the interval's ends to `digits`
+    decimals (no interval where it does not exist: one run a side); '—' where the field was not measured."""
+    if f"gain_{name}" not in line:
+        return "—"
+    low, high = line[f"low_{name}"], line[f"high_{name}"]
+    interval = "" if math.isnan(low) else f" [{low:+.{digits}f}, {high:+.{digits}f}]"
+    p = f" (p = {format_p(line[f'p_{name}'])}, Holm {format_p(line[f'holm_{name}'])})" if with_p else ""
+    return f"{line[f'gain_{name}']:+.2f}{interval}{p}"
+
+
+def data_shape(row: dict) -> tuple[int, int]:
+    """(classes, training images per class) of a row: the classes it trained on and their mean size, rounded,
+    from its `train_class_counts`."""
+    counts = [int(c) for c in str(row["train_class_counts"]).split(";") if c != ""]
+    return len(counts), round(sum(counts) / len(counts))
+
+
+def gains_over_softmax(rows: list[dict]) -> list[dict]:
+    """Within each sweep's rows (`partitions`) on the plain training set, each loss at its margins against that
+    sweep's softmax runs: the data's shape (`data_shape`), the runs on each side, and per field of GAIN_FIELDS
+    the difference of means in points with its 95% interval (`difference_interval`), its permutation p, and
+    each run's own gain (its value minus softmax's mean), for the figure. Diverged runs have no value and
+    are left out (their count is in the summary table)."""
+    lines = []
+    for label, part in partitions(rows):
+        by_setting: dict[tuple, list[dict]] = {}
+        for row in part:
+            if is_plain(row) and accuracy_of(row) is not None:
+                by_setting.setdefault(row_key(row).setting, []).append(row)
+        base = by_setting.pop(setting("softmax"), [])
+        if not base or not base[0].get("train_class_counts"):  # no softmax runs, or rows that do not say their data
+            continue
+        classes, per_class = data_shape(base[0])
+        for key, runs in by_setting.items():
+            line = {"settings": label, "classes": classes, "per_class": per_class, "loss": setting_label(key),
+                    "runs": len(runs), "softmax_runs": len(base)}
+            for name, field, _ in GAIN_FIELDS:
+                a, b = percent_values(runs, field), percent_values(base, field)
+                if a and b:
+                    gain, low, high = difference_interval(a, b)
+                    line.update({f"gain_{name}": gain, f"low_{name}": low, f"high_{name}": high,
+                                 f"p_{name}": difference(a, b)[1], f"method_{name}": permutation_method([len(a), len(b)]),
+                                 f"run_gains_{name}": ";".join(f"{v - sum(b) / len(b):.3f}" for v in a)})
+            lines.append(line)
+    for name in GAIN_NAMES:  # the family: every comparison of this field in these rows
+        family = [line for line in lines if f"p_{name}" in line]
+        for line, adjusted in zip(family, holm([line[f"p_{name}"] for line in family])):
+            line[f"holm_{name}"] = adjusted
+    return sorted(lines, key=lambda line: (-line["classes"], line["per_class"], line["loss"]))
+
+
+def gains_markdown(lines: list[dict], names: tuple[str, ...] = GAIN_NAMES) -> str:
+    """The gains as a table: one line per (data shape, loss), each field of `names` (GAIN_FIELDS' short names)
+    as gain [95% interval] (p), `format_gain`."""
+    fields = [(name, title) for name, _, title in GAIN_FIELDS if name in names]
+    heads = " | ".join(f"{title} gain, points" for _, title in fields)
+    out = [f"| classes | images per class | loss | runs (softmax) | {heads} |", "|---" * (4 + len(fields)) + "|"]
+    for line in lines:
+        out.append(f"| {line['classes']} | {line['per_class']} | {line['loss']} | {line['runs']} ({line['softmax_runs']}) | "
+                   + " | ".join(format_gain(line, name) for name, _ in fields) + " |")
+    methods = sorted({line[f"method_{name}"] for line in lines for name, _ in fields if f"method_{name}" in line})
+    families = ", ".join(f"{sum(f'p_{name}' in line for line in lines)} {title}" for name, title in fields)
+    return "\n".join(out) + ("\n\nEach loss at its margins minus softmax, same settings and seeds: difference of means, "
+                              "its 95% interval (t with df = min(runs) - 1) and two-sided permutation p "
+                              f"({'; '.join(methods)}); Holm: p adjusted over the table's comparisons of each field "
+                              f"(the families: {families}).\n")
