@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from .image_folder import folder_name, is_image_folder
 from .device import has_native_bf16, pick_device
-from .heads import LOSSES, MARGIN_DEFAULTS, check_margin_options, check_margins, margins_of
+from .heads import LOSSES, MARGIN_DEFAULTS, MARGIN_GRADS, TAILS, check_margins, margins_of
 from .network import ACTIVATIONS, GLOBAL_POOLS
 
 
@@ -16,79 +16,124 @@ EVALUATION = "evaluation"  # changes only the scores: tells results apart, but a
 RUN = "run"  # how and where a run goes (files, threads, progress): never part of what a result is
 
 
-def training(default):
-    return field(default=default, metadata={"role": TRAINING})
+def setting(role: str, default, help: str = "", *, low=None, high=None, above=None, below=None, choices=None,
+            flag: bool = True):
+    """A TrainConfig field: its role, its --help text and its simple bounds, written once, beside it. `low`/`high`
+    are inclusive bounds, `above`/`below` exclusive ones, `choices` the allowed values; `TrainConfig.validate`
+    checks them all (None passes: 'not set') and `cli.build_parser` turns the field into its flag. flag=False:
+    no flag of its own (set from other flags, or written by hand in cli.py)."""
+    bounds = {"low": low, "high": high, "above": above, "below": below, "choices": choices}
+    return field(default=default, metadata={"role": role, "help": help, "flag": flag, **bounds})
 
 
-def evaluation(default):
-    return field(default=default, metadata={"role": EVALUATION})
+def training(default, help: str = "", **bounds):
+    return setting(TRAINING, default, help, **bounds)
 
 
-def run(default):
-    return field(default=default, metadata={"role": RUN})
+def evaluation(default, help: str = "", **bounds):
+    return setting(EVALUATION, default, help, **bounds)
+
+
+def run(default, help: str = "", **bounds):
+    return setting(RUN, default, help, **bounds)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run depends on; the scripts' flags map one to one onto it. Each field is tagged
-    with its role (TRAINING, EVALUATION or RUN); `keys_with_role` lists them for --resume, the sweep and
-    the summaries.
+    """Everything a training run depends on; the scripts' flags map one to one onto it (`cli.build_parser`
+    makes each from its field's help and bounds). Each field is tagged with its role (TRAINING, EVALUATION or
+    RUN); `keys_with_role` lists them for --resume, the sweep and the summaries.
 
     s, m1, m2, m3 left as None take the named loss's defaults (`heads.margins_of`).
     """
 
-    dataset: str = training("mnist")  # an image folder's own name (`named`), else the torchvision dataset's
-    preset: str = run("default")  # the named set of defaults the flags started from (--preset); a label only
-    loss: str = training("arcface")
-    s: float | None = training(None)
-    m1: float | None = training(None)
-    m2: float | None = training(None)
-    m3: float | None = training(None)
-    triplet_margin: float = training(0.2)
-    latent_dim: int = training(128)
-    widths: tuple[int, ...] = training((64, 256, 64))
-    convs_per_stage: int = training(1)
-    epochs: int = training(4)
-    batch_size: int = training(100)
-    lr: float = training(0.05)
-    momentum: float = training(0.9)
-    weight_decay: float = training(5e-4)
-    warmup: float = training(0.2)
-    head_weight_decay: float | None = training(None)  # weight decay of the head (class centres); None: --weight-decay
-    label_smoothing: float = training(0.0)  # of the cross-entropy heads (softmax and the margin losses)
-    embedding_bn: bool = training(False)  # BatchNorm1d on the embedding, as insightface's backbones
-    whiten: bool = training(False)  # a fixed patch-whitening first layer (network.WhiteningStem), as airbench's
-    dirac_init: bool = training(False)  # 3x3 convs start as partly the identity (network.dirac_init), as airbench's
-    activation: str = training("relu")  # of every conv (and the whitening stem): relu or gelu (airbench's)
-    pool_first: bool = training(False)  # each stage's first conv max-pools before its BatchNorm and activation
-    global_pool: str = training("avg")  # after the last stage: avg, or max (airbench's)
-    bn_scale: bool = training(True)  # train the BatchNorm2d scales; off: fixed at 1, as airbench's
-    margin_warmup: float = training(0.0)  # fraction of the steps over which the margins grow from none to full
-    margin_tail: str = training("sphereface")  # psi beyond (pi - m2) / m1: see heads.margin_target
-    margin_grad: str = training("exact")  # "unit": the margin is a constant in the backward pass (heads.ArcNet)
-    crop_padding: int = training(0)  # random-crop augmentation: zero padding in pixels (0: no crop)
-    flip: bool = training(False)  # random horizontal flips in training
-    flip_tta: bool = evaluation(False)  # evaluate on the mean embedding of each test image and its mirror image
-    translate_tta: bool = evaluation(False)  # also on copies shifted one pixel up-left and down-right
-    seed: int = training(0)
-    device: str = training("auto")  # recorded as the device type it ran on (cpu, cuda, mps): see `as_row`
-    amp: bool | None = training(False)  # bfloat16 autocast of the backbone; None: on where bfloat16 is native
-    threads: int = run(0)
-    data_root: str = run("data")  # where the data is; what it holds is named by `dataset`
-    download: bool = run(True)
-    image_size: int = training(32)
-    num_classes: int | None = training(None)  # keep this many classes, a nested subset fixed once (data.class_order)
-    val_per_class: int = training(0)  # evaluate on this many held-out training images per class, not the test set
-    max_train_samples: int | None = training(None)
-    imbalance: float = training(1.0)  # largest / smallest training class; 1 keeps the training set as it is
-    holdout_classes: int = training(0)  # last K classes never trained on, used for open-set verification
-    corruptions: bool = evaluation(False)  # also evaluate on corrupted copies of the test set
-    corruption_samples: int = evaluation(2000)  # test images corrupted per (corruption, severity)
-    eval_every: int = run(1)  # evaluate after every N-th epoch and after the last (the result is the same for any N)
-    out: str = run("runs/train.csv")
-    checkpoint: str | None = run(None)
-    resume: str | None = run(None)
-    progress: bool = run(True)
+    dataset: str = training("mnist", flag=False)  # an image folder's own name (`named`), else the torchvision dataset's
+    preset: str = run("default", flag=False)  # the named set of defaults the flags started from (--preset); a label only
+    loss: str = training("arcface", "training loss", choices=LOSSES)
+    s: float | None = training(None, "scale s of the margin logits (default: the loss's, 30)", flag=False)
+    m1: float | None = training(None, "SphereFace multiplicative angular margin, >= 1 (default: the loss's)", flag=False)
+    m2: float | None = training(None, "ArcFace additive angular margin in radians, [0, pi) (default: the loss's)",
+                                flag=False)
+    m3: float | None = training(None, "CosFace additive cosine margin, >= 0 (default: the loss's)", flag=False)
+    triplet_margin: float = training(0.2, "margin of the batch-hard triplet loss", above=0)
+    latent_dim: int = training(128, "embedding dimension", low=2)
+    widths: tuple[int, ...] = training((64, 256, 64), "conv widths per stage: one argument, integers joined by '-' or "
+                                                      "',', e.g. 64-256-64", flag=False)
+    convs_per_stage: int = training(1, "3x3 convs per stage", low=1)
+    epochs: int = training(4, "training epochs", low=1)
+    batch_size: int = training(100, "training batch size (a last batch of one image is dropped)", low=1)
+    lr: float = training(0.05, "peak learning rate of SGD", above=0)
+    momentum: float = training(0.9, "SGD Nesterov momentum", low=0, below=1)
+    weight_decay: float = training(5e-4, "SGD weight decay", low=0)
+    warmup: float = training(0.2, "fraction of steps of linear LR warm-up before linear decay to 0", low=0, below=1)
+    head_weight_decay: float | None = training(None, "weight decay of the head's parameters (the class centres) "
+                                                     "(default: --weight-decay)", low=0)
+    label_smoothing: float = training(0.0, "label smoothing of the cross-entropy losses (softmax and margin heads; "
+                                           "not triplet)", low=0, below=1)
+    embedding_bn: bool = training(False, "BatchNorm1d on the embedding, as in insightface's backbones")
+    whiten: bool = training(False, "a first layer of fixed 2x2 filters that whiten the training images' patches (and "
+                                   "their negatives), then --activation, before the first stage, as airbench's")
+    dirac_init: bool = training(False, "start every 3x3 conv with its first min(out, in) filters as the identity, as "
+                                       "airbench's")
+    activation: str = training("relu", "activation after every BatchNorm (and the whitening stem); gelu as airbench's",
+                               choices=ACTIVATIONS)
+    pool_first: bool = training(False, "each stage's first conv max-pools before its BatchNorm and activation "
+                                       "(airbench's order: the statistics are those of the pooled map) instead of after")
+    global_pool: str = training("avg", "pooling of the last stage's map before the embedding layer: avg, or max as "
+                                       "airbench's", choices=GLOBAL_POOLS)
+    bn_scale: bool = training(True, "train the scales of the conv BatchNorms; --no-bn-scale fixes them at 1, as "
+                                    "airbench (the shifts always train)")
+    margin_warmup: float = training(0.0, "fraction of the training steps over which the margins grow linearly from "
+                                         "none to full (0: full margins from the first step)", low=0, high=1)
+    margin_tail: str = training("sphereface", "target logit beyond theta_b = (pi - m2) / m1, where cos(m1*theta + m2) "
+                                              "bottoms out: sphereface: its periodic extension (slope 0 at theta_b); "
+                                              "cosine: cos(theta) minus a constant (slope 1)", choices=TAILS)
+    margin_grad: str = training("exact", "exact: differentiate the margin logit; unit: hold the margin cos(theta) - "
+                                         "psi(theta) constant in the backward pass, so the target's gradient is that "
+                                         "of cos(theta), as for CosFace", choices=MARGIN_GRADS)
+    crop_padding: int = training(0, "random-crop augmentation: pad each side by this many zero pixels, crop back "
+                                    "(0: no crop)", low=0)
+    flip: bool = training(False, "random horizontal flips in training")
+    flip_tta: bool = evaluation(False, "test-time augmentation: classify (and embed) each test image by the mean "
+                                       "embedding of it and its mirror image")
+    translate_tta: bool = evaluation(False, "test-time augmentation: also embed each test image shifted one pixel "
+                                            "up-left and one down-right (reflect padding; each with its mirror under "
+                                            "--flip-tta) and weight the shifted copies 1/4 each, the image 1/2, as "
+                                            "airbench's")
+    seed: int = training(0, "seed of initialisation, shuffling and augmentation", low=0, below=2 ** 32)
+    # recorded as the device type it ran on (cpu, cuda, mps): see `as_row`
+    device: str = training("auto", "auto, cpu, cuda, cuda:N or mps; auto picks cuda, then mps, then cpu", flag=False)
+    amp: bool | None = training(False, "bfloat16 autocast for the backbone: fast on Ampere+ GPUs and AVX512-BF16/AMX "
+                                       "CPUs, emulated and slow on others", flag=False)  # None: on where native
+    threads: int = run(0, "CPU threads for torch (0: torch's default)", low=0)
+    data_root: str = run("data", "dataset folder: torchvision's layout (downloaded on first use) or train/<class>/*, "
+                                 "test/<class>/*")  # what it holds is named by `dataset`
+    download: bool = run(True, flag=False)  # --no-download: never download; fail if the data is missing
+    image_size: int = training(32, "side length that image-folder images are resized to", low=2)
+    num_classes: int | None = training(None, "train and test on this many classes: the first of a fixed shuffle of "
+                                             "the class names, so a smaller count keeps a subset of a larger one "
+                                             "(default: all)", low=2)
+    val_per_class: int = training(0, "hold out this many training images per class (the same for every run) and "
+                                     "report them in the test columns instead of the test set, which is then never "
+                                     "scored (0: the test set)", low=0)
+    max_train_samples: int | None = training(None, "train on N images: a random subset fixed by --seed that keeps "
+                                                   "every class's share (stratified; taken after --holdout-classes, "
+                                                   "before --imbalance) (default: all)", low=1)
+    imbalance: float = training(1.0, "long-tailed training set: class sizes fall exponentially from class 0 to the "
+                                     "last, largest/smallest = this ratio (1: as it is); the test set stays balanced",
+                                low=1)
+    holdout_classes: int = training(0, "never train on the last K classes; score open-set verification on their test "
+                                       "images (0: off; else >= 2)", low=0)
+    corruptions: bool = evaluation(False, "also report accuracy on corrupted test images (noise, blur, contrast, "
+                                          "rotation, shift; severities 1-5)")
+    corruption_samples: int = evaluation(2000, "test images corrupted per corruption and severity", low=1)
+    eval_every: int = run(1, "evaluate the test set after every N-th epoch and after the last; the others get blank "
+                             "test columns in history.csv (training, and so the result row, is the same for any N)",
+                          low=1)
+    out: str = run("runs/train.csv", "results CSV; one row is appended per finished run")
+    checkpoint: str | None = run(None, "save a checkpoint here at the end of every epoch")
+    resume: str | None = run(None, "resume from this checkpoint")
+    progress: bool = run(True, flag=False)  # --no-progress: no tqdm progress bars
 
     def margins(self) -> tuple[float, float, float, float]:
         """(s, m1, m2, m3): the loss's defaults with explicit values overriding them (`heads.margins_of`)."""
@@ -120,55 +165,19 @@ class TrainConfig:
         return self.weight_decay if self.head_weight_decay is None else self.head_weight_decay
 
     def validate(self) -> None:
-        """Raise ValueError naming the offending flag; reads no data."""
-        if self.loss not in LOSSES:
-            raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        """Raise ValueError naming the offending flag; reads no data. Every field's bounds and choices
+        (`setting`), then what no single bound says: the margins, the image size the network needs, and the
+        device."""
+        for f in fields(self):
+            check_bounds(f, getattr(self, f.name))
         check_margins(*self.margins())
-        positive_ints = {"--latent-dim": (self.latent_dim, 2), "--epochs": (self.epochs, 1),
-                         "--batch-size": (self.batch_size, 1), "--convs-per-stage": (self.convs_per_stage, 1),
-                         "--crop-padding": (self.crop_padding, 0),
-                         "--image-size": (self.image_size, 2 ** len(self.widths) + self.whiten),
-                         "--threads": (self.threads, 0), "--eval-every": (self.eval_every, 1)}
-        for flag, (value, low) in positive_ints.items():
-            if value < low:
-                raise ValueError(f"{flag} must be >= {low}, got {value}")
-        if not 0 <= self.seed < 2 ** 32:
-            raise ValueError(f"--seed must be between 0 and 2**32 - 1, got {self.seed}")
-        if not (math.isfinite(self.imbalance) and self.imbalance >= 1):
-            raise ValueError(f"--imbalance must be >= 1 (largest / smallest class), got {self.imbalance}")
-        if self.holdout_classes < 0 or self.holdout_classes == 1:
-            raise ValueError(f"--holdout-classes must be 0 (off) or >= 2 (verification needs pairs of classes), "
-                             f"got {self.holdout_classes}")
-        if self.corruption_samples < 1:
-            raise ValueError(f"--corruption-samples must be >= 1, got {self.corruption_samples}")
-        if self.num_classes is not None and self.num_classes < 2:
-            raise ValueError(f"--num-classes must be >= 2, got {self.num_classes}")
-        if self.val_per_class < 0:
-            raise ValueError(f"--val-per-class must be >= 0 (0: evaluate on the test set), got {self.val_per_class}")
-        if self.max_train_samples is not None and self.max_train_samples < 1:
-            raise ValueError(f"--max-train-samples must be >= 1, got {self.max_train_samples}")
         if not self.widths or min(self.widths) < 1:
             raise ValueError(f"--widths must be positive integers, got {self.widths}")
-        for flag, value in {"--lr": self.lr, "--triplet-margin": self.triplet_margin}.items():
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{flag} must be > 0, got {value}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"--momentum must be in [0, 1), got {self.momentum}")
-        if not 0 <= self.weight_decay:
-            raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.warmup < 1:
-            raise ValueError(f"--warmup must be in [0, 1), got {self.warmup}")
-        if self.head_weight_decay is not None and not 0 <= self.head_weight_decay:
-            raise ValueError(f"--head-weight-decay must be >= 0, got {self.head_weight_decay}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        check_margin_options(self.margin_tail, self.margin_grad)
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
-        if self.global_pool not in GLOBAL_POOLS:
-            raise ValueError(f"--global-pool must be one of {', '.join(GLOBAL_POOLS)}, got {self.global_pool!r}")
-        if not 0 <= self.margin_warmup <= 1:
-            raise ValueError(f"--margin-warmup must be in [0, 1], got {self.margin_warmup}")
+        smallest = 2 ** len(self.widths) + self.whiten  # each stage halves the map; the whitening stem crops 1
+        if self.image_size < smallest:
+            raise ValueError(f"--image-size must be >= {smallest} for {len(self.widths)} stages, got {self.image_size}")
+        if self.holdout_classes == 1:
+            raise ValueError("--holdout-classes must be 0 (off) or >= 2 (verification needs pairs of classes), got 1")
         pick_device(self.device)  # raises for an unavailable device
 
     def as_row(self) -> dict:
@@ -183,6 +192,34 @@ class TrainConfig:
         row["device"] = pick_device(self.device).type  # shuffling draws from another generator on each type
         row["train_subset"] = "" if self.max_train_samples is None else "stratified"
         return row
+
+
+def flag_of(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_bounds(f, value) -> None:
+    """ValueError naming the field's flag when `value` breaks the bounds or choices its `setting` gives; None
+    (not set) passes, and a float must be finite."""
+    meta = f.metadata
+    if value is None:
+        return
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        raise ValueError(f"{flag_of(f.name)} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{flag_of(f.name)} must be a finite number, got {value}")
+    low, high, above, below = (meta.get(k) for k in ("low", "high", "above", "below"))
+    broken = ((low is not None and value < low) or (high is not None and value > high)
+              or (above is not None and value <= above) or (below is not None and value >= below))
+    if broken:
+        shown = lambda v: str(v) if isinstance(v, int) else f"{v:g}"  # noqa: E731 - 4294967296, not 4.29e+09
+        if high is None and below is None:
+            want = f">= {shown(low)}" if low is not None else f"> {shown(above)}"
+        else:
+            lower = f"[{shown(low)}" if low is not None else f"({shown(above)}" if above is not None else "(-inf"
+            upper = f"{shown(high)}]" if high is not None else f"{shown(below)})"
+            want = f"in {lower}, {upper}"
+        raise ValueError(f"{flag_of(f.name)} must be {want}, got {value}")
 
 
 def keys_with_role(*roles: str) -> tuple[str, ...]:

@@ -21,7 +21,31 @@ def test_every_field_has_exactly_one_known_role():
 
 @dataclass(frozen=True)
 class WithThrowaway(TrainConfig):
-    throwaway: int = training(0)
+    throwaway: int = training(0, "a setting added for this test only", low=0)
+
+
+def test_a_new_field_gets_its_flag_help_and_bound_from_where_it_is_defined(capsys):
+    from common.cli import build_parser, parse_config
+
+    text = " ".join(build_parser("t", WithThrowaway(), "").format_help().split())
+    assert "--throwaway THROWAWAY a setting added for this test only (default: 0)" in text
+    config = parse_config(["--throwaway", "-3"], WithThrowaway(), "t", "")
+    assert config.throwaway == -3
+    with pytest.raises(ValueError) as error:
+        config.validate()
+    assert str(error.value) == "--throwaway must be >= 0, got -3"  # one line, naming the flag
+
+
+def test_every_field_has_its_flag_and_help():
+    from common.cli import build_parser
+
+    parser = build_parser("t", TrainConfig(), "")
+    flags = {option for action in parser._actions for option in action.option_strings}
+    by_hand = {"dataset", "preset", "download", "progress"}  # named by the folder, --preset, --no-download, --no-progress
+    for f in fields(TrainConfig):
+        if f.name not in by_hand:
+            assert "--" + f.name.replace("_", "-") in flags, f.name
+    assert all(action.help for action in parser._actions)
 
 
 def test_a_new_tagged_field_reaches_resume_the_sweep_and_the_summary(monkeypatch, gray_folder, tmp_path):

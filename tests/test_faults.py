@@ -233,7 +233,7 @@ def test_summarize_counts_what_it_skips_and_refuses_nothing_usable(tmp_path, cap
 
 @pytest.mark.parametrize("flags,message", [
     (["--max-train-samples", "2"], "fewer than the 3 classes"),
-    (["--seed", "-1"], "--seed must be between 0 and 2**32 - 1"),
+    (["--seed", "-1"], "--seed must be in [0, 4294967296), got -1"),
 ])
 def test_inputs_a_run_cannot_honour_are_refused_naming_the_flag(flags, message, gray_folder, tmp_path, capsys):
     err = one_line_exit_2(train_mnist.main, [*TINY, "--data-root", gray_folder, "--out", str(tmp_path / "r.csv"),
