@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import textwrap
+import warnings
 from dataclasses import dataclass, field, fields, replace
 
 import torch
@@ -112,8 +113,32 @@ def _pyplot():
 
     matplotlib.use("Agg")  # files only, no window: works without a display
     import matplotlib.pyplot as plt
+    from matplotlib import font_manager
 
+    warnings.filterwarnings("ignore", message="Glyph .* missing from font")  # `class_ticks` shows the index then
+    installed = {font.name for font in font_manager.fontManager.ttflist}  # fallbacks for CJK and other scripts
+    plt.rcParams["font.family"] = ["DejaVu Sans", *[f for f in FALLBACK_FONTS if f in installed]]
     return plt
+
+
+FALLBACK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans", "WenQuanYi Zen Hei", "Droid Sans Fallback",
+                  "Arial Unicode MS")
+
+
+def drawable(names: list[str]) -> bool:
+    """Whether every character of these class names has a glyph in the fonts the figures use."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    fonts = [FT2Font(font_manager.findfont(font_manager.FontProperties(family=family), fallback_to_default=False))
+             for family in _pyplot().rcParams["font.family"]]
+    return all(any(font.get_char_index(ord(c)) for font in fonts) for name in names for c in name)
+
+
+def class_ticks(names: list[str]) -> list[str]:
+    """Tick labels for class names: the names, or '3: name' with the index where a name has a character no
+    installed font can draw (it would show as an empty box)."""
+    return list(names) if drawable(names) else [f"{i}: {name}" for i, name in enumerate(names)]
 
 
 def class_colours(count: int):
@@ -195,20 +220,22 @@ def plot_confusion(confusion_csv: str, path: str, title: str) -> None:
     counts = torch.tensor([[int(r[n]) for n in names] for r in rows], dtype=torch.float64)
     share = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
     few = len(names) <= CONFUSION_LABELLED  # beyond it, counts and names would not fit: the shares alone
-    side = 1.0 + 0.6 * len(names) if few else 9.0
-    fig, ax = plt.subplots(figsize=(max(side, 6.0), 0.6 + 0.55 * len(names) if few else 8.0))
+    side = 1.2 + 0.45 * len(names) if few else 7.0  # inches of the matrix itself, fitted to the class count
+    width = side + 2.8  # tick labels on the left, the colour bar and its label on the right
+    lines = textwrap.wrap(title, width=int(11 * width))  # never cut at the sides
+    fig, ax = plt.subplots(figsize=(width, side + 1.6 + 0.2 * len(lines)), layout="constrained")
     image = ax.imshow(share.numpy(), cmap="Blues", vmin=0, vmax=1)
     if few:
         for i in range(len(names)):
             for j in range(len(names)):
                 ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if share[i, j] > 0.5 else "black")
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-        ax.set_yticks(range(len(names)), names)
+        ticks = class_ticks(names)
+        ax.set_xticks(range(len(names)), ticks, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), ticks)
     ax.set_xlabel("predicted class"), ax.set_ylabel("true class")
-    ax.set_title("\n".join(textwrap.wrap(title, width=int(8 * max(side, 6.0)))), fontsize=9)  # never cut at the sides
-    fig.colorbar(image, ax=ax, label="share of the true class")
-    fig.tight_layout()
+    fig.suptitle("\n".join(lines), fontsize=9)  # above the colour bar too: its label never runs into the title
+    fig.colorbar(image, ax=ax, label="share of the true class", shrink=min(1.0, 0.4 + 0.1 * len(names)))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -218,16 +245,21 @@ def plot_curves(runs: list[tuple[str, list[dict]]], path: str, title: str) -> No
     legend_rows = math.ceil(len(runs) / 2)
     height = 3.8 + 0.22 * legend_rows  # the legend goes below the panels, two labels a line
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, height))
+    every = set()
     for label, history in runs:
-        epochs = [int(h["epoch"]) for h in history]
-        acc_ax.plot(epochs, [float(h["test_acc"]) for h in history], marker="o", label=label)
-        loss_ax.plot(epochs, [float(h["train_loss"]) for h in history], marker="o", label=label)
+        tested = [h for h in history if str(h.get("test_acc", "")) != ""]  # --eval-every leaves some blank
+        every |= {int(h["epoch"]) for h in history}
+        acc_ax.plot([int(h["epoch"]) for h in tested], [100 * float(h["test_acc"]) for h in tested], marker="o",
+                    label=label)
+        loss_ax.plot([int(h["epoch"]) for h in history], [float(h["train_loss"]) for h in history], marker="o",
+                     label=label)
     from matplotlib.ticker import MaxNLocator
 
     for ax in (acc_ax, loss_ax):
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    acc_ax.set_ylabel("test accuracy"), acc_ax.set_title(f"{title}: test accuracy")
+        ax.set_xlim(min(every) - 0.5, max(every) + 0.5)  # whole epochs, even for a run of one
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    acc_ax.set_ylabel("test accuracy (%)"), acc_ax.set_title(f"{title}: test accuracy")
     loss_ax.set_ylabel("training loss (log scale; losses differ in kind)"), loss_ax.set_yscale("log")
     loss_ax.set_title(f"{title}: training loss")
     handles, labels = acc_ax.get_legend_handles_labels()

@@ -8,7 +8,7 @@ import torch
 import plot_embeddings
 import train_mnist
 from common.geometry import angular_statistics, to_sphere_3d
-from common.results import read_rows
+from common.results import read_rows, write_csv
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -111,3 +111,36 @@ def test_run_labels_tell_apart_runs_of_one_loss_and_seed():
             {"loss": "softmax", "seed": "0", "m2": "", "s": "", "run_id": "d"}]
     assert plot_embeddings.run_labels(rows) == ["arcface m2=0.3 seed 0", "arcface m2=0.5 seed 0",
                                                 "softmax seed 0 (c)", "softmax seed 0 (d)"]
+
+
+def test_few_class_figures_fit_their_classes_and_show_whole_epochs_in_percent(tmp_path):
+    from PIL import Image
+
+    def confusion(classes: int) -> tuple[int, int]:
+        names = [f"c{i}" for i in range(classes)]
+        path = tmp_path / f"confusion{classes}.csv"
+        write_csv(str(path), [{"true": n, **{m: int(n == m) * 3 for m in names}} for n in names])
+        plot_embeddings.plot_confusion(str(path), str(tmp_path / f"c{classes}.png"), "a title")
+        return Image.open(tmp_path / f"c{classes}.png").size
+
+    small, large = confusion(3), confusion(20)
+    assert small[0] < large[0] and small[1] < large[1]  # the canvas grows with the class count
+    assert small[0] < 700  # three classes do not sit in a wide, mostly empty canvas
+    history = [{"epoch": 1, "train_loss": 2.0, "test_acc": 0.5}]
+    import matplotlib.pyplot as plt
+    captured = {}
+    real_close = plt.close
+    plt.close = lambda fig: captured.setdefault("fig", fig)  # keep the figure to read its axes
+    try:
+        plot_embeddings.plot_curves([("run", history)], str(tmp_path / "curves.png"), "t")
+    finally:
+        plt.close = real_close
+    acc_ax = captured["fig"].axes[0]
+    assert acc_ax.get_ylabel() == "test accuracy (%)" and acc_ax.lines[0].get_ydata()[0] == 50.0
+    assert [t for t in acc_ax.get_xticks() if acc_ax.get_xlim()[0] <= t <= acc_ax.get_xlim()[1]] == [1.0]
+
+
+def test_class_names_a_font_cannot_draw_get_their_index():
+    assert plot_embeddings.class_ticks(["cat", "dog"]) == ["cat", "dog"]
+    ticks = plot_embeddings.class_ticks(["cat", "\u732b"])
+    assert ticks == (["cat", "\u732b"] if plot_embeddings.drawable(["\u732b"]) else ["0: cat", "1: \u732b"])
