@@ -20,3 +20,10 @@ def one_line_exit_2(main, argv, capsys) -> str:
     assert exit_info.value.code == 2, err
     assert len(err.splitlines()) == 1, err
     return err
+
+
+def train_tiny(folder, out, *extra):
+    """A tiny train_mnist.py run (TINY) on `folder`, its row appended to `out`."""
+    import train_mnist
+
+    return train_mnist.main([*TINY, "--data-root", folder, "--out", str(out), *extra])

@@ -247,3 +247,13 @@ def test_bad_claim_flags_exit_2_with_one_line(flags, message, four_class_folder,
         train_mnist.main([*TINY, "--data-root", four_class_folder, "--out", str(tmp_path / "r.csv"), *flags])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--max-train-samples", "2"], "fewer than the 3 classes"),
+    (["--seed", "-1"], "--seed must be in [0, 4294967296), got -1"),
+])
+def test_inputs_a_run_cannot_honour_are_refused_naming_the_flag(flags, message, gray_folder, tmp_path, capsys):
+    err = one_line_exit_2(train_mnist.main, [*TINY, "--data-root", gray_folder, "--out", str(tmp_path / "r.csv"),
+                                             *flags], capsys)
+    assert message in err

@@ -11,6 +11,7 @@ from PIL import Image
 import plot_embeddings
 import sweep_margins
 import train_cifar10
+import train_mnist
 from common.data import load_image_folder
 from common.image_folder import CACHE_NAME, list_image_folder, to_mode
 from common.results import read_rows
@@ -187,3 +188,24 @@ def test_temp_files_of_a_killed_cache_writer_are_removed(tmp_path):
     open(stale, "wb").write(b"\0" * 10)  # a writer with this process id no longer runs
     load_image_folder(folder, 3, 16)
     assert not os.path.exists(stale) and os.path.exists(os.path.join(folder, CACHE_NAME.format(mode="RGB", size=16)))
+
+
+def test_an_image_folder_with_one_class_is_refused(tmp_path, capsys):
+    from conftest import make_image_folder
+    folder = make_image_folder(tmp_path / "one", 28, "L", classes=1)
+    err = one_line_exit_2(train_mnist.main, [*TINY, "--data-root", folder, "--out", str(tmp_path / "r.csv")], capsys)
+    assert "at least 2 class folders" in err
+
+
+def test_a_data_root_that_is_a_file_says_so(tmp_path, capsys):
+    (tmp_path / "data.zip").write_bytes(b"PK")
+    err = one_line_exit_2(train_mnist.main, [*TINY, "--data-root", str(tmp_path / "data.zip"),
+                                             "--out", str(tmp_path / "r.csv")], capsys)
+    assert "is a file, not a folder" in err
+
+
+def test_an_image_folders_rows_and_final_line_carry_its_own_name(rgb_folder, tmp_path, capsys):
+    import train_cifar10
+    row = train_cifar10.main([*TINY, "--data-root", rgb_folder, "--out", str(tmp_path / "r.csv")])
+    name = os.path.basename(rgb_folder)
+    assert row["dataset"] == name and f"{name} arcface:" in capsys.readouterr().out and "cifar10" not in name

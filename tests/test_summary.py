@@ -8,6 +8,8 @@ import pytest
 import sweep_margins
 from common import comparisons, grouping, plots, rows as row_keys, stats, summary as summaries, table1
 from common.results import read_rows, write_csv
+from common.summary import summarize
+from helpers import one_line_exit_2
 
 PLAIN = {"dataset": "mnist", "imbalance": 1.0, "holdout_classes": 0, "corruptions": False}  # columns every row has
 
@@ -437,3 +439,31 @@ def test_summarize_into_its_own_input_keeps_every_row_it_had(tmp_path):
     write_csv(str(other), [{**row, "seed": 2, "run_id": "d"}])
     sweep_margins.main(["--summarize", str(path), str(other), "--out", str(path)])
     assert [r["run_id"] for r in read_rows(str(path))] == ["a", "b", "c", "d"]  # the new run added, the rest kept
+
+
+def test_the_summary_keeps_runs_of_other_settings_apart_and_says_which_differ():
+    rows = [{**PLAIN_ROW, "epochs": epochs, "seed": seed, "test_acc": acc}
+            for epochs, acc in ((2, 0.90), (20, 0.99)) for seed in (0, 1)]
+    lines = summarize(rows)
+    assert [(line["settings"], line["runs"], round(line["mean_acc"], 2)) for line in lines] == [
+        ("epochs 2", 2, 90.0), ("epochs 20", 2, 99.0)]
+
+
+def test_one_run_counts_once_however_often_its_row_appears():
+    row = {**PLAIN_ROW, "epochs": 4, "test_acc": 0.99}
+    rows = [{**row, "seed": 0}, {**row, "seed": 1, "test_acc": 0.97}, {**row, "seed": 1, "test_acc": 0.97}]
+    (line,) = summarize(rows)
+    assert line["runs"] == 2 and line["mean_acc"] == pytest.approx(98.0)
+
+
+def test_summarize_counts_what_it_skips_and_refuses_nothing_usable(tmp_path, capsys):
+    rows = [{**PLAIN_ROW, "epochs": 4, "seed": s, "test_acc": 0.9 + s / 100} for s in range(3)]
+    path = tmp_path / "rows.csv"
+    write_csv(str(path), rows)
+    path.write_text(path.read_text()[:-4])  # the last row cut mid-line
+    sweep_margins.main(["--summarize", str(path), "--out", str(tmp_path / "merged.csv")])
+    assert "3 rows read, 2 used, 1 skipped (the last line is cut mid-way)" in capsys.readouterr().out
+    empty = tmp_path / "empty.csv"
+    empty.write_text("loss,seed\n")
+    err = one_line_exit_2(sweep_margins.main, ["--summarize", str(empty), "--out", str(tmp_path / "e.csv")], capsys)
+    assert "no usable rows" in err and not (tmp_path / "e_summary.csv").exists()

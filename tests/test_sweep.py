@@ -1,5 +1,7 @@
 """sweep_margins.py: the Table 1 grid, shards, resume, divergence, workers, summary and regression."""
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -198,3 +200,38 @@ def test_a_row_that_cannot_be_written_ends_the_sweep_in_one_line(gray_folder, tm
         sweep_margins.main(["--losses", "softmax", "--data-root", gray_folder, "--out", str(tmp_path / "s.csv"), *TINY])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 1 and len(err.splitlines()) == 1 and "it is a folder" in err
+
+
+def test_a_job_another_sweep_is_running_is_skipped_not_run_twice(gray_folder, tmp_path, capsys):
+    out = tmp_path / "s.csv"
+    flags = ["--losses", "softmax", "--seeds", "0", "--data-root", gray_folder, "--out", str(out), *TINY]
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live claimant
+    try:
+        parser = sweep_margins.build_parser()
+        args, rest = parser.parse_known_args(flags)
+        config = jobs.config_for(sweep_margins.jobs_for([("softmax",) + (None,) * 4], [0], (0, 1))[0],
+                                          sweep_margins.base_config(args, rest, parser))
+        claims = tmp_path / "s.claims"
+        claims.mkdir()
+        (claims / jobs.job_name(config)).write_text(str(holder.pid))
+        sweep_margins.main(flags)
+        assert "in progress in another sweep" in capsys.readouterr().out and read_rows(str(out)) == []
+        holder.kill()
+        holder.wait()
+        sweep_margins.main(flags)  # the claimant is gone: the job is taken over and run once
+        assert len(read_rows(str(out))) == 1 and not claims.exists()
+    finally:
+        holder.kill()
+
+
+def test_a_truncated_checkpoint_in_a_sweeps_folder_is_set_aside_and_the_run_restarts(gray_folder, tmp_path, capsys):
+    flags = ["--losses", "softmax", "--seeds", "0", "--data-root", gray_folder, *TINY, "--epochs", "2"]
+    ckdir = tmp_path / "ck"
+    sweep_margins.main([*flags, "--out", str(tmp_path / "a.csv"), "--checkpoint-dir", str(ckdir)])
+    (name,) = os.listdir(ckdir)
+    data = (ckdir / name).read_bytes()
+    (ckdir / name).write_bytes(data[: len(data) // 2])
+    (row,) = sweep_margins.main([*flags, "--out", str(tmp_path / "b.csv"), "--checkpoint-dir", str(ckdir)])
+    out = capsys.readouterr().out
+    assert "set aside as" in out and any(n.startswith(name + ".bad-") for n in os.listdir(ckdir))
+    assert row["test_acc"] == read_rows(str(tmp_path / "a.csv"))[0]["test_acc"]  # trained again from the start
