@@ -12,6 +12,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from common.batches import epoch_batches, steps_per_epoch
 from common.checkpoints import resume_run, save_run
 from common.cli import cli_main
 from common.config import TrainConfig
@@ -20,8 +21,7 @@ from common.evaluation import evaluate, evaluate_extras
 from common.network import as_float, net_forward
 from common.results import write_results
 from common.training import (build_model, check_checkpoint_space, check_finite, count_train_tflop, evaluates_at, fit_whitening,
-                             load_training_data, make_optimizer, record_epoch, set_margin_ramp, start,
-                             steps_per_epoch, epoch_batches)
+                             load_training_data, make_optimizer, record_epoch, set_margin_ramp, start)
 
 # The recipe of results/README.md "The training recipe on MNIST" (its compute and accuracy are there): a
 # narrower, deeper network than the report's, the margins' unit gradient and warm-up, bfloat16 where native.
@@ -59,7 +59,7 @@ def run(config: TrainConfig) -> dict:
     net, head = build_model(config, MNIST.channels, data.num_classes, device)
     check_checkpoint_space(config, net, head)  # room for a checkpoint of this model, before training
     fit_whitening(config, net, data, normalize)  # --whiten
-    steps = steps_per_epoch(len(data.train_y), config.batch_size)
+    steps = steps_per_epoch(len(data.train_y), config.batch_size, config.per_class())
     optimizer, scheduler = make_optimizer(config, net, head, steps * config.epochs)
     generator = torch.Generator(device).manual_seed(config.seed)  # shuffling and augmentation
     record = resume_run(config, resumed, net, head, optimizer, scheduler, generator)  # or a new record
@@ -71,9 +71,8 @@ def run(config: TrainConfig) -> dict:
         started = time.perf_counter()
         net.train()
         head.train()
-        order = torch.randperm(len(data.train_y), generator=generator, device=device)
         losses = torch.zeros(steps, device=device)  # per-step losses, kept on the device
-        batches = tqdm(epoch_batches(order, config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
+        batches = tqdm(epoch_batches(data.train_y, config.batch_size, config.per_class(), generator), desc=f"epoch {epoch + 1}/{config.epochs}",
                        disable=not config.progress, leave=False)
         for step, batch in enumerate(batches):
             set_margin_ramp(head, config, epoch * steps + step, config.epochs * steps)  # --margin-warmup

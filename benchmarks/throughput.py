@@ -29,12 +29,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from common.cli import OneLineErrorParser  # noqa: E402
 from common.heads import LOSSES  # noqa: E402
+from common.batches import steps_per_epoch  # noqa: E402
 from common.data import DATASETS, DataError, ImageData  # noqa: E402
 from common.device import configure_backends, device_flag, device_name, has_native_bf16, synchronize  # noqa: E402
 from common.results import atomic_write_text, check_writable, environment_info  # noqa: E402
 from sweep_margins import SCRIPTS  # noqa: E402
 from common.training import (build_model, first_batch_flops_per_image, fit_whitening, make_optimizer,  # noqa: E402
-                             set_margin_ramp, start, steps_per_epoch)
+                             set_margin_ramp, start)
 
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 SYNTHETIC_IMAGES = 6000  # enough for several passes of timed steps; content does not change the speed

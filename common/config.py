@@ -10,6 +10,7 @@ from .heads import LOSSES, MARGIN_DEFAULTS, MARGIN_GRADS, TAILS, check_margins, 
 from .network import ACTIVATIONS, GLOBAL_POOLS
 
 
+TRIPLET_PER_CLASS = 4  # images per class in a triplet loss batch by default (`TrainConfig.per_class`)
 # Every field has one role, given where it is defined, and every list of run settings derives from the roles:
 TRAINING = "training"  # changes the trained model: a --resume must match it, and it tells one result from another
 EVALUATION = "evaluation"  # changes only the scores: tells results apart, but a --resume may change it
@@ -62,6 +63,9 @@ class TrainConfig:
     convs_per_stage: int = training(1, "3x3 convs per stage", low=1)
     epochs: int = training(4, "training epochs", low=1)
     batch_size: int = training(100, "training batch size (a last batch of one image is dropped)", low=1)
+    batch_per_class: int | None = training(None, "class-balanced batches of --batch-size / K classes with K images "
+                                                 "each (0: shuffled batches) (default: 4 for triplet loss, whose "
+                                                 "anchors need a same-class partner; 0 for the others)", low=0)
     lr: float = training(0.05, "peak learning rate of SGD", above=0)
     momentum: float = training(0.9, "SGD Nesterov momentum", low=0, below=1)
     weight_decay: float = training(5e-4, "SGD weight decay", low=0)
@@ -139,6 +143,13 @@ class TrainConfig:
         """(s, m1, m2, m3): the loss's defaults with explicit values overriding them (`heads.margins_of`)."""
         return margins_of(self.loss, self.s, self.m1, self.m2, self.m3)
 
+    def per_class(self) -> int:
+        """K of class-balanced batches (`batches.balanced_batches`), 0 for shuffled ones: --batch-per-class, by
+        default TRIPLET_PER_CLASS for triplet loss and 0 for the others."""
+        if self.batch_per_class is not None:
+            return self.batch_per_class
+        return TRIPLET_PER_CLASS if self.loss == "triplet" else 0
+
     def preset_help(self) -> str:
         """A one-line description of these defaults for --help: network, epochs, batch and augmentation."""
         augment = (f"crop {self.crop_padding}" if self.crop_padding else "no crop") + (" + flip" if self.flip else "")
@@ -176,6 +187,9 @@ class TrainConfig:
         smallest = 2 ** len(self.widths) + self.whiten  # each stage halves the map; the whitening stem crops 1
         if self.image_size < smallest:
             raise ValueError(f"--image-size must be >= {smallest} for {len(self.widths)} stages, got {self.image_size}")
+        if self.per_class() and (self.batch_size % self.per_class() or self.batch_size // self.per_class() < 2):
+            raise ValueError(f"--batch-per-class {self.per_class()} needs a --batch-size that is a multiple of it and "
+                             f"holds at least 2 classes, got {self.batch_size}")
         if self.holdout_classes == 1:
             raise ValueError("--holdout-classes must be 0 (off) or >= 2 (verification needs pairs of classes), got 1")
         pick_device(self.device)  # raises for an unavailable device
@@ -191,6 +205,7 @@ class TrainConfig:
         row["head_weight_decay"] = self.head_decay()
         row["device"] = pick_device(self.device).type  # shuffling draws from another generator on each type
         row["train_subset"] = "" if self.max_train_samples is None else "stratified"
+        row["batch_per_class"] = self.per_class() or ""  # shuffled batches: empty, as in rows from before the setting
         return row
 
 

@@ -6,7 +6,6 @@ in the scripts; evaluation, checkpoints and result files have modules of their o
 from __future__ import annotations
 
 import copy
-import math
 import os
 import random
 
@@ -115,18 +114,6 @@ def fit_whitening(config: TrainConfig, net: nn.Module, data: ImageData, normaliz
     """With --whiten, set the stem's filters from training images; draws no random numbers."""
     if config.whiten:
         init_whitening(net, normalize(whitening_sample(data.train_x)))
-
-
-def steps_per_epoch(num_train: int, batch_size: int) -> int:
-    """Optimiser steps per epoch: the batches of `epoch_batches`."""
-    return math.ceil(num_train / batch_size) - (num_train % batch_size == 1 and num_train > 1)
-
-
-def epoch_batches(order: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, ...]:
-    """An epoch's shuffled indices (N,) in batches of `batch_size`, the last one shorter; a last batch of a
-    single image is dropped (BatchNorm cannot normalise one value per channel, and one image is no batch)."""
-    batches = order.split(batch_size)
-    return batches[:-1] if len(batches) > 1 and len(batches[-1]) == 1 else batches
 
 
 def make_optimizer(config: TrainConfig, net: nn.Module, head: nn.Module, total_steps: int):

@@ -122,7 +122,7 @@ def test_the_sweep_hands_every_training_flag_it_does_not_set_itself_to_the_scrip
             if action.nargs == 0 or isinstance(action.const, bool) or action.dest == "amp":  # a switch
                 given = [f"--no-{flag[2:]}" if default and not flag.startswith("--no-") else flag]
             else:
-                given = [flag, "40" if action.type is int or flag == "--imbalance" else "0.45" if action.type is float else [c for c in action.choices if c != default][0] if action.choices
+                given = [flag, "25" if flag == "--batch-per-class" else "40" if action.type is int or flag == "--imbalance" else "0.45" if action.type is float else [c for c in action.choices if c != default][0] if action.choices
                          else "data-x" if flag == "--data-root" else "64-64-64" if flag == "--widths" else "cpu"]
             base = sweep_base(["--dataset", [k for k, m in sweep_margins.SCRIPTS.items() if m is script][0],
                                "--out", "/tmp/unused.csv", *given])
