@@ -161,7 +161,8 @@ class TrainConfig:
         where bfloat16 runs in hardware (`has_native_bf16`: CUDA from Ampere on, CPUs with AVX512-BF16 or
         AMX), off elsewhere; and `dataset` named after the folder when --data-root is an image folder (so a
         user's folder, or the JPEG copy of CIFAR-10, is never recorded as the script's torchvision dataset).
-        Picks the device, so call it after `validate`."""
+        Reads no data. With --amp auto it picks the device, so an unavailable --device raises ValueError here,
+        naming the flag as `validate` would: the scripts and the sweep call it first, then validate the rest."""
         config = self.named()
         if config.amp is None:
             config = replace(config, amp=has_native_bf16(pick_device(self.device)))
