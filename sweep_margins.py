@@ -2,17 +2,17 @@
 shardable, then a summary with error bars, plots, and a quadratic fit that recommends margins (those
 live in common/summary.py and common/plots.py).
 
-    python sweep_margins.py --preset table1 --seeds 0 1 2 --data-root ../shared/data
+    python sweep_margins.py --grid table1 --seeds 0 1 2 --data-root ../shared/data
     python sweep_margins.py --losses arcface cosface softmax --m2 0.3 0.5 --m3 0.2 0.35 --seeds 0 1
-    python sweep_margins.py --preset table1 --shard 3/8 --out results/sweep/shard3.csv   # one job of 8
+    python sweep_margins.py --grid table1 --shard 3/8 --out results/sweep/shard3.csv   # one job of 8
     python sweep_margins.py --summarize results/sweep/shard*.csv --out results/sweep/merged.csv
     python sweep_margins.py --summarize results/sweep/table1_20epochs.csv --baseline results/sweep/table1.csv \
         --out results/sweep/table1_20epochs.csv     # also: does the budget change the ranking?
-    python sweep_margins.py --preset claims --seeds 0 1 2 --data-root ../shared/data   # the report's other claims
-    python sweep_margins.py --preset claims --train-preset report --seeds 0 1   # ... on the report's network (float32)
+    python sweep_margins.py --grid claims --seeds 0 1 2 --data-root ../shared/data   # the report's other claims
+    python sweep_margins.py --grid claims --preset report --seeds 0 1   # ... on the report's network (float32)
 
 Every flag of the training script that the sweep does not set per run (python train_mnist.py --help:
---epochs, --lr, --data-root, --num-classes, ...) is passed to every run as given. --preset claims trains
+--epochs, --lr, --data-root, --num-classes, ...) is passed to every run as given. --grid claims trains
 every loss at its default margins in four scenarios (clean with corrupted test copies, long-tailed
 training sets at imbalance 10 and 100, and 2 held-out classes for open-set verification) and writes a
 comparison table with the losses as rows.
@@ -145,16 +145,17 @@ def collapse_below(args, rows: list[dict]) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(prog="sweep_margins.py", description=__doc__)
-    p.add_argument("--preset", choices=["table1", "claims"], default=None,
-                   help="table1: the source paper's 40 MNIST settings; claims: every loss in the four scenarios of "
+    p.add_argument("--grid", choices=["table1", "claims"], default=None,
+                   help="a named grid instead of --losses and the margins: table1: the source paper's 40 MNIST "
+                        "settings; claims: every loss in the four scenarios of "
                         "the comparison table (clean + corruptions, imbalance 10 and 100, 2 held-out classes)")
     p.add_argument("--dataset", choices=sorted(SCRIPTS), default="mnist",
                    help="mnist, cifar10, or folder: your own RGB image folder given as --data-root (train/<class>/*, "
                         "test/<class>/*), its rows and files named after the folder")
-    p.add_argument("--train-preset", choices=["default", *sorted({n for m in SCRIPTS.values() for n in m.PRESETS})],
+    p.add_argument("--preset", choices=["default", *sorted({n for m in SCRIPTS.values() for n in m.PRESETS})],
                    default="default",
-                   help="the training script's named defaults that every run starts from (its --preset): default, "
-                        "the recipe; the others as the script's --help says; training flags given override them")
+                   help="the training script's named defaults that every run starts from, as its own --preset: "
+                        "default, the recipe; the others as the script's --help says; training flags given override them")
     p.add_argument("--losses", nargs="+", default=["arcface"], help=f"losses of a custom grid: {', '.join(LOSSES)}")
     for name, what in (("s", "scales"), ("m1", "SphereFace margins"), ("m2", "ArcFace margins"), ("m3", "CosFace margins")):
         p.add_argument(f"--{name}", nargs="+", type=float, default=None, help=f"{what} of a custom grid (default: the loss's)")
@@ -182,14 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def base_config(args, training_flags: list[str], parser: OneLineErrorParser):
-    """The training script's defaults (or its --train-preset) with the training flags given to the sweep
+    """The training script's defaults (or its --preset) with the training flags given to the sweep
     applied, validated up front (one line and exit 2 for a bad one, before any data is read)."""
     for flag in training_flags:
         name = flag.split("=")[0]
         if name in SET_PER_RUN:
             parser.error(f"{name} is set per run by the sweep; use {SET_PER_RUN[name]}")
     script = SCRIPTS[args.dataset]
-    flags = ["--preset", args.train_preset, *(["--out", args.out] if args.out else []), *training_flags]
+    flags = ["--preset", args.preset, *(["--out", args.out] if args.out else []), *training_flags]
     base = parse_config(flags, script.DEFAULTS, "sweep_margins.py", "", script.PRESETS).resolved()
     if args.dataset == "folder" and not is_image_folder(base.data_root):
         parser.error(f"--dataset folder needs --data-root to be an image folder (train/<class>/*, test/<class>/*); "
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error("--baseline needs --summarize")
     parser.check_losses(args.losses)
     parser.check_minimums(args, {"workers": 1, "threads": 0})
-    grid = {"table1": table1_grid, "claims": claims_grid}.get(args.preset, lambda: custom_grid(args))()
+    grid = {"table1": table1_grid, "claims": claims_grid}.get(args.grid, lambda: custom_grid(args))()
     for _, s, m1, m2, m3 in grid:
         if s is not None:
             try:
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             check_writable(args.checkpoint_dir, "--checkpoint-dir", folder=True)
         except ValueError as exc:
             parser.error(str(exc))
-    scenarios = list(CLAIM_SCENARIOS.values()) if args.preset == "claims" else [scenario_of(base.as_row())]
+    scenarios = list(CLAIM_SCENARIOS.values()) if args.grid == "claims" else [scenario_of(base.as_row())]
     jobs = jobs_for(grid, args.seeds, args.shard, scenarios)
     try:
         done = {run_key(r) for r in read_rows(args.out, strict=True)}

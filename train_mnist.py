@@ -32,7 +32,7 @@ DEFAULTS = TrainConfig(dataset=MNIST.name, widths=(32, 64, 128), convs_per_stage
 # trained as this script's defaults did before the recipe (5 epochs, exact margin gradient, float32).
 REPORT = TrainConfig(dataset=MNIST.name, preset="report", widths=(64, 256, 64), convs_per_stage=1, epochs=5,
                      batch_size=100, lr=0.05, image_size=MNIST.image_size, out="runs/train_mnist.csv")
-PRESETS = {"report": REPORT}  # --preset names besides "default"; sweep_margins.py --train-preset too
+PRESETS = {"report": REPORT}  # --preset names besides "default"; sweep_margins.py --preset too
 CHECK_EVERY = 50  # steps between checks for a non-finite loss (one host sync each)
 
 

@@ -1,4 +1,4 @@
-"""Losses set against each other: the comparison table of --preset claims (each loss across the four
+"""Losses set against each other: the comparison table of --grid claims (each loss across the four
 scenarios), each loss against softmax (with Holm's adjustment over the losses), the budget comparison (does
 training longer change the ranking?), and the gains over softmax per data size with their 95% intervals."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from .stats import (difference, difference_interval, holm, mean_std, permutation
                     standard_error)
 
 
-# The comparison table of --preset claims: (column, heading, which runs, result field, x100 for percent).
+# The comparison table of --grid claims: (column, heading, which runs, result field, x100 for percent).
 COMPARISON = [
     ("clean_acc", "clean acc %", "clean", "test_acc", True),
     ("clean_f1", "macro F1 %", "clean", "test_f1", True),

@@ -94,7 +94,7 @@ def analyses(rows: list[dict], collapse_below: float) -> list[str]:
 def write_summary(rows: list[dict], out_csv: str, collapse_below: float = COLLAPSE_BELOW,
                   baseline: list[dict] = ()) -> list[str]:
     """<stem>_summary.{csv,md} and plots; the regression and plots use plain-training-set runs only.
-    With runs of --preset claims, also <stem>_comparison.{csv,md}; with `baseline` rows (the same settings
+    With runs of --grid claims, also <stem>_comparison.{csv,md}; with `baseline` rows (the same settings
     at another budget), also <stem>_budget.md (`budget_comparison`). Rows of several sweeps' settings are
     analysed and plotted apart (`partitions`): each verdict line starts with its part's label, and each
     part's files carry the label in their names."""

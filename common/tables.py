@@ -12,7 +12,7 @@ Each cell is the mean ± std (runs) of `value` in percent (several fields, comma
 per field of `value`); rows and columns in order (losses as LOSSES lists them, numbers by value; the pseudo-key
 `csv`, each row's file name without `.csv`, and datasets in the order their files are listed), counting each run once (`rows.run_key`) and leaving out diverged runs. `where` keeps rows whose
 keys have the given values (`where=loss:softmax|arcface`: either); `margins=default` keeps each loss at its default margins; `percent=no` shows the values as they are,
-`percent=f1,f2` only those fields in percent; `kind=comparison` writes the table of `--preset claims` (each loss across
+`percent=f1,f2` only those fields in percent; `kind=comparison` writes the table of `--grid claims` (each loss across
 the four scenarios, `summary.comparison_table`) instead, and `kind=budget baseline=b.csv` the budget comparison
 (`summary.budget_comparison`) of the rows against the baseline's, `kind=gains` each loss minus softmax per
 data size (`summary.gains_over_softmax`; `value=acc,map_at_r` picks its fields, `columns=loss` puts one
@@ -143,7 +143,7 @@ def render(spec: str, root: str = REPO_ROOT) -> str:
     if not rows:
         raise TableError("no row matches" + (f" where={options['where']}" if "where" in options else "") +
                          " (a table is never rewritten from nothing)")
-    if options.get("kind") == "comparison":  # --preset claims: the losses across the four scenarios
+    if options.get("kind") == "comparison":  # --grid claims: the losses across the four scenarios
         return comparison_markdown(comparison_table(rows))
     if options.get("kind") == "budget":  # the same settings at two budgets: `summary.budget_comparison`
         baseline = table_rows(options["baseline"].split(";"), root)

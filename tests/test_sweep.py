@@ -179,11 +179,11 @@ def test_train_preset_starts_every_run_from_the_scripts_named_defaults(script, t
 
     module = sweep_margins.SCRIPTS[script]
     for preset, start in (("default", module.DEFAULTS.resolved()), ("report", module.REPORT.resolved())):
-        config = base("--train-preset", preset)
+        config = base("--preset", preset)
         assert config.preset == preset and config.epochs == start.epochs  # the preset's own schedule length
         changed = {k for k, v in config.as_row().items() if v != start.as_row()[k]}
         assert changed <= {"out"}, changed
-    overridden = base("--train-preset", "report", "--epochs", "2", "--lr", "0.01")
+    overridden = base("--preset", "report", "--epochs", "2", "--lr", "0.01")
     assert (overridden.epochs, overridden.lr, overridden.widths) == (2, 0.01, module.REPORT.widths)
 
 
