@@ -36,7 +36,7 @@ from common.grouping import collapse_threshold
 from common.heads import check_margins
 from common.image_folder import is_image_folder, list_image_folder
 from common.jobs import claimed, config_for, job_name, record_diverged, set_aside
-from common.merge import merge_into_out, read_summary_rows, usable
+from common.merge import merge_into_out, published_together, read_summary_rows, usable
 from common.results import CsvDamageError, RowNotWrittenError, check_writable, read_rows
 from common.rows import CLAIM_SCENARIOS, PLAIN, Job, run_key, scenario_of, setting, table1_grid
 from common.summary import write_summary
@@ -214,10 +214,12 @@ def summarize_only(args, parser: OneLineErrorParser) -> list[dict]:
     rows = read_summary_rows(args.summarize)
     if not rows:
         parser.error(f"--summarize: no usable rows in {', '.join(args.summarize)}")
-    merged = merge_into_out(args.out, args.summarize, rows)
     baseline = [r for path in args.baseline or [] for r in read_rows(path) if usable(r)]
-    for path in write_summary(merged, args.out, collapse_below(args, merged), baseline):
-        print(f"wrote {path}")
+    with published_together(args.out) as staged:  # all new files appear together, or none
+        merged = merge_into_out(args.out, args.summarize, rows, write_to=staged)
+        written = write_summary(merged, staged, collapse_below(args, merged), baseline)
+    for path in written:
+        print(f"wrote {os.path.join(os.path.dirname(args.out), os.path.basename(path))}")
     return merged
 
 

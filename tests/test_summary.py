@@ -467,3 +467,27 @@ def test_summarize_counts_what_it_skips_and_refuses_nothing_usable(tmp_path, cap
     empty.write_text("loss,seed\n")
     err = one_line_exit_2(sweep_margins.main, ["--summarize", str(empty), "--out", str(tmp_path / "e.csv")], capsys)
     assert "no usable rows" in err and not (tmp_path / "e_summary.csv").exists()
+
+
+def test_a_summarize_killed_partway_leaves_the_old_files_whole(tmp_path, monkeypatch):
+    path = tmp_path / "x.csv"
+    row = {**PLAIN_ROW, "epochs": 1, "test_acc": 0.9}
+    write_csv(str(path), [{**row, "seed": s} for s in (0, 1)])
+    sweep_margins.main(["--summarize", str(path), "--out", str(tmp_path / "m.csv")])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    write_csv(str(path), [{**row, "seed": s, "test_acc": 0.5} for s in (0, 1, 2)])  # new rows to summarise
+
+    def killed(*args, **kwargs):
+        raise SystemExit(143)  # SIGTERM, after the merged CSV and the summary table were written to the stage
+
+    monkeypatch.setattr(summaries, "plot_summary", killed)
+    with pytest.raises(SystemExit):
+        sweep_margins.main(["--summarize", str(path), "--out", str(tmp_path / "m.csv")])
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.name != "x.csv"}
+    assert after == {k: v for k, v in before.items() if k != "x.csv"}  # the old set, whole: no new CSV beside it
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # and no staging folder left
+    (tmp_path / ".summary-tmp-999999999").mkdir()  # left by a summarize that was SIGKILLed
+    monkeypatch.undo()
+    sweep_margins.main(["--summarize", str(path), "--out", str(tmp_path / "m.csv")])
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []
+    assert len(read_rows(str(tmp_path / "m.csv"))) == 3  # the new rows, all files together
