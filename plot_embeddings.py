@@ -345,7 +345,7 @@ def train_missing(args, device: torch.device) -> list[str]:
                          threads=args.threads).resolved()  # as the run records it: a finished one is reused
         epochs_done = checkpoint_progress(path, config)
         if epochs_done < args.epochs:
-            print(f"training {loss} ({args.dataset}, latent dim {args.latent_dim}) -> {path}", flush=True)
+            print(f"training {loss} ({config.dataset}, latent dim {args.latent_dim}) -> {path}", flush=True)
             script.run(replace(config, resume=path if epochs_done > 0 else None))
         paths.append(path)
     return paths

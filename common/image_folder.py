@@ -40,6 +40,9 @@ def _list_images(class_dir: str) -> list[str]:
     return [os.path.join(class_dir, f) for f in sorted(os.listdir(class_dir)) if f.lower().endswith(IMAGE_EXTENSIONS)]
 
 
+_NOTED: set[str] = set()  # class folders whose nested images this process has already named
+
+
 def nested_images(class_dir: str) -> int:
     """How many images lie in subfolders of a class folder (never read: a class is the files directly in it)."""
     return sum(f.lower().endswith(IMAGE_EXTENSIONS) for folder, _, files in os.walk(class_dir)
@@ -75,7 +78,8 @@ def list_image_folder(root: str) -> tuple[list[str], dict[str, tuple[list[str], 
             paths += found
             labels += [label] * len(found)
             skipped = nested_images(class_dir) if os.path.isdir(class_dir) else 0
-            if skipped:
+            if skipped and class_dir not in _NOTED:  # said once per folder and process, however often listed
+                _NOTED.add(class_dir)
                 print(f"note: {skipped} images in subfolders of {os.path.abspath(class_dir)} are not read (a class is "
                       "the images directly in its folder)", file=sys.stderr)
         splits[split] = (paths, labels)
@@ -163,10 +167,11 @@ def decode_image_folder(root: str, channels: int, size: int) -> tuple[list[torch
 
     The cache is used only while its fingerprint (`folder_fingerprint`) matches the folder; a stale,
     unreadable or damaged cache is decoded anew and replaced. A folder that cannot be written is decoded
-    every time (nothing fails)."""
+    every time (nothing fails). Temporary cache files of writers that were killed are removed first."""
     classes, splits = list_image_folder(root)
     mode = "L" if channels == 1 else "RGB"
     cache = os.path.join(root, CACHE_NAME.format(mode=mode, size=size))
+    remove_stale_temps(glob.glob(glob.escape(cache) + ".tmp-*"))  # left by a writer killed mid-save
     fingerprint = folder_fingerprint(root, splits)
     cached = _read_cache(cache, fingerprint)
     if cached is not None:
@@ -193,9 +198,7 @@ def _read_cache(path: str, fingerprint: str) -> list[torch.Tensor] | None:
 
 def _write_cache(path: str, fingerprint: str, tensors: list[torch.Tensor]) -> None:
     """Save the decoded tensors atomically (temporary file, then rename); skip quietly where that fails
-    (a read-only folder, a full disk): the cache only saves time. Temporary files of writers that were killed
-    (their process gone) are removed first."""
-    remove_stale_temps(glob.glob(glob.escape(path) + ".tmp-*"))  # left by a writer killed mid-save
+    (a read-only folder, a full disk): the cache only saves time."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         torch.save({"fingerprint": fingerprint, **dict(zip(("train_x", "train_y", "test_x", "test_y"), tensors))}, tmp)

@@ -65,6 +65,8 @@ def test_images_in_subfolders_of_a_class_are_counted_in_one_line(tmp_path, capsy
     classes, splits = list_image_folder(folder)
     assert len(splits["train"][0]) == 8  # the nested images are not read ...
     assert "note: 3 images in subfolders of" in capsys.readouterr().err  # ... and said so
+    list_image_folder(folder)
+    assert "note" not in capsys.readouterr().err  # once, however often the folder is listed
 
 
 def test_a_last_batch_of_one_image_is_dropped(tmp_path):
@@ -189,6 +191,9 @@ def test_temp_files_of_a_killed_cache_writer_are_removed(tmp_path):
     open(stale, "wb").write(b"\0" * 10)  # a writer with this process id no longer runs
     load_image_folder(folder, 3, 16)
     assert not os.path.exists(stale) and os.path.exists(os.path.join(folder, CACHE_NAME.format(mode="RGB", size=16)))
+    open(stale, "wb").write(b"\0" * 10)
+    load_image_folder(folder, 3, 16)  # the cache is fresh: nothing is written, the stale temp still goes
+    assert not os.path.exists(stale)
 
 
 def test_an_image_folder_with_one_class_is_refused(tmp_path, capsys):
