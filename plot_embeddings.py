@@ -171,7 +171,7 @@ def plot_spheres(results: list[dict], path: str) -> list[str]:
             ax.quiver(0, 0, 0, *(centres[k] * 1.25).tolist(), color=colours[k], linewidth=2.0, arrow_length_ratio=0.12)
         stats = result["stats"]
         dim = result["embeddings"].shape[1]
-        title = f"{result['model'].name}: test acc {result['accuracy']:.4f}\n"
+        title = f"{result['model'].name}: test acc {100 * result['accuracy']:.2f}%\n"
         title += f"intra {stats['intra_mean_deg']:.1f}°, min inter {stats['inter_min_deg']:.1f}°"
         title += f"\nPCA of {dim}-D embeddings" if projected else f"\n{dim}-D embeddings"
         ax.set_title(title, fontsize=10)
@@ -302,7 +302,7 @@ def plot_results_csv(results_csv: str, out_dir: str) -> list[str]:
         path = os.path.join(out_dir, f"{row['run_id']}_confusion.png")
         plot_confusion(os.path.join(run_dir, "confusion.csv"), path,
                        f"{row['dataset']} {label}: {'validation' if int(row.get('val_per_class') or 0) else 'test'} "
-                       f"acc {float(row['test_acc']):.4f}")
+                       f"acc {100 * float(row['test_acc']):.2f}%")
         written.append(path)
         runs.append((label, read_rows(os.path.join(run_dir, "history.csv"))))
     if runs:
