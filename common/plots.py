@@ -210,3 +210,51 @@ def plot_gains(gains: list[dict], path: str) -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_trials(trials: dict[str, list[dict]], path: str, limits: dict[str, tuple[float, float]]) -> str:
+    """A tuning search's trials: validation top-1 (%) against the learning rate for every arm (left), against
+    ArcFace's m2 (middle; normalised softmax at m2 = 0) and against CosFace's m3 (right), each trial a dot
+    labelled with its s; the best trial of each arm ringed; each axis spans its search range (`limits`: {key:
+    (low, high)}), so a search part-way done is drawn on its final axes. `trials`: {arm: rows}
+    (`search.trials_by_arm`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), sharey=True)
+    colours = dict(zip(trials, plt.get_cmap("tab10").colors))
+    panels = ((axes[0], list(trials), "lr", "learning rate (log scale)"),
+              (axes[1], ["normsoftmax", "arcface"], "m2", "ArcFace margin m2 (radians; normalised softmax at 0)"),
+              (axes[2], ["cosface"], "m3", "CosFace margin m3"))
+    for ax, arms, key, xlabel in panels:
+        for arm in arms:
+            rows = [r for r in trials.get(arm, []) if accuracy_of(r) is not None]
+            if not rows:
+                continue
+            xs, ys = [float(r[key]) for r in rows], [100 * accuracy_of(r) for r in rows]
+            ax.plot(xs, ys, "o", color=colours[arm], label=arm)
+            best = max(range(len(rows)), key=lambda i: ys[i])
+            ax.plot(xs[best], ys[best], "o", markersize=13, markerfacecolor="none", color=colours[arm])
+            if key != "lr" and arm != "softmax":
+                for x, y, r in zip(xs, ys, rows):
+                    ax.annotate(f"s={float(r['s']):g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        low, high = limits[key]
+        if key == "lr":
+            ax.set_xscale("log")
+            ax.set_xlim(low / 1.2, high * 1.2)
+            ticks = [low * 2 ** k for k in range(int(math.log2(high / low)) + 1)]  # 0.025, 0.05, ... 0.4
+            ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        else:
+            ax.set_xlim(min(low, 0.0 if key == "m2" else low) - 0.03, high + 0.03)
+    axes[0].set_ylabel("validation top-1 (%)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("tuning trials (seed 0, validation split); the ringed trial of each arm is its chosen setting")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

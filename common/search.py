@@ -4,7 +4,8 @@ strata and each stratum is used exactly once, so 8 trials cover each setting's r
 8 values would, while the settings vary together).
 
     python -m common.search                  # the trials of results/README.md "A fair trial", one per line
-    python -m common.search --trials 8 --seed 0 --losses softmax arcface
+    python -m common.search --trials 8 --seed 0 --arms softmax arcface
+    python -m common.search --pick results/tinyimagenet/tuning.csv --figure results/tinyimagenet/tuning.png
 
 Each line holds the sweep flags of one trial (`--losses arcface --s 21.3 --m2 0.284 --lr 0.0731`); trials are
 interleaved across losses (trial 0 of every loss, then trial 1, ...), so a search stopped part-way has given
@@ -13,7 +14,12 @@ every loss the same number of trials, give or take one.
 from __future__ import annotations
 
 import argparse
+import os
 import random
+
+from .plots import plot_trials
+from .results import read_rows
+from .rows import accuracy_of, run_key
 
 # One range per setting: (low, high, scale). 'log': uniform in log(value), for settings that act by ratio.
 RANGES = {"lr": (0.025, 0.4, "log"), "label_smoothing": (0.0, 0.2, "linear"), "s": (8.0, 64.0, "log"),
@@ -65,6 +71,32 @@ def plan(arms: list[str], trials: int, seed: int) -> list[str]:
     return [flags(arm, drawn[arm][i]) for i in range(trials) for arm in arms]
 
 
+def arm_of(row: dict) -> str | None:
+    """The arm a results row belongs to (ARMS): normalised softmax is ArcFace with m2 = 0; None for others."""
+    if row.get("loss") == "arcface" and str(row.get("m2", "")) not in ("", None) and float(row["m2"]) == 0:
+        return "normsoftmax"
+    return row.get("loss") if row.get("loss") in ARMS else None
+
+
+def trials_by_arm(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows of a search grouped by arm, in ARMS' order, each run once; rows without a result left out."""
+    grouped: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+    for row in {run_key(r): r for r in rows}.values():
+        if arm_of(row) and accuracy_of(row) is not None:
+            grouped[arm_of(row)].append(row)
+    return {arm: found for arm, found in grouped.items() if found}
+
+
+def chosen(rows: list[dict]) -> dict[str, dict]:
+    """Each arm's trial with the highest validation top-1 (the rule of results/README.md "A fair trial")."""
+    return {arm: max(found, key=accuracy_of) for arm, found in trials_by_arm(rows).items()}
+
+
+def choice_flags(arm: str, row: dict) -> str:
+    """The flags that train an arm's chosen trial again (`flags` of its tuned settings)."""
+    return flags(arm, {name: float(row[name]) for name in ARMS[arm][2]} | ARMS[arm][1])
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m common.search", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,9 +104,26 @@ def main(argv: list[str] | None = None) -> None:
                    help="what to tune (default: all): " + "; ".join(f"{a}: {', '.join(n)}" for a, (_, _, n) in ARMS.items()))
     p.add_argument("--trials", type=int, default=8, help="trials per arm (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draw (default: 0)")
+    p.add_argument("--pick", metavar="CSV", default=None,
+                   help="draw nothing: print each arm's chosen trial in this CSV of trials (the highest validation "
+                        "top-1), as flags, and its trial count")
+    p.add_argument("--figure", metavar="PNG", default=None, help="with --pick: also draw the trials (plots.plot_trials)")
     args = p.parse_args(argv)
     if args.trials < 1:
         p.exit(2, f"{p.prog}: error: --trials must be >= 1, got {args.trials}\n")
+    if args.pick:
+        if not os.path.isfile(args.pick):
+            p.exit(2, f"{p.prog}: error: --pick: no such file {args.pick}\n")
+        rows = read_rows(args.pick, strict=True)
+        grouped = trials_by_arm(rows)
+        for arm, row in chosen(rows).items():
+            if row.get("val_per_class") in ("", "0", 0, None):
+                p.exit(2, f"{p.prog}: error: --pick: trial {row.get('run_id')} scored the test set; trials are chosen "
+                          f"on validation data only\n")
+            print(f"{arm}: {len(grouped[arm])} trials, chosen {100 * accuracy_of(row):.2f}%: {choice_flags(arm, row)}")
+        if args.figure:
+            print(f"wrote {plot_trials(grouped, args.figure, {k: RANGES[k][:2] for k in ('lr', 'm2', 'm3')})}")
+        return
     for line in plan(args.arms, args.trials, args.seed):
         print(line)
 

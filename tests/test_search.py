@@ -1,0 +1,56 @@
+"""common/search.py: the seeded Latin-hypercube search, the same budget for every arm, and the choice of each
+arm's setting on validation rows only."""
+import math
+import os
+
+import pytest
+
+from common import search
+from common.results import write_csv
+
+
+def test_every_range_is_cut_into_as_many_strata_as_trials_and_each_is_used_once():
+    for arm, (_, fixed, names) in search.ARMS.items():
+        trials = search.draw(arm, 8, 0)
+        assert len(trials) == 8 and all(t.items() >= fixed.items() for t in trials)
+        for name in names:
+            low, high, scale = search.RANGES[name]
+            units = [(math.log(t[name] / low) / math.log(high / low)) if scale == "log" else (t[name] - low) / (high - low)
+                     for t in trials]
+            assert sorted(min(int(u * 8), 7) for u in units) == list(range(8)), (arm, name)  # one per stratum
+
+
+def test_the_draw_is_seeded_per_arm_and_the_plan_interleaves_arms():
+    assert search.draw("arcface", 8, 0) == search.draw("arcface", 8, 0) != search.draw("arcface", 8, 1)
+    assert search.draw("cosface", 8, 0) == search.draw("cosface", 8, 0)
+    plan = search.plan(list(search.ARMS), 2, 0)
+    assert [line.split()[1] for line in plan] == ["softmax", "arcface", "arcface", "cosface"] * 2
+    assert "--m2 0" in plan[1] and "--label-smoothing" in plan[0]  # normalised softmax: ArcFace without margin
+
+
+def row(loss, acc, val=50, **settings):
+    return {"loss": loss, "s": settings.get("s", ""), "m1": 1 if loss != "softmax" else "", "m2": settings.get("m2", ""),
+            "m3": settings.get("m3", ""), "lr": settings.get("lr", 0.1), "label_smoothing": settings.get("ls", 0.0),
+            "seed": 0, "test_acc": acc, "val_per_class": val, "imbalance": 1.0, "holdout_classes": 0,
+            "corruptions": False, "run_id": f"{loss}-{acc}"}
+
+
+def test_each_arm_keeps_its_best_validation_trial_and_test_rows_are_refused(tmp_path, capsys):
+    rows = [row("softmax", 0.40, lr=0.05, ls=0.1), row("softmax", 0.42, lr=0.1, ls=0.0),
+            row("arcface", 0.41, s=16, m2=0.0, lr=0.1), row("arcface", 0.43, s=20, m2=0.3, lr=0.2),
+            row("arcface", 0.39, s=30, m2=0.5, lr=0.1), row("cosface", 0.38, s=30, m3=0.35, lr=0.1)]
+    assert search.arm_of(rows[2]) == "normsoftmax" and search.arm_of(rows[3]) == "arcface"
+    best = search.chosen(rows)
+    assert {arm: r["test_acc"] for arm, r in best.items()} == {"softmax": 0.42, "normsoftmax": 0.41, "arcface": 0.43,
+                                                               "cosface": 0.38}
+    assert search.choice_flags("arcface", best["arcface"]) == "--losses arcface --s 20 --m2 0.3 --lr 0.2"
+    path = tmp_path / "t.csv"
+    write_csv(str(path), rows)
+    search.main(["--pick", str(path), "--figure", str(tmp_path / "t.png")])
+    out = capsys.readouterr().out
+    assert "arcface: 2 trials, chosen 43.00%: --losses arcface --s 20 --m2 0.3 --lr 0.2" in out
+    assert os.path.getsize(tmp_path / "t.png") > 0
+    write_csv(str(path), [row("softmax", 0.5, val=0)])  # scored the test set
+    with pytest.raises(SystemExit) as exit_info:
+        search.main(["--pick", str(path)])
+    assert exit_info.value.code == 2 and "validation data only" in capsys.readouterr().err
