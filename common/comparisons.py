@@ -1,13 +1,15 @@
 """Losses set against each other: the comparison table of --grid claims (each loss across the four
 scenarios), each loss against softmax (with Holm's adjustment over the losses), the budget comparison (does
-training longer change the ranking?), and the gains over softmax per data size with their 95% intervals."""
+training longer change the ranking?), the gains over softmax per data size with their 95% intervals, and the
+arms of a tuned trial against its softmax arm (`arms_against_softmax`)."""
 from __future__ import annotations
 
 import math
 
 from .grouping import COLLAPSE_BELOW, described, format_mean_std, format_p, kept_cells, kept_runs, partitions
 from .heads import LOSSES
-from .rows import (CLAIM_SCENARIOS, SETTING_KEYS, accuracy_of, is_plain, percent_values, row_key, setting,
+from .config import cell, identity_keys
+from .rows import (CLAIM_SCENARIOS, SETTING_KEYS, accuracy_of, group_key, is_plain, percent_values, row_key, setting,
                    setting_label, sides)
 from .stats import (difference, difference_interval, holm, mean_std, permutation_method, permutation_p, ranks, spearman,
                     standard_error)
@@ -201,3 +203,63 @@ def gains_markdown(lines: list[dict], names: tuple[str, ...] = GAIN_NAMES) -> st
                               "its 95% interval (t with df = min(runs) - 1) and two-sided permutation p "
                               f"({'; '.join(methods)}); Holm: p adjusted over the table's comparisons of each field "
                               f"(the families: {families}).\n")
+
+
+ARM_FIELDS = (("test_acc", "top-1"), ("test_top5", "top-5"), ("test_f1", "macro F1"), ("map_at_r", "MAP@R"))
+
+
+def arm_label(row: dict, baseline: dict) -> str:
+    """An arm by its loss and margins and each other identity setting in which it differs from `baseline`."""
+    differ = [k for k in identity_keys() if k not in SETTING_KEYS and k != "seed" and cell(row.get(k)) != cell(baseline.get(k))]
+    return ", ".join([setting_label(row_key(row).setting), *(f"{k} {row.get(k)}" for k in differ)])
+
+
+def arms_against_softmax(rows: list[dict]) -> list[dict]:
+    """Each arm (the rows of one setting, `rows.group_key`) minus the one softmax arm, whatever else differs (a
+    tuned trial's arms differ in their learning rates): per field of ARM_FIELDS, the difference of means in
+    points, its 95% interval, its permutation p and Holm's adjustment over the arms (one family per field).
+    ValueError when the rows hold no softmax arm or more than one."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if accuracy_of(row) is not None:
+            groups.setdefault(group_key(row), []).append(row)
+    softmax = [runs for runs in groups.values() if runs[0]["loss"] == "softmax"]
+    if len(softmax) != 1:
+        raise ValueError(f"the rows hold {len(softmax)} softmax arms; the arms are compared with exactly one")
+    base = softmax[0]
+    lines = [{"arm": arm_label(runs[0], base[0]), "runs": len(runs), "softmax_runs": len(base), "_runs": runs}
+             for runs in groups.values() if runs is not base]
+    for field, _ in ARM_FIELDS:
+        tested = []
+        for line in lines:
+            a, b = percent_values(line["_runs"], field), percent_values(base, field)
+            if a and b:
+                gain, low, high = difference_interval(a, b)
+                line.update({f"gain_{field}": gain, f"low_{field}": low, f"high_{field}": high,
+                             f"p_{field}": difference(a, b)[1], f"method_{field}": permutation_method([len(a), len(b)])})
+                tested.append(line)
+        for line, adjusted in zip(tested, holm([line[f"p_{field}"] for line in tested])):
+            line[f"holm_{field}"] = adjusted
+    for line in lines:
+        del line["_runs"]
+    return lines
+
+
+def arms_markdown(lines: list[dict]) -> str:
+    """`arms_against_softmax` as a table: gain [95% interval] (p, Holm) per field, the families named below."""
+    out = ["| arm | runs (softmax) | " + " | ".join(f"{title} gain, points" for _, title in ARM_FIELDS) + " |",
+           "|---" * (2 + len(ARM_FIELDS)) + "|"]
+    for line in lines:
+        cells = []
+        for field, _ in ARM_FIELDS:
+            if f"gain_{field}" not in line:
+                cells.append("—")
+                continue
+            interval = "" if math.isnan(line[f"low_{field}"]) else f" [{line[f'low_{field}']:+.2f}, {line[f'high_{field}']:+.2f}]"
+            cells.append(f"{line[f'gain_{field}']:+.2f}{interval} (p = {format_p(line[f'p_{field}'])}, "
+                         f"Holm {format_p(line[f'holm_{field}'])})")
+        out.append(f"| {line['arm']} | {line['runs']} ({line['softmax_runs']}) | " + " | ".join(cells) + " |")
+    methods = sorted({line[k] for line in lines for k in line if k.startswith("method_")})
+    return "\n".join(out) + ("\n\nEach arm minus the softmax arm: difference of means, its 95% interval (t with df = "
+                              f"min(runs) - 1), two-sided permutation p ({'; '.join(methods)}); Holm: adjusted over the "
+                              f"{len(lines)} arms of each field (one family per field).\n")

@@ -16,7 +16,8 @@ keys have the given values (`where=loss:softmax|arcface`: either); `margins=defa
 the four scenarios, `summary.comparison_table`) instead, and `kind=budget baseline=b.csv` the budget comparison
 (`summary.budget_comparison`) of the rows against the baseline's, `kind=gains` each loss minus softmax per
 data size (`summary.gains_over_softmax`; `value=acc,map_at_r` picks its fields, `columns=loss` puts one
-loss in a column); `also=train_tflop` adds a column with that
+loss in a column), `kind=arms` each arm of a tuned trial (one setting each, whatever else differs) minus its one
+softmax arm (`comparisons.arms_against_softmax`); `also=train_tflop` adds a column with that
 field's mean over the group's rows (3 significant digits).
 
     python -m common.tables README.md results/README.md            # rewrite every block from the CSVs
@@ -33,8 +34,8 @@ from .heads import LOSSES
 from .config import identity_keys
 from .results import REPO_ROOT, CsvDamageError, atomic_write_text, read_rows
 from .rows import accuracy_of, group_key, row_key, run_key, setting
-from .comparisons import (GAIN_FIELDS, GAIN_NAMES, budget_comparison, comparison_markdown, comparison_table, format_gain,
-                          gains_markdown, gains_over_softmax)
+from .comparisons import (GAIN_FIELDS, GAIN_NAMES, arms_against_softmax, arms_markdown, budget_comparison,
+                          comparison_markdown, comparison_table, format_gain, gains_markdown, gains_over_softmax)
 from .grouping import collapse_threshold, format_mean_std
 from .stats import mean_std
 
@@ -46,7 +47,7 @@ class TableError(ValueError):
 
 
 SPEC_KEYS = ("csv", "rows", "columns", "value", "where", "margins", "percent", "kind", "baseline", "also")
-KINDS = ("comparison", "budget", "gains")
+KINDS = ("comparison", "budget", "gains", "arms")
 
 
 def parse_spec(spec: str) -> dict[str, str]:
@@ -149,6 +150,11 @@ def render(spec: str, root: str = REPO_ROOT) -> str:
         baseline = table_rows(options["baseline"].split(";"), root)
         table, verdict = budget_comparison(rows, baseline, collapse_threshold(rows))
         return table + "".join(f"\n{line}\n" for line in verdict)
+    if options.get("kind") == "arms":  # each arm of a tuned trial minus its softmax arm
+        try:
+            return arms_markdown(arms_against_softmax(rows))
+        except ValueError as exc:
+            raise TableError(str(exc)) from None
     if options.get("kind") == "gains":  # each loss minus softmax per data size: `summary.gains_over_softmax`
         names = tuple(options["value"].split(",")) if "value" in options else GAIN_NAMES
         gains = gains_over_softmax(rows)

@@ -3,6 +3,8 @@ copy is caught."""
 import os
 import re
 
+import pytest
+
 from common import tables
 from common.results import REPO_ROOT, write_csv
 
@@ -143,3 +145,25 @@ def test_typos_in_a_spec_are_refused_in_one_line_naming_the_line_and_the_name(tm
     assert "line 3: 'rows' is not key=value" in refused(tmp_path, capsys, "csv=r.csv rows value=test_acc")
     assert "no rows= in the spec" in refused(tmp_path, capsys, "csv=r.csv value=test_acc")
     assert "unknown key 'valu'" in refused(tmp_path, capsys, "csv=r.csv rows=dataset valu=test_acc")
+
+
+def test_arms_of_a_tuned_trial_are_each_set_against_the_softmax_arm(tmp_path):
+    def run(loss, seed, acc, **settings):
+        margin = lambda v: "" if loss == "softmax" else v  # noqa: E731 - softmax has no margins
+        margins = {"s": margin(settings.get("s")), "m1": margin(1), "m2": margin(settings.get("m2")), "m3": margin(0.0)}
+        return {"dataset": "d", "loss": loss, **margins, "seed": seed, "imbalance": 1.0, "holdout_classes": 0,
+                "corruptions": False, "lr": settings.get("lr", 0.1), "label_smoothing": settings.get("ls", 0.0),
+                "test_acc": acc, "map_at_r": acc / 2}
+    rows = [run("softmax", s, 0.40 + 0.001 * s, lr=0.07, ls=0.1) for s in range(5)]
+    rows += [run("arcface", s, 0.42 + 0.001 * s, s=20, m2=0.3, lr=0.2) for s in range(5)]
+    rows += [run("arcface", s, 0.40 + 0.001 * s, s=16, m2=0.0, lr=0.07) for s in range(5)]
+    write_csv(str(tmp_path / "trial.csv"), rows)
+    lines = tables.render("csv=trial.csv kind=arms", root=str(tmp_path)).splitlines()
+    assert lines[0].startswith("| arm | runs (softmax) | top-1 gain, points |")
+    assert lines[2].startswith("| arcface s = 20, m2 = 0.3, lr 0.2, label_smoothing 0.0 | 5 (5) | +2.00 [")
+    assert "(p = 0.008, Holm 0.016)" in lines[2]  # 5 runs apart from 5: the exact floor 2/252, doubled over 2 arms
+    assert "| arcface s = 16, m2 = 0, label_smoothing 0.0 | 5 (5) | +0.00 [" in lines[3]  # same lr as softmax: unnamed
+    assert "exact (252 labellings)" in lines[-1] and "the 2 arms" in lines[-1]
+    write_csv(str(tmp_path / "two.csv"), rows + [run("softmax", 0, 0.3, lr=0.2)])
+    with pytest.raises(tables.TableError, match="2 softmax arms"):
+        tables.render("csv=two.csv kind=arms", root=str(tmp_path))
