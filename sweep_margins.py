@@ -4,6 +4,7 @@ live in common/summary.py and common/plots.py).
 
     python sweep_margins.py --grid table1 --seeds 0 1 2 --data-root ../shared/data
     python sweep_margins.py --losses arcface cosface softmax --m2 0.3 0.5 --m3 0.2 0.35 --seeds 0 1
+    python sweep_margins.py --dataset folder --data-root path/to/images --losses softmax arcface --workers 2
     python sweep_margins.py --grid table1 --shard 3/8 --out results/sweep/shard3.csv   # one job of 8
     python sweep_margins.py --summarize results/sweep/shard*.csv --out results/sweep/merged.csv
     python sweep_margins.py --summarize results/sweep/table1_20epochs.csv --baseline results/sweep/table1.csv \
