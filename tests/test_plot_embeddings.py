@@ -144,3 +144,14 @@ def test_class_names_a_font_cannot_draw_get_their_index():
     assert plot_embeddings.class_ticks(["cat", "dog"]) == ["cat", "dog"]
     ticks = plot_embeddings.class_ticks(["cat", "\u732b"])
     assert ticks == (["cat", "\u732b"] if plot_embeddings.drawable(["\u732b"]) else ["0: cat", "1: \u732b"])
+
+
+def test_ctrl_c_during_plots_is_one_line(tmp_path, capsys, monkeypatch):
+    def interrupted(args, device):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plot_embeddings, "plot", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        plot_embeddings.main(["--train", "--out", str(tmp_path / "p"), "--checkpoint-dir", str(tmp_path / "ck")])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 130 and err == "plot_embeddings.py: interrupted; rerun the same command to continue"
