@@ -26,7 +26,7 @@ from common.device import device_flag
 from common.geometry import angles_to_centres, angular_statistics, target_and_nearest_other, to_sphere_3d
 from common.checkpoints import load_checkpoint, read_checkpoint
 from common.data import DataError, dataset_for
-from common.image_folder import check_same_data, data_identity, folder_name, is_image_folder
+from common.image_folder import check_same_data, folder_name, is_image_folder
 from common.evaluation import embed_as
 from common.results import check_writable, read_rows, write_csv
 from common.training import DivergedError, build_model
@@ -45,7 +45,7 @@ class Model:
     head: torch.nn.Module
     history: list[dict]
     path: str = ""  # the checkpoint it was read from
-    data: dict = field(default_factory=dict)  # what it was trained on (`data.data_identity`), {} if not recorded
+    data: dict = field(default_factory=dict)  # what it was trained on (`ImageData.identity`), {} if not recorded
 
 
 def config_from_row(row: dict, **overrides) -> TrainConfig:
@@ -95,8 +95,7 @@ def analyse(model: Model, device: torch.device) -> dict:
     config = model.config
     dataset = dataset_for(config.dataset, in_channels(model.net))
     data = dataset.load(config).keep_classes(config.num_classes).hold_out_classes(config.holdout_classes)[0]
-    check_same_data(model.data, data_identity(config.data_root, dataset.name, data.classes), "--checkpoints",
-                    model.path, config.data_root)
+    check_same_data(model.data, data.identity(), "--checkpoints", model.path, config.data_root)
     data = data.to(device)
     normalize = dataset.normalizer(device)
     embeddings_of = lambda images: embed_as(config, model.net, images, normalize)  # noqa: E731

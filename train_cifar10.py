@@ -74,7 +74,7 @@ def run(config: TrainConfig) -> dict:
     optimizer, scheduler = make_optimizer(config, net, head, steps * config.epochs)
     generator = torch.Generator(device).manual_seed(config.seed)  # shuffling and augmentation
     record = resume_run(config, resumed, net, head, optimizer, scheduler, generator)  # or a new record
-    record.data = data.source  # saved with every checkpoint: a resume on other data is refused
+    record.data = data.identity()  # saved with every checkpoint: a resume on other data is refused
     record.train_tflop = count_train_tflop(config, net, head, data, normalize)
     metrics = None
 

@@ -154,6 +154,27 @@ def data_shape(row: dict) -> tuple[int, int]:
     return len(counts), round(sum(counts) / len(counts))
 
 
+def add_differences(line: dict, runs: list[dict], base: list[dict], fields: list[tuple[str, str]]) -> None:
+    """Into `line`, for each (name, field) both sides measured: the difference of means in points (gain_), its 95%
+    interval (low_, high_: `difference_interval`), its permutation p (p_) and how it was computed (method_), and
+    each run's own gain over the base's mean (run_gains_, for the figures)."""
+    for name, field in fields:
+        a, b = percent_values(runs, field), percent_values(base, field)
+        if a and b:
+            gain, low, high = difference_interval(a, b)
+            line.update({f"gain_{name}": gain, f"low_{name}": low, f"high_{name}": high, f"p_{name}": difference(a, b)[1],
+                         f"method_{name}": permutation_method([len(a), len(b)]),
+                         f"run_gains_{name}": ";".join(f"{v - sum(b) / len(b):.3f}" for v in a)})
+
+
+def add_holm(lines: list[dict], names) -> None:
+    """Holm's adjustment (holm_) of each field's p over the lines that have one: one family per field."""
+    for name in names:
+        family = [line for line in lines if f"p_{name}" in line]
+        for line, adjusted in zip(family, holm([line[f"p_{name}"] for line in family])):
+            line[f"holm_{name}"] = adjusted
+
+
 def gains_over_softmax(rows: list[dict]) -> list[dict]:
     """Within each sweep's rows (`partitions`) on the plain training set, each loss at its margins against that
     sweep's softmax runs: the data's shape (`data_shape`), the runs on each side, and per field of GAIN_FIELDS
@@ -173,18 +194,9 @@ def gains_over_softmax(rows: list[dict]) -> list[dict]:
         for key, runs in by_setting.items():
             line = {"settings": label, "classes": classes, "per_class": per_class, "loss": setting_label(key),
                     "runs": len(runs), "softmax_runs": len(base)}
-            for name, field, _ in GAIN_FIELDS:
-                a, b = percent_values(runs, field), percent_values(base, field)
-                if a and b:
-                    gain, low, high = difference_interval(a, b)
-                    line.update({f"gain_{name}": gain, f"low_{name}": low, f"high_{name}": high,
-                                 f"p_{name}": difference(a, b)[1], f"method_{name}": permutation_method([len(a), len(b)]),
-                                 f"run_gains_{name}": ";".join(f"{v - sum(b) / len(b):.3f}" for v in a)})
+            add_differences(line, runs, base, [(name, field) for name, field, _ in GAIN_FIELDS])
             lines.append(line)
-    for name in GAIN_NAMES:  # the family: every comparison of this field in these rows
-        family = [line for line in lines if f"p_{name}" in line]
-        for line, adjusted in zip(family, holm([line[f"p_{name}"] for line in family])):
-            line[f"holm_{name}"] = adjusted
+    add_holm(lines, GAIN_NAMES)
     return sorted(lines, key=lambda line: (-line["classes"], line["per_class"], line["loss"]))
 
 
@@ -227,21 +239,12 @@ def arms_against_softmax(rows: list[dict]) -> list[dict]:
     if len(softmax) != 1:
         raise ValueError(f"the rows hold {len(softmax)} softmax arms; the arms are compared with exactly one")
     base = softmax[0]
-    lines = [{"arm": arm_label(runs[0], base[0]), "runs": len(runs), "softmax_runs": len(base), "_runs": runs}
-             for runs in groups.values() if runs is not base]
-    for field, _ in ARM_FIELDS:
-        tested = []
-        for line in lines:
-            a, b = percent_values(line["_runs"], field), percent_values(base, field)
-            if a and b:
-                gain, low, high = difference_interval(a, b)
-                line.update({f"gain_{field}": gain, f"low_{field}": low, f"high_{field}": high,
-                             f"p_{field}": difference(a, b)[1], f"method_{field}": permutation_method([len(a), len(b)])})
-                tested.append(line)
-        for line, adjusted in zip(tested, holm([line[f"p_{field}"] for line in tested])):
-            line[f"holm_{field}"] = adjusted
-    for line in lines:
-        del line["_runs"]
+    lines = []
+    for runs in groups.values():
+        if runs is not base:
+            lines.append({"arm": arm_label(runs[0], base[0]), "runs": len(runs), "softmax_runs": len(base)})
+            add_differences(lines[-1], runs, base, [(field, field) for field, _ in ARM_FIELDS])
+    add_holm(lines, [field for field, _ in ARM_FIELDS])
     return lines
 
 
@@ -250,14 +253,7 @@ def arms_markdown(lines: list[dict]) -> str:
     out = ["| arm | runs (softmax) | " + " | ".join(f"{title} gain, points" for _, title in ARM_FIELDS) + " |",
            "|---" * (2 + len(ARM_FIELDS)) + "|"]
     for line in lines:
-        cells = []
-        for field, _ in ARM_FIELDS:
-            if f"gain_{field}" not in line:
-                cells.append("—")
-                continue
-            interval = "" if math.isnan(line[f"low_{field}"]) else f" [{line[f'low_{field}']:+.2f}, {line[f'high_{field}']:+.2f}]"
-            cells.append(f"{line[f'gain_{field}']:+.2f}{interval} (p = {format_p(line[f'p_{field}'])}, "
-                         f"Holm {format_p(line[f'holm_{field}'])})")
+        cells = [format_gain(line, field) for field, _ in ARM_FIELDS]
         out.append(f"| {line['arm']} | {line['runs']} ({line['softmax_runs']}) | " + " | ".join(cells) + " |")
     methods = sorted({line[k] for line in lines for k in line if k.startswith("method_")})
     return "\n".join(out) + ("\n\nEach arm minus the softmax arm: difference of means, its 95% interval (t with df = "

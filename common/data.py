@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -32,7 +32,7 @@ class ImageData:
     test_x: torch.Tensor  # (M, C, H, W) uint8
     test_y: torch.Tensor  # (M,) int64
     classes: list[str]
-    source: dict = field(default_factory=dict)  # `data_identity` of what a run trains on (`load_training_data`)
+    fingerprint: str = ""  # of the files it came from: an image folder's `folder_fingerprint`, else the dataset's name
 
     @property
     def num_classes(self) -> int:
@@ -40,7 +40,13 @@ class ImageData:
 
     def to(self, device: torch.device) -> "ImageData":
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-        return ImageData(move(self.train_x), move(self.train_y), move(self.test_x), move(self.test_y), self.classes)
+        return ImageData(move(self.train_x), move(self.train_y), move(self.test_x), move(self.test_y), self.classes,
+                         self.fingerprint)
+
+    def identity(self) -> dict:
+        """What a model trained on this data learnt from, as its checkpoints record it (`check_same_data`): its
+        classes in label order and the fingerprint of its files."""
+        return {"classes": list(self.classes), "fingerprint": self.fingerprint}
 
     def subset_train(self, n: int | None, seed: int) -> "ImageData":
         """A seeded random subset of n training images that keeps every class's share (stratified, see
@@ -73,7 +79,8 @@ class ImageData:
         members = (torch.nonzero(labels == c).flatten() for c in range(self.num_classes))
         keep = [m[torch.randperm(len(m), generator=generator)[:n]] for m, n in zip(members, counts)]
         index = torch.cat(keep).sort().values.to(self.train_y.device)
-        return ImageData(self.train_x[index], self.train_y[index], self.test_x, self.test_y, self.classes)
+        return ImageData(self.train_x[index], self.train_y[index], self.test_x, self.test_y, self.classes,
+                         self.fingerprint)
 
     def keep_classes(self, count: int | None) -> "ImageData":
         """The first `count` classes of `class_order(self.classes)` (a fixed shuffle, so the subsets are
@@ -89,7 +96,7 @@ class ImageData:
         train_y, test_y = relabel[self.train_y.cpu()], relabel[self.test_y.cpu()]
         train, test = train_y >= 0, test_y >= 0
         return ImageData(self.train_x[train], train_y[train], self.test_x[test], test_y[test],
-                         [self.classes[c] for c in kept])
+                         [self.classes[c] for c in kept], self.fingerprint)
 
     def validation_split(self, per_class: int) -> "ImageData":
         """Hold out `per_class` training images of every class (a choice fixed by VALIDATION_SEED, the
@@ -107,7 +114,8 @@ class ImageData:
         for c in range(self.num_classes):
             members = torch.nonzero(labels == c).flatten()
             held[members[torch.randperm(len(members), generator=generator)[:per_class]]] = True
-        return ImageData(self.train_x[~held], labels[~held], self.train_x[held], labels[held], self.classes)
+        return ImageData(self.train_x[~held], labels[~held], self.train_x[held], labels[held], self.classes,
+                         self.fingerprint)
 
     def hold_out_classes(self, count: int) -> tuple["ImageData", torch.Tensor, torch.Tensor]:
         """Split off the last `count` classes for open-set evaluation.
@@ -121,7 +129,8 @@ class ImageData:
         if seen < 2:
             raise ValueError(f"--holdout-classes {count} leaves {seen} of {self.num_classes} classes to train on; need >= 2")
         train, test = self.train_y < seen, self.test_y < seen
-        kept = ImageData(self.train_x[train], self.train_y[train], self.test_x[test], self.test_y[test], self.classes[:seen])
+        kept = ImageData(self.train_x[train], self.train_y[train], self.test_x[test], self.test_y[test], self.classes[:seen],
+                         self.fingerprint)
         return kept, self.test_x[~test], self.test_y[~test]
 
 
@@ -223,7 +232,7 @@ def load_mnist(root: str, download: bool = True) -> ImageData:
 
     splits = [_torchvision_split(MNIST, root, train, download, "MNIST", how) for train in (True, False)]
     tensors = [(s.data.unsqueeze(1).contiguous(), s.targets.long()) for s in splits]  # (N, 1, 28, 28)
-    return ImageData(*tensors[0], *tensors[1], [str(i) for i in range(10)])
+    return ImageData(*tensors[0], *tensors[1], [str(i) for i in range(10)], "mnist")
 
 
 def load_cifar10(root: str, download: bool = True) -> ImageData:
@@ -233,7 +242,7 @@ def load_cifar10(root: str, download: bool = True) -> ImageData:
 
     splits = [_torchvision_split(CIFAR10, root, train, download, "CIFAR-10", how) for train in (True, False)]
     tensors = [(torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(s.targets)) for s in splits]
-    return ImageData(*tensors[0], *tensors[1], list(splits[0].classes))
+    return ImageData(*tensors[0], *tensors[1], list(splits[0].classes), "cifar10")
 
 
 class Normalize:
@@ -277,8 +286,8 @@ def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Genera
 
 def load_image_folder(root: str, channels: int, size: int) -> ImageData:
     """An image folder decoded (and cached) by `image_folder.decode_image_folder`, as ImageData."""
-    tensors, classes = decode_image_folder(root, channels, size)
-    return ImageData(*tensors, classes)
+    tensors, classes, fingerprint = decode_image_folder(root, channels, size)
+    return ImageData(*tensors, classes, fingerprint)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """A user's image folder, ROOT/train/<class>/* and ROOT/test/<class>/*: listed and checked without decoding
 (`list_image_folder`), decoded once into uint8 tensors with odd image modes mapped sanely (`to_mode`) and
 cached beside it (`load_image_folder`), and fingerprinted, so that a checkpoint can tell whether it is
-resumed or plotted on the data it was trained on (`data_identity`, `check_same_data`)."""
+resumed or plotted on the data it was trained on (`check_same_data`)."""
 from __future__ import annotations
 
 import contextlib
@@ -124,14 +124,6 @@ def _decode(paths: list[str], mode: str, size: int) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N, C, size, size)
 
 
-def data_identity(root: str, name: str, classes: list[str]) -> dict:
-    """What a model was trained on, as a checkpoint records it: the classes it learnt, in label order, and a
-    fingerprint of the source: an image folder's `folder_fingerprint`, or a torchvision dataset's name."""
-    if is_image_folder(root):
-        return {"classes": list(classes), "fingerprint": folder_fingerprint(root, list_image_folder(root)[1])}
-    return {"classes": list(classes), "fingerprint": name}
-
-
 def check_same_data(saved: dict, here: dict, flag: str, path: str, root: str) -> None:
     """ValueError naming `flag` and `path` when the data at `root` is not what the checkpoint was trained on:
     other classes, or the same classes from other files (an image added, removed or edited). A checkpoint
@@ -160,10 +152,10 @@ def folder_fingerprint(root: str, splits: dict[str, tuple[list[str], list[int]]]
     return digest.hexdigest()
 
 
-def decode_image_folder(root: str, channels: int, size: int) -> tuple[list[torch.Tensor], list[str]]:
+def decode_image_folder(root: str, channels: int, size: int) -> tuple[list[torch.Tensor], list[str], str]:
     """Decode ROOT/{train,test}/<class>/* as `channels` (1 or 3) x size x size uint8 (greyscale images in an
     RGB folder are converted, and any size resized), and cache the tensors in ROOT/CACHE_NAME. Returns
-    ([train_x (N, C, H, W), train_y (N,), test_x, test_y], class names).
+    ([train_x (N, C, H, W), train_y (N,), test_x, test_y], class names, the folder's fingerprint).
 
     The cache is used only while its fingerprint (`folder_fingerprint`) matches the folder; a stale,
     unreadable or damaged cache is decoded anew and replaced. A folder that cannot be written is decoded
@@ -175,12 +167,12 @@ def decode_image_folder(root: str, channels: int, size: int) -> tuple[list[torch
     fingerprint = folder_fingerprint(root, splits)
     cached = _read_cache(cache, fingerprint)
     if cached is not None:
-        return cached, classes
+        return cached, classes, fingerprint
     tensors = []
     for paths, labels in splits.values():
         tensors += [_decode(paths, mode, size), torch.tensor(labels, dtype=torch.long)]
     _write_cache(cache, fingerprint, tensors)
-    return tensors, classes
+    return tensors, classes, fingerprint
 
 
 def _read_cache(path: str, fingerprint: str) -> list[torch.Tensor] | None:

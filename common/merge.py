@@ -7,7 +7,7 @@ import glob
 import os
 import shutil
 
-from .results import parse_rows, process_alive, read_rows, write_csv
+from .results import parse_rows, read_rows, remove_stale_temps, write_csv
 from .rows import row_key, run_key
 
 
@@ -58,7 +58,7 @@ def merge_into_out(out: str, inputs: list[str], rows: list[dict], write_to: str 
     return merged
 
 
-STAGING = ".summary-tmp-{pid}"  # beside the outputs, so that each move into place is a rename on one disk
+STAGING = ".summary.tmp-{pid}"  # beside the outputs, so that each move into place is a rename on one disk
 
 
 @contextlib.contextmanager
@@ -69,10 +69,7 @@ def published_together(out: str):
     SystemExit) moves nothing; the staging folders of killed processes are removed by the next call."""
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
-    for stale in glob.glob(os.path.join(folder, STAGING.format(pid="*"))):
-        pid = stale.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_temps(glob.glob(os.path.join(folder, STAGING.format(pid="*"))))
     staging = os.path.join(folder, STAGING.format(pid=os.getpid()))
     os.makedirs(staging, exist_ok=True)
     try:

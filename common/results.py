@@ -78,11 +78,15 @@ def process_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(paths: list[str]) -> None:
-    """Delete the temporary files among `paths` (named '...tmp-<pid>...') whose writer is no longer running:
-    a killed run's half-written result or checkpoint, which would otherwise hold its disk space for good."""
+    """Delete the temporary files (or staging folders) among `paths` (named '...tmp-<pid>...') whose writer is
+    no longer running: a killed run's half-written result or checkpoint, which would otherwise hold its disk
+    space for good."""
     for path in paths:
         match = re.search(r"\.tmp-(\d+)", os.path.basename(path))
         if match and int(match.group(1)) != os.getpid() and not process_alive(int(match.group(1))):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+                continue
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
@@ -290,7 +294,7 @@ class RunRecord:
     train_seconds: float = 0.0
     environment: dict = field(default_factory=dict)
     train_tflop: float = 0.0  # training FLOPs of the whole run (forward + backward), in units of 10^12
-    data: dict = field(default_factory=dict)  # what it trains on: `data.data_identity`, saved in its checkpoints
+    data: dict = field(default_factory=dict)  # what it trains on: saved in its checkpoints (`ImageData.identity`)
 
 
 def write_results(config, record: RunRecord, metrics: dict, confusion: torch.Tensor, extras: tuple[dict, list[dict]],

@@ -17,7 +17,7 @@ from .checkpoints import check_resume
 from .config import TrainConfig
 from .results import MIN_FREE_BYTES, check_writable
 from .data import Dataset, ImageData, Normalize
-from .image_folder import check_same_data, data_identity
+from .image_folder import check_same_data
 from .device import configure_backends, has_native_bf16, pick_device
 from .heads import build_head
 from .network import Network, as_float, init_whitening, net_forward
@@ -84,14 +84,13 @@ def load_training_data(config: TrainConfig, dataset: Dataset, device: torch.devi
     --val-per-class validation split (evaluated instead of the test set), held-out classes set apart, then a
     stratified subset of --max-train-samples images, then a long tail (--imbalance). Returns (data, open
     set), the open set being the held-out classes' evaluation images and labels (empty without
-    --holdout-classes). The data's `source` says what it is (`data.data_identity`); a --resume checkpoint
+    --holdout-classes). Its `identity()` says what it is (classes and files); a --resume checkpoint
     (`resumed`) trained on other data is refused (ValueError naming both), before any model is built."""
     data = dataset.load(config).keep_classes(config.num_classes).validation_split(config.val_per_class)
     data, open_x, open_y = data.hold_out_classes(config.holdout_classes)
     data = data.subset_train(config.max_train_samples, config.seed).long_tailed(config.imbalance, config.seed).to(device)
-    data.source = data_identity(config.data_root, dataset.name, data.classes)
     if resumed is not None:
-        check_same_data(resumed.get("data", {}), data.source, "--resume", config.resume, config.data_root)
+        check_same_data(resumed.get("data", {}), data.identity(), "--resume", config.resume, config.data_root)
     return data, (open_x.to(device), open_y.to(device))
 
 

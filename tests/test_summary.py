@@ -6,7 +6,7 @@ import re
 import pytest
 
 import sweep_margins
-from common import comparisons, grouping, plots, rows as row_keys, stats, summary as summaries, table1
+from common import comparisons, grouping, merge, plots, rows as row_keys, stats, summary as summaries, table1
 from common.results import read_rows, write_csv
 from common.summary import summarize
 from helpers import one_line_exit_2
@@ -486,7 +486,7 @@ def test_a_summarize_killed_partway_leaves_the_old_files_whole(tmp_path, monkeyp
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.name != "x.csv"}
     assert after == {k: v for k, v in before.items() if k != "x.csv"}  # the old set, whole: no new CSV beside it
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # and no staging folder left
-    (tmp_path / ".summary-tmp-999999999").mkdir()  # left by a summarize that was SIGKILLed
+    (tmp_path / merge.STAGING.format(pid=999999999)).mkdir()  # left by a summarize that was SIGKILLed
     monkeypatch.undo()
     sweep_margins.main(["--summarize", str(path), "--out", str(tmp_path / "m.csv")])
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []
