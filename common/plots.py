@@ -214,21 +214,23 @@ def plot_gains(gains: list[dict], path: str) -> str:
 
 def plot_trials(trials: dict[str, list[dict]], path: str, limits: dict[str, tuple[float, float]]) -> str:
     """A tuning search's trials: validation top-1 (%) against the learning rate for every arm (left), against
-    ArcFace's m2 (middle; normalised softmax at m2 = 0) and against CosFace's m3 (right), each trial a dot
-    labelled with its s; the best trial of each arm ringed; each axis spans its search range (`limits`: {key:
-    (low, high)}), so a search part-way done is drawn on its final axes. `trials`: {arm: rows}
-    (`search.trials_by_arm`)."""
+    ArcFace's m2 (middle; normalised softmax at m2 = 0) and against CosFace's m3 (right; a panel without
+    trials is left out), each trial a dot labelled with its s; the best trial of each arm ringed; each axis
+    spans its search range (`limits`: {key: (low, high)}), so a search part-way done is drawn on its final
+    axes. `trials`: {arm: rows} (`search.trials_by_arm`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), sharey=True)
+    panels = [(list(trials), "lr", "learning rate (log scale)"),
+              (["normsoftmax", "arcface"], "m2", "ArcFace margin m2 (radians; normalised softmax at 0)"),
+              (["cosface"], "m3", "CosFace margin m3")]
+    panels = [p for p in panels if any(trials.get(arm) for arm in p[0])]  # a triplet search: the lr panel only
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.8), sharey=True, squeeze=False)
+    axes = axes[0]
     colours = dict(zip(trials, plt.get_cmap("tab10").colors))
-    panels = ((axes[0], list(trials), "lr", "learning rate (log scale)"),
-              (axes[1], ["normsoftmax", "arcface"], "m2", "ArcFace margin m2 (radians; normalised softmax at 0)"),
-              (axes[2], ["cosface"], "m3", "CosFace margin m3"))
-    for ax, arms, key, xlabel in panels:
+    for ax, (arms, key, xlabel) in zip(axes, panels):
         for arm in arms:
             rows = [r for r in trials.get(arm, []) if accuracy_of(r) is not None]
             if not rows:

@@ -6,6 +6,7 @@ strata and each stratum is used exactly once, so 8 trials cover each setting's r
     python -m common.search                  # the trials of results/README.md "A fair trial", one per line
     python -m common.search --trials 8 --seed 0 --arms softmax arcface
     python -m common.search --pick results/tinyimagenet/tuning.csv --figure results/tinyimagenet/tuning.png
+    python -m common.search --arms triplet --trials 4       # triplet loss's learning rate, searched apart
 
 Each line holds the sweep flags of one trial (`--losses arcface --s 21.3 --m2 0.284 --lr 0.0731`); trials are
 interleaved across losses (trial 0 of every loss, then trial 1, ...), so a search stopped part-way has given
@@ -29,7 +30,11 @@ RANGES = {"lr": (0.025, 0.4, "log"), "label_smoothing": (0.0, 0.2, "linear"), "s
 ARMS = {"softmax": ("softmax", {}, ("lr", "label_smoothing")),
         "normsoftmax": ("arcface", {"m2": 0.0}, ("lr", "s")),
         "arcface": ("arcface", {}, ("lr", "s", "m2")),
-        "cosface": ("cosface", {}, ("lr", "s", "m3"))}
+        "cosface": ("cosface", {}, ("lr", "s", "m3")),
+        "triplet": ("triplet", {}, ("lr",))}
+# The four arms of the fair trial's step 1 (what `python -m common.search` draws); triplet loss is searched
+# on its own (`--arms triplet --trials 4`), it trains on class-balanced batches, not the others' shuffled ones.
+TRIAL_ARMS = ("softmax", "normsoftmax", "arcface", "cosface")
 SWEEP_FLAGS = ("s", "m1", "m2", "m3")  # set by the sweep's own grid flags; the others are training flags
 
 
@@ -100,8 +105,8 @@ def choice_flags(arm: str, row: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m common.search", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
-                   help="what to tune (default: all): " + "; ".join(f"{a}: {', '.join(n)}" for a, (_, _, n) in ARMS.items()))
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(TRIAL_ARMS),
+                   help=f"what to tune (default: {' '.join(TRIAL_ARMS)}): " + "; ".join(f"{a}: {', '.join(n)}" for a, (_, _, n) in ARMS.items()))
     p.add_argument("--trials", type=int, default=8, help="trials per arm (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draw (default: 0)")
     p.add_argument("--pick", metavar="CSV", default=None,

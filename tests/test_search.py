@@ -23,7 +23,7 @@ def test_every_range_is_cut_into_as_many_strata_as_trials_and_each_is_used_once(
 def test_the_draw_is_seeded_per_arm_and_the_plan_interleaves_arms():
     assert search.draw("arcface", 8, 0) == search.draw("arcface", 8, 0) != search.draw("arcface", 8, 1)
     assert search.draw("cosface", 8, 0) == search.draw("cosface", 8, 0)
-    plan = search.plan(list(search.ARMS), 2, 0)
+    plan = search.plan(list(search.TRIAL_ARMS), 2, 0)
     assert [line.split()[1] for line in plan] == ["softmax", "arcface", "arcface", "cosface"] * 2
     assert "--m2 0" in plan[1] and "--label-smoothing" in plan[0]  # normalised softmax: ArcFace without margin
 
@@ -54,3 +54,19 @@ def test_each_arm_keeps_its_best_validation_trial_and_test_rows_are_refused(tmp_
     with pytest.raises(SystemExit) as exit_info:
         search.main(["--pick", str(path)])
     assert exit_info.value.code == 2 and "validation data only" in capsys.readouterr().err
+
+
+def test_the_default_draw_is_the_four_trial_arms_and_triplet_is_searched_apart(tmp_path, capsys):
+    search.main(["--trials", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == search.plan(list(search.TRIAL_ARMS), 2, 0) and not any("triplet" in line for line in lines)
+    search.main(["--arms", "triplet", "--trials", "4"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all(line.startswith("--losses triplet --lr ") for line in lines)
+    lrs = sorted(float(line.split()[-1]) for line in lines)  # one per quarter of log(lr)'s range
+    low, high, _ = search.RANGES["lr"]
+    assert [int(4 * math.log(lr / low) / math.log(high / low)) for lr in lrs] == [0, 1, 2, 3]
+    path = tmp_path / "triplet.csv"
+    write_csv(str(path), [row("triplet", 0.30, lr=0.05), row("triplet", 0.35, lr=0.2)])
+    search.main(["--pick", str(path), "--figure", str(tmp_path / "triplet.png")])
+    assert "triplet: 2 trials, chosen 35.00%: --losses triplet --lr 0.2" in capsys.readouterr().out
