@@ -240,8 +240,10 @@ def plot_trials(trials: dict[str, list[dict]], path: str, limits: dict[str, tupl
             best = max(range(len(rows)), key=lambda i: ys[i])
             ax.plot(xs[best], ys[best], "o", markersize=13, markerfacecolor="none", color=colours[arm])
             if key != "lr" and arm != "softmax":
-                for x, y, r in zip(xs, ys, rows):
-                    ax.annotate(f"s={float(r['s']):g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                for rank, i in enumerate(sorted(range(len(rows)), key=lambda i: (xs[i], ys[i]))):
+                    # neighbours at one x (normalised softmax, all at m2 = 0) alternate below and above their dot
+                    ax.annotate(f"s={float(rows[i]['s']):g}", (xs[i], ys[i]), textcoords="offset points",
+                                xytext=(4, 4 if rank % 2 else -10), fontsize=7)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
         low, high = limits[key]
