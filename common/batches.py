@@ -28,19 +28,21 @@ def epoch_batches(labels: torch.Tensor, batch_size: int, per_class: int, generat
 
 def balanced_batches(labels: torch.Tensor, batch_size: int, per_class: int,
                      generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """`steps_per_epoch` batches of P = batch_size / K distinct classes (a random choice per batch) with K images
-    each. A class's images are used in a random order, as many whole groups of K as it holds before any is used
-    again, so no image appears twice in a group (a class with fewer than K images must repeat some). labels: (N,) -> batches of (batch_size,) indices.
-    ValueError naming --batch-per-class when the data has fewer than P classes."""
+    """`steps_per_epoch` batches of P = batch_size / K groups of K images of one class each. With at least P
+    classes the groups' classes are distinct (a random choice per batch); with fewer (CIFAR-10: 10 classes,
+    P = 25 at batch 100 and K = 4) every class is in every batch and some fill one group more than others
+    (here 2 or 3 groups, 8 or 12 images), instead of refusing as MPerClassSampler does. A class's images are
+    used in a random order, as many whole groups of K as it holds before any is used again, so no image
+    appears twice in a group (a class with fewer than K images must repeat some).
+    labels: (N,) -> batches of (batch_size,) indices."""
     present = torch.unique(labels)  # (C,) classes with training images
-    classes = batch_size // per_class
-    if classes > len(present):
-        raise ValueError(f"--batch-per-class {per_class}: a batch of {batch_size} needs {classes} classes, the "
-                         f"training set has {len(present)}; raise --batch-per-class or lower --batch-size")
+    classes = batch_size // per_class  # P groups a batch
     steps = steps_per_epoch(len(labels), batch_size, per_class)
     device = labels.device
     scores = torch.rand(steps, len(present), generator=generator, device=device)
-    chosen = scores.argsort(dim=1)[:, :classes]  # (steps, P) positions in `present`, distinct within a batch
+    order = scores.argsort(dim=1)  # (steps, C) a random order of the classes per batch
+    laps = -(-classes // len(present))  # > 1 only with fewer classes than groups: the order repeats
+    chosen = order.repeat(1, laps)[:, :classes]  # (steps, P) positions in `present`, distinct within a lap
     picks = torch.empty(steps, classes, per_class, dtype=torch.long, device=device)
     for c in range(len(present)):
         where = chosen == c  # (steps, P): the groups of this class

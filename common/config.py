@@ -63,8 +63,9 @@ class TrainConfig:
     convs_per_stage: int = training(1, "3x3 convs per stage", low=1)
     epochs: int = training(4, "training epochs", low=1)
     batch_size: int = training(100, "training batch size (a last batch of one image is dropped)", low=1)
-    batch_per_class: int | None = training(None, "class-balanced batches of --batch-size / K classes with K images "
-                                                 "each (0: shuffled batches) (default: 4 for triplet loss, whose "
+    batch_per_class: int | None = training(None, "class-balanced batches of --batch-size / K groups of K images of "
+                                                 "one class (distinct classes when the data has enough; 0: shuffled "
+                                                 "batches) (default: 4 for triplet loss, whose "
                                                  "anchors need a same-class partner; 0 for the others)", low=0)
     lr: float = training(0.05, "peak learning rate of SGD", above=0)
     momentum: float = training(0.9, "SGD Nesterov momentum", low=0, below=1)

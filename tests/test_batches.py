@@ -34,13 +34,23 @@ def test_a_class_uses_all_its_images_before_any_again_and_small_classes_still_fi
     assert len(small) % 4 == 0 and set(small.tolist()) <= {40, 41, 42}  # 3 images fill groups of 4 by repeating
 
 
-def test_balanced_batches_are_seeded_and_refuse_too_few_classes():
+def test_balanced_batches_are_seeded():
     labels = labels_of([12] * 6)
     one = balanced_batches(labels, 12, 3, torch.Generator().manual_seed(5))
     two = balanced_batches(labels, 12, 3, torch.Generator().manual_seed(5))
     assert all(torch.equal(a, b) for a, b in zip(one, two))
-    with pytest.raises(ValueError, match="--batch-per-class 2: a batch of 20 needs 10 classes, the training set has 6"):
-        balanced_batches(labels, 20, 2, torch.Generator())
+
+
+def test_with_fewer_classes_than_groups_every_class_is_in_every_batch_in_whole_groups():
+    labels = labels_of([500] * 10)  # CIFAR-10's shape: 10 classes, batch 100 = 25 groups of 4
+    batches = balanced_batches(labels, 100, 4, torch.Generator().manual_seed(2))
+    assert len(batches) == 50
+    for batch in batches:
+        groups = labels[batch].view(25, 4)
+        assert (groups == groups[:, :1]).all()  # each group one class
+        counts = torch.bincount(groups[:, 0], minlength=10)
+        assert sorted(counts.tolist()) == [2] * 5 + [3] * 5  # every class, 2 or 3 groups (8 or 12 images)
+        assert all(len(set(g.tolist())) == 4 for g in batch.view(25, 4))  # no image twice in a group
 
 
 def test_shuffled_batches_are_the_plain_permutation():
