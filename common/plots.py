@@ -257,7 +257,8 @@ def plot_trials(trials: dict[str, list[dict]], path: str, limits: dict[str, tupl
             ax.set_xlim(min(low, 0.0 if key == "m2" else low) - 0.03, high + 0.03)
     axes[0].set_ylabel("validation top-1 (%)")
     axes[0].legend(fontsize=8)
-    fig.suptitle("tuning trials (seed 0, validation split); the ringed trial of each arm is its chosen setting")
+    fig.suptitle("tuning trials (seed 0, validation split);" + ("\n" if len(panels) == 1 else " ")  # fits one panel
+                 + "the ringed trial of each arm is its chosen setting")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
