@@ -241,7 +241,8 @@ def plot_trials(trials: dict[str, list[dict]], path: str, limits: dict[str, tupl
             ax.plot(xs[best], ys[best], "o", markersize=13, markerfacecolor="none", color=colours[arm])
             if key != "lr" and arm != "softmax":
                 for rank, i in enumerate(sorted(range(len(rows)), key=lambda i: (xs[i], ys[i]))):
-                    # neighbours at one x (normalised softmax, all at m2 = 0) alternate below and above their dot
+                    # in order of (x, y) labels alternate below and above their dots, so trials stacked at one x
+                    # (normalised softmax, all at m2 = 0) do not print over each other
                     ax.annotate(f"s={float(rows[i]['s']):g}", (xs[i], ys[i]), textcoords="offset points",
                                 xytext=(4, 4 if rank % 2 else -10), fontsize=7)
         ax.set_xlabel(xlabel)

@@ -32,9 +32,9 @@ ARMS = {"softmax": ("softmax", {}, ("lr", "label_smoothing")),
         "arcface": ("arcface", {}, ("lr", "s", "m2")),
         "cosface": ("cosface", {}, ("lr", "s", "m3")),
         "triplet": ("triplet", {}, ("lr",))}
-# The four arms of the fair trial's step 1 (what `python -m common.search` draws); triplet loss is searched
-# on its own (`--arms triplet --trials 4`), it trains on class-balanced batches, not the others' shuffled ones.
-TRIAL_ARMS = ("softmax", "normsoftmax", "arcface", "cosface")
+# The fair trial's step 1 arms (what `python -m common.search` draws): every arm but triplet, which is searched
+# on its own (`--arms triplet --trials 4`) as it trains on class-balanced batches, not the others' shuffled ones.
+TRIAL_ARMS = tuple(arm for arm, (loss, _, _) in ARMS.items() if loss != "triplet")
 SWEEP_FLAGS = ("s", "m1", "m2", "m3")  # set by the sweep's own grid flags; the others are training flags
 
 
