@@ -55,6 +55,8 @@ def config_from_row(row: dict, **overrides) -> TrainConfig:
     values["widths"] = tuple(int(w) for w in str(values["widths"]).split("-"))
     for margin in ("s", "m1", "m2", "m3"):  # empty for softmax and triplet
         values[margin] = None if values.get(margin) in ("", None) else float(values[margin])
+    if values.get("triplet_mining") in ("", None):  # batch-hard, written empty (`TrainConfig.as_row`)
+        values.pop("triplet_mining", None)
     return replace(TrainConfig(**values), **overrides)
 
 

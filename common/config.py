@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from .image_folder import folder_name, is_image_folder
 from .device import has_native_bf16, pick_device
-from .heads import LOSSES, MARGIN_DEFAULTS, MARGIN_GRADS, TAILS, check_margins, margins_of
+from .heads import LOSSES, MARGIN_DEFAULTS, MARGIN_GRADS, TAILS, TRIPLET_MININGS, check_margins, margins_of
 from .network import ACTIVATIONS, GLOBAL_POOLS
 
 
@@ -56,7 +56,11 @@ class TrainConfig:
     m2: float | None = training(None, "ArcFace additive angular margin in radians, [0, pi) (default: the loss's)",
                                 flag=False)
     m3: float | None = training(None, "CosFace additive cosine margin, >= 0 (default: the loss's)", flag=False)
-    triplet_margin: float = training(0.2, "margin of the batch-hard triplet loss", above=0)
+    triplet_margin: float = training(0.2, "margin of the triplet loss", above=0)
+    triplet_mining: str = training("hard", "the triplets of triplet loss in a batch: hard: each anchor's farthest "
+                                           "positive and nearest negative (Hermans et al.); semihard: every "
+                                           "anchor-positive pair with its nearest negative beyond the positive "
+                                           "(FaceNet)", choices=tuple(TRIPLET_MININGS))
     latent_dim: int = training(128, "embedding dimension", low=2)
     widths: tuple[int, ...] = training((64, 256, 64), "conv widths per stage: one argument, integers joined by '-' or "
                                                       "',', e.g. 64-256-64", flag=False)
@@ -208,6 +212,7 @@ class TrainConfig:
         row["device"] = pick_device(self.device).type  # shuffling draws from another generator on each type
         row["train_subset"] = "" if self.max_train_samples is None else "stratified"
         row["batch_per_class"] = self.per_class() or ""  # shuffled batches: empty, as in rows from before the setting
+        row["triplet_mining"] = "" if self.triplet_mining == "hard" else self.triplet_mining  # likewise batch-hard
         return row
 
 

@@ -62,9 +62,10 @@ def evaluate(net: nn.Module, head: nn.Module, data: ImageData, normalize: Normal
              config: TrainConfig) -> tuple[dict, torch.Tensor]:
     """Test-set metrics and (C, C) confusion matrix (with config's --amp, --flip-tta and --translate-tta). A
     triplet head's centres are refitted first. Two diagnostics of the geometry go with the metrics: `embedding_norm`,
-    the mean length of the test embeddings before any normalisation, and, for a margin head,
-    `target_angle`, the mean angle in degrees between a test embedding and its own class centre, and
-    `centre_angle`, the mean angle between two class centres (`mean_pairwise_angle`)."""
+    the mean length of the test embeddings before any normalisation, and, for a margin head or a triplet
+    head (its centres: the class means), `target_angle`, the mean angle in degrees between a test embedding
+    and its own class centre, and `centre_angle`, the mean angle between two class centres
+    (`mean_pairwise_angle`; near 0 when the embedding has collapsed to one point)."""
     head.eval()
     if isinstance(head, CentroidHead):
         head.fit_centres(embed_as(config, net, data.train_x, normalize), data.train_y)
@@ -74,10 +75,11 @@ def evaluate(net: nn.Module, head: nn.Module, data: ImageData, normalize: Normal
     metrics = {**classification_metrics(confusion), "embedding_norm": embeddings.norm(dim=1).mean().item()}
     if data.num_classes > TOP_K:  # with TOP_K classes or fewer every image is in its top TOP_K: no measurement
         metrics["top5"] = top_k_accuracy(logits, data.test_y, TOP_K)
-    if isinstance(head, ArcNet):
-        cos = (logits.gather(1, data.test_y.view(-1, 1)) / head.s).clamp(-1.0, 1.0)  # (N, 1)
+    if isinstance(head, (ArcNet, CentroidHead)):  # heads with class centres: logits are s * cos (s = 1: triplet)
+        centres, s = (head.weight, head.s) if isinstance(head, ArcNet) else (head.centres, 1.0)
+        cos = (logits.gather(1, data.test_y.view(-1, 1)) / s).clamp(-1.0, 1.0)  # (N, 1)
         metrics["target_angle"] = torch.rad2deg(torch.acos(cos)).mean().item()
-        metrics["centre_angle"] = mean_pairwise_angle(head.weight.detach().float())
+        metrics["centre_angle"] = mean_pairwise_angle(centres.detach().float())
     return metrics, confusion
 
 

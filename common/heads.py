@@ -178,6 +178,17 @@ class SoftmaxHead(nn.Module):
         return F.cross_entropy(self(embeddings), labels, label_smoothing=self.label_smoothing)
 
 
+def unit_distances(embeddings: torch.Tensor, labels: torch.Tensor):
+    """Euclidean distances (B, B) between the L2-normalised embeddings (B, D), in [0, 2], and the masks of
+    positives (same class, not itself) and negatives (other class). Squared distances are clamped at 1e-12
+    before the square root, so identical embeddings give finite gradients."""
+    x = F.normalize(embeddings.float(), dim=1)  # (B, D)
+    dist = (2.0 - 2.0 * (x @ x.t())).clamp_min(1e-12).sqrt()  # (B, B)
+    same = labels.view(-1, 1) == labels.view(1, -1)  # (B, B)
+    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    return dist, same & ~eye, ~same
+
+
 def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
     """Batch-hard triplet loss (Hermans et al. 2017) on L2-normalised embeddings (B, D).
 
@@ -189,29 +200,53 @@ def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, marg
     dependent branch, so a GPU step needs no host synchronisation); a batch with no valid
     anchor gives 0 with a zero gradient.
     """
-    x = F.normalize(embeddings.float(), dim=1)  # (B, D)
-    dist = (2.0 - 2.0 * (x @ x.t())).clamp_min(1e-12).sqrt()  # (B, B)
-    same = labels.view(-1, 1) == labels.view(1, -1)  # (B, B)
-    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-    positive = same & ~eye
-    valid = positive.any(dim=1) & (~same).any(dim=1)  # (B,) anchors with a positive and a negative
+    dist, positive, negative = unit_distances(embeddings, labels)
+    valid = positive.any(dim=1) & negative.any(dim=1)  # (B,) anchors with a positive and a negative
     # masked rows take 0 rather than -inf / inf, so no inf ever enters the arithmetic or its gradient
     hardest_pos = torch.where(positive, dist, torch.zeros_like(dist)).amax(dim=1)
-    hardest_neg = torch.where(same, torch.full_like(dist, 4.0), dist).amin(dim=1)  # 4 > any distance (<= 2)
+    hardest_neg = torch.where(negative, dist, torch.full_like(dist, 4.0)).amin(dim=1)  # 4 > any distance (<= 2)
     per_anchor = F.relu(hardest_pos - hardest_neg + margin) * valid  # (B,) 0 for invalid anchors
     return per_anchor.sum() / valid.sum().clamp_min(1)
 
 
+def semihard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
+    """Semi-hard triplet loss (FaceNet, Schroff et al. 2015, as TensorFlow Addons' triplet_semihard_loss) on
+    L2-normalised embeddings (B, D).
+
+    For every anchor-positive pair (a, p): the nearest other-class sample n farther from a than p is
+    (d_an > d_ap), or, when no negative is, the farthest negative; loss = mean over the pairs of
+    relu(d_ap - d_an + margin), Euclidean distances on the unit sphere. Unlike batch-hard mining, shrinking
+    every distance alike raises this loss (its chosen negatives lie beyond their positives), so the
+    embedding is not pulled to one point. Safeguards as `batch_hard_triplet_loss`: the clamped square
+    root, masked pairs (anchors without a negative) instead of branches, 0 with a zero gradient when no
+    pair is valid. Memory: a (B, B, B) comparison, 4 MB at B = 100.
+    """
+    dist, positive, negative = unit_distances(embeddings, labels)
+    d_ap, d_an = dist.unsqueeze(2), dist.unsqueeze(1)  # (B, B, 1) [a, p] and (B, 1, B) [a, n]
+    beyond = negative.unsqueeze(1) & (d_an > d_ap)  # (B, B, B) negatives n farther from a than p is
+    nearest_beyond = torch.where(beyond, d_an, 4.0).amin(dim=2)  # (B, B); 4 > any distance (<= 2)
+    farthest = torch.where(negative, dist, torch.zeros_like(dist)).amax(dim=1, keepdim=True)  # (B, 1)
+    d_neg = torch.where(beyond.any(dim=2), nearest_beyond, farthest)  # (B, B)
+    valid = positive & negative.any(dim=1, keepdim=True)  # (B, B) pairs whose anchor has a negative
+    per_pair = F.relu(dist - d_neg + margin) * valid
+    return per_pair.sum() / valid.sum().clamp_min(1)
+
+
+TRIPLET_MININGS = {"hard": batch_hard_triplet_loss, "semihard": semihard_triplet_loss}
+
+
 class CentroidHead(nn.Module):
-    """Triplet-loss head: trains with batch-hard mining, classifies by the nearest class centre.
+    """Triplet-loss head: trains with batch-hard or semi-hard mining (`TRIPLET_MININGS`), classifies by the
+    nearest class centre.
 
     `centres` (num_classes, D) are the normalised mean training embeddings of each class,
     set by `fit_centres`; logits are the cosines to them (nearest centre = largest cosine).
     """
 
-    def __init__(self, in_features: int, num_classes: int, margin: float = 0.2):
+    def __init__(self, in_features: int, num_classes: int, margin: float = 0.2, mining: str = "hard"):
         super().__init__()
         self.margin = float(margin)
+        self.triplet_loss = TRIPLET_MININGS[mining]
         self.register_buffer("centres", torch.zeros(num_classes, in_features))
 
     @torch.no_grad()
@@ -224,18 +259,19 @@ class CentroidHead(nn.Module):
         return F.normalize(embeddings.float(), dim=1) @ self.centres.t()
 
     def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return batch_hard_triplet_loss(embeddings, labels, self.margin)
+        return self.triplet_loss(embeddings, labels, self.margin)
 
 
 def build_head(loss: str, latent_dim: int, num_classes: int, margins: tuple[float, float, float, float] = NO_MARGINS,
                triplet_margin: float = 0.2, label_smoothing: float = 0.0, tail: str = "sphereface",
-               margin_grad: str = "exact") -> nn.Module:
+               margin_grad: str = "exact", triplet_mining: str = "hard") -> nn.Module:
     """The head of a named loss; `margins` (s, m1, m2, m3) as `margins_of` gives them (used by the margin
-    losses only); label smoothing applies to the cross-entropy heads (not triplet)."""
+    losses only); label smoothing applies to the cross-entropy heads (not triplet), the triplet margin and
+    mining to triplet's."""
     if loss == "softmax":
         return SoftmaxHead(latent_dim, num_classes, label_smoothing)
     if loss == "triplet":
-        return CentroidHead(latent_dim, num_classes, triplet_margin)
+        return CentroidHead(latent_dim, num_classes, triplet_margin, triplet_mining)
     if loss in MARGIN_DEFAULTS:
         return ArcNet(latent_dim, num_classes, *margins, label_smoothing, tail, margin_grad)
     raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")

@@ -18,6 +18,7 @@ import argparse
 import os
 import random
 
+from .config import cell
 from .plots import plot_trials
 from .results import read_rows
 from .rows import accuracy_of, run_key
@@ -31,9 +32,10 @@ ARMS = {"softmax": ("softmax", {}, ("lr", "label_smoothing")),
         "normsoftmax": ("arcface", {"m2": 0.0}, ("lr", "s")),
         "arcface": ("arcface", {}, ("lr", "s", "m2")),
         "cosface": ("cosface", {}, ("lr", "s", "m3")),
-        "triplet": ("triplet", {}, ("lr",))}
-# The fair trial's step 1 arms (what `python -m common.search` draws): every arm but triplet, which is searched
-# on its own (`--arms triplet --trials 4`) as it trains on class-balanced batches, not the others' shuffled ones.
+        "triplet": ("triplet", {"triplet_mining": "semihard"}, ("lr",))}
+# Triplet mines semi-hard negatives: with batch-hard mining it collapsed to one point at every lr tried (results/
+# README.md "A fair trial", step 4). The fair trial's step 1 arms (what `python -m common.search` draws): every arm
+# but triplet, searched on its own (`--arms triplet --trials 4`) as it trains on class-balanced batches.
 TRIAL_ARMS = tuple(arm for arm, (loss, _, _) in ARMS.items() if loss != "triplet")
 SWEEP_FLAGS = ("s", "m1", "m2", "m3")  # set by the sweep's own grid flags; the others are training flags
 
@@ -66,7 +68,7 @@ def flags(arm: str, trial: dict) -> str:
     """One trial as sweep_margins.py flags."""
     parts = ["--losses", ARMS[arm][0]]
     for name, value in sorted(trial.items(), key=lambda item: item[0] not in SWEEP_FLAGS):
-        parts += [f"--{name.replace('_', '-')}", f"{value:g}"]
+        parts += [f"--{name.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else value]
     return " ".join(parts)
 
 
@@ -77,10 +79,12 @@ def plan(arms: list[str], trials: int, seed: int) -> list[str]:
 
 
 def arm_of(row: dict) -> str | None:
-    """The arm a results row belongs to (ARMS): normalised softmax is ArcFace with m2 = 0; None for others."""
-    if row.get("loss") == "arcface" and str(row.get("m2", "")) not in ("", None) and float(row["m2"]) == 0:
-        return "normsoftmax"
-    return row.get("loss") if row.get("loss") in ARMS else None
+    """The arm a results row belongs to: the first of ARMS whose loss it trained with its fixed settings
+    (normalised softmax, ArcFace with m2 = 0, comes before ArcFace); None for others."""
+    for arm, (loss, fixed, _) in ARMS.items():
+        if row.get("loss") == loss and all(cell(row.get(k)) == cell(v) for k, v in fixed.items()):
+            return arm
+    return None
 
 
 def trials_by_arm(rows: list[dict]) -> dict[str, list[dict]]:
@@ -121,6 +125,9 @@ def main(argv: list[str] | None = None) -> None:
             p.exit(2, f"{p.prog}: error: --pick: no such file {args.pick}\n")
         rows = read_rows(args.pick, strict=True)
         grouped = trials_by_arm(rows)
+        if not grouped:  # e.g. only batch-hard triplet rows: no arm trains like that
+            p.exit(2, f"{p.prog}: error: --pick: {args.pick} holds no finished trial of an arm "
+                      f"({', '.join(ARMS)}; triplet mines semi-hard negatives)\n")
         for arm, row in chosen(rows).items():
             if row.get("val_per_class") in ("", "0", 0, None):
                 p.exit(2, f"{p.prog}: error: --pick: trial {row.get('run_id')} scored the test set; trials are chosen "

@@ -100,7 +100,7 @@ def build_model(config: TrainConfig, in_channels: int, num_classes: int, device:
                   config.whiten, config.dirac_init, config.activation, config.pool_first, config.global_pool,
                   config.bn_scale)
     head = build_head(config.loss, config.latent_dim, num_classes, config.margins(), config.triplet_margin,
-                      config.label_smoothing, config.margin_tail, config.margin_grad)
+                      config.label_smoothing, config.margin_tail, config.margin_grad, config.triplet_mining)
     return net.to(device, memory_format=torch.channels_last), head.to(device)
 
 

@@ -7,6 +7,7 @@ import torch
 
 from common import (
     ArcNet,
+    CentroidHead,
     Network,
     SoftmaxHead,
 )
@@ -147,6 +148,14 @@ def test_evaluation_reports_embedding_length_and_angle_to_the_own_class_centre()
     assert metrics["centre_angle"] == pytest.approx(90)
     metrics, _ = evaluate(nn.Flatten(), SoftmaxHead(2, 2), data, lambda x: x.float(), TrainConfig())
     assert "target_angle" not in metrics and metrics["embedding_norm"] == pytest.approx(10 / 3)
+    # a triplet head's centres are the class means of the training embeddings: (1, 0) and (1, 1) / sqrt 2
+    metrics, _ = evaluate(nn.Flatten(), CentroidHead(2, 2), data, lambda x: x.float(), TrainConfig(loss="triplet"))
+    assert metrics["target_angle"] == pytest.approx((0 + 45 + 45) / 3, abs=1e-3)
+    assert metrics["centre_angle"] == pytest.approx(45, abs=1e-3)
+    same = torch.full((4, 1, 1, 2), 5, dtype=torch.uint8)  # a collapsed embedding: every image at one point
+    collapsed = ImageData(same, torch.tensor([0, 0, 1, 1]), same, torch.tensor([0, 1, 0, 1]), ["a", "b"])
+    metrics, _ = evaluate(nn.Flatten(), CentroidHead(2, 2), collapsed, lambda x: x.float(), TrainConfig(loss="triplet"))
+    assert metrics["centre_angle"] == pytest.approx(0, abs=0.1) and metrics["target_angle"] == pytest.approx(0, abs=0.1)
 
 
 def test_mean_pairwise_angle():

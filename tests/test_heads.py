@@ -13,6 +13,7 @@ from common import (
     batch_hard_triplet_loss,
     margin_target,
 )
+from common.heads import semihard_triplet_loss
 from common.config import TrainConfig
 from common.training import (
     set_margin_ramp,
@@ -69,6 +70,86 @@ def test_batch_hard_triplet_skips_anchors_without_positive_and_has_gradients():
     identical = torch.ones(4, 3, requires_grad=True)  # zero distances: the sqrt clamp keeps gradients finite
     batch_hard_triplet_loss(identical, torch.tensor([0, 0, 1, 1]), 0.2).backward()
     assert torch.isfinite(identical.grad).all()
+
+
+def semihard_by_enumeration(x, y, margin):
+    """FaceNet's semi-hard loss written as loops over (anchor, positive) pairs and their negatives."""
+    x = F.normalize(x.double(), dim=1)
+    terms = []
+    for a in range(len(y)):
+        negatives = [n for n in range(len(y)) if y[n] != y[a]]
+        for p in range(len(y)):
+            if p == a or y[p] != y[a] or not negatives:
+                continue
+            d_ap = (x[a] - x[p]).norm().item()
+            beyond = [(x[a] - x[n]).norm().item() for n in negatives if (x[a] - x[n]).norm().item() > d_ap]
+            d_an = min(beyond) if beyond else max((x[a] - x[n]).norm().item() for n in negatives)
+            terms.append(max(0.0, d_ap - d_an + margin))
+    return sum(terms) / max(len(terms), 1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_semihard_triplet_matches_an_enumeration_of_its_pairs(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(12, 3, generator=g)
+    y = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2, 3, 4, 4])  # class 3 has no positive; its image is a negative
+    for margin in (0.05, 0.2, 1.0):
+        assert semihard_triplet_loss(x, y, margin).item() == pytest.approx(semihard_by_enumeration(x, y, margin),
+                                                                         abs=1e-5)
+
+
+def test_semihard_triplet_worked_example():
+    # class 0 at 0 and 60 degrees, class 1 at 90 and 180 degrees: anchor 0's positive (60) is nearer than both
+    # negatives (90 at chord 90 degrees, 180); each other pair has a negative beyond its positive, or only inside
+    x = torch.tensor([unit(0), unit(60), unit(90), unit(180)])
+    y = torch.tensor([0, 0, 1, 1])
+    chord = lambda deg: 2 * math.sin(math.radians(deg) / 2)  # noqa: E731
+    # (a, p): d_ap, and the negative: the nearest beyond d_ap, else the farthest
+    pairs = [(chord(60), chord(90)),    # 0->1: negatives at 90, 180 degrees; nearest beyond 60 is 90
+             (chord(60), chord(120)),   # 1->0: negatives at 30, 120 degrees; nearest beyond 60 is 120
+             (chord(90), chord(90)),    # 2->3: negatives at 90, 30 degrees; none beyond 90: farthest, 90
+             (chord(90), chord(120))]   # 3->2: negatives at 180, 120 degrees; nearest beyond 90 is 120
+    margin = 0.3
+    want = sum(max(0.0, p - n + margin) for p, n in pairs) / 4
+    assert semihard_triplet_loss(x, y, margin).item() == pytest.approx(want, abs=1e-6)
+
+
+def test_semihard_triplet_resists_a_collapse_that_batch_hard_rewards():
+    # two classes interleaved on a circle: every anchor's farthest positive is beyond its nearest negative.
+    # Shrinking the whole picture towards one point lowers batch-hard's loss towards the margin, and raises the
+    # semi-hard loss towards it from below: only batch-hard is pulled to the collapsed embedding.
+    angles = torch.tensor([0.0, 40.0, 80.0, 120.0, 160.0, 200.0])
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+
+    def shrunk(factor):  # points on a cap around (1, 0, 0), spread `factor` times as wide
+        r = math.radians(30) * factor
+        return torch.stack([torch.full_like(angles, math.cos(r)), math.sin(r) * torch.cos(torch.deg2rad(angles)),
+                            math.sin(r) * torch.sin(torch.deg2rad(angles))], dim=1)
+    hard = [batch_hard_triplet_loss(shrunk(f), y, 0.2).item() for f in (1.0, 0.5, 0.01)]
+    semi = [semihard_triplet_loss(shrunk(f), y, 0.2).item() for f in (1.0, 0.5, 0.01)]
+    assert hard[0] > hard[1] > hard[2] == pytest.approx(0.2, abs=0.01)
+    assert semi[0] < semi[1] < semi[2] == pytest.approx(0.2, abs=0.01)
+
+
+def test_semihard_triplet_edges_have_finite_or_zero_gradients():
+    identical = torch.ones(4, 3, requires_grad=True)  # zero distances: the sqrt clamp keeps gradients finite
+    loss = semihard_triplet_loss(identical, torch.tensor([0, 0, 1, 1]), 0.2)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.2, abs=1e-5) and torch.isfinite(identical.grad).all()
+    x = torch.randn(4, 3, requires_grad=True)
+    none = semihard_triplet_loss(x, torch.tensor([0, 1, 2, 3]), 0.2)  # no anchor has a positive
+    none.backward()
+    assert none.item() == 0.0 and torch.equal(x.grad, torch.zeros(4, 3))
+    one_class = torch.randn(4, 3, requires_grad=True)
+    alone = semihard_triplet_loss(one_class, torch.zeros(4, dtype=torch.long), 0.2)  # no negative anywhere
+    alone.backward()
+    assert alone.item() == 0.0 and torch.equal(one_class.grad, torch.zeros(4, 3))
+
+
+def test_centroid_head_trains_with_the_mining_it_is_given():
+    x, y = torch.randn(8, 4), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    assert CentroidHead(4, 4, 0.2).loss(x, y) == batch_hard_triplet_loss(x, y, 0.2)
+    assert CentroidHead(4, 4, 0.2, "semihard").loss(x, y) == semihard_triplet_loss(x, y, 0.2)
 
 
 def test_centroid_head_classifies_by_nearest_normalised_class_mean():
@@ -272,3 +353,15 @@ def test_out_of_range_margins_are_refused(bad):
     args = dict(s=30.0, m1=1.0, m2=0.5, m3=0.0) | bad
     with pytest.raises(ValueError, match="--" + next(iter(bad))):
         TrainConfig(loss="combined", **args).validate()
+
+
+def test_triplet_mining_is_recorded_empty_for_batch_hard_as_before_the_setting_and_read_back():
+    from plot_embeddings import config_from_row
+    from common.config import identity
+
+    hard, semi = TrainConfig(loss="triplet"), TrainConfig(loss="triplet", triplet_mining="semihard")
+    assert hard.as_row()["triplet_mining"] == "" and semi.as_row()["triplet_mining"] == "semihard"
+    before = {k: v for k, v in hard.as_row().items() if k != "triplet_mining"}  # a row from before the setting
+    assert identity(before) == identity(hard.as_row()) != identity(semi.as_row())
+    assert config_from_row(hard.as_row()).triplet_mining == "hard"
+    assert config_from_row(semi.as_row()).triplet_mining == "semihard"

@@ -63,10 +63,29 @@ def test_the_default_draw_is_the_four_trial_arms_and_triplet_is_searched_apart(t
     search.main(["--arms", "triplet", "--trials", "4"])
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and all(line.startswith("--losses triplet --lr ") for line in lines)
-    lrs = sorted(float(line.split()[-1]) for line in lines)  # one per quarter of log(lr)'s range
+    lrs = sorted(float(line.split()[3]) for line in lines)  # one per quarter of log(lr)'s range
     low, high, _ = search.RANGES["lr"]
     assert [int(4 * math.log(lr / low) / math.log(high / low)) for lr in lrs] == [0, 1, 2, 3]
     path = tmp_path / "triplet.csv"
-    write_csv(str(path), [row("triplet", 0.30, lr=0.05), row("triplet", 0.35, lr=0.2)])
+    semihard = {"triplet_mining": "semihard"}
+    write_csv(str(path), [row("triplet", 0.30, lr=0.05) | semihard, row("triplet", 0.35, lr=0.2) | semihard])
     search.main(["--pick", str(path), "--figure", str(tmp_path / "triplet.png")])
-    assert "triplet: 2 trials, chosen 35.00%: --losses triplet --lr 0.2" in capsys.readouterr().out
+    assert "triplet: 2 trials, chosen 35.00%: --losses triplet --lr 0.2 --triplet-mining semihard" in capsys.readouterr().out
+
+
+def test_triplet_arm_mines_semihard_and_leaves_batch_hard_rows_out():
+    assert all(line.endswith("--triplet-mining semihard") for line in search.plan(["triplet"], 4, 0))
+    hard = {**row("triplet", 0.02, lr=0.134), "triplet_mining": ""}  # batch-hard: empty, as rows before the setting
+    semi = {**row("triplet", 0.30, lr=0.0755), "triplet_mining": "semihard"}
+    assert search.arm_of(hard) is None and search.arm_of(semi) == "triplet"
+    assert search.chosen([hard, semi]) == {"triplet": semi}
+    assert search.choice_flags("triplet", semi) == "--losses triplet --lr 0.0755 --triplet-mining semihard"
+
+
+def test_pick_without_a_trial_of_any_arm_says_so_and_exits_2(tmp_path, capsys):
+    path = tmp_path / "hard.csv"
+    write_csv(str(path), [{**row("triplet", 0.02, lr=0.134), "triplet_mining": ""}])  # batch-hard only
+    with pytest.raises(SystemExit) as exit_info:
+        search.main(["--pick", str(path), "--figure", str(tmp_path / "t.png")])
+    assert exit_info.value.code == 2 and "no finished trial of an arm" in capsys.readouterr().err
+    assert not (tmp_path / "t.png").exists()

@@ -6,7 +6,6 @@ import torch
 from common import (
     ArcNet,
     Network,
-    SoftmaxHead,
     batch_hard_triplet_loss,
     random_crop_flip,
 )
