@@ -35,6 +35,7 @@ from sweep_margins import SCRIPTS
 DEFAULT_LOSSES = ("softmax", "arcface", "combined", "triplet")
 CENTRE_SAMPLES = 10_000  # training images whose mean embedding is a softmax model's class centre
 SPHERE_POINTS = 2_000  # test embeddings drawn per sphere (all of them enter the statistics)
+LEGEND_CLASSES = 20  # the sphere figure names its classes in a legend up to this many (tab20's colours)
 
 
 @dataclass
@@ -155,7 +156,8 @@ def plot_spheres(results: list[dict], path: str) -> list[str]:
     classes = max(len(result["classes"]) for result in results)
     width = max(8.0, 4.6 * len(results))  # one panel alone still fits the title and a legend of 10 classes
     ncol = min(classes, 10 if width >= 12 else 5)
-    legend_inches = 0.45 + 0.3 * math.ceil(classes / ncol)  # the legend's title and rows, under the panels
+    legend = classes <= LEGEND_CLASSES  # beyond, colours repeat (tab20) and a legend could not tell classes apart
+    legend_inches = 0.45 + 0.3 * math.ceil(classes / ncol) if legend else 0.0  # its title and rows, under the panels
     height = 5.0 + legend_inches
     fig = plt.figure(figsize=(width, height))
     u, v = torch.meshgrid(torch.linspace(0, 2 * torch.pi, 30), torch.linspace(0, torch.pi, 15), indexing="ij")
@@ -184,10 +186,12 @@ def plot_spheres(results: list[dict], path: str) -> list[str]:
         ax.set_xlabel("x"), ax.set_ylabel("y"), ax.set_zlabel("z")
     # every class once, from the panel that has the most of them (a class with no test point shown has no handle)
     handles, labels = max((ax.get_legend_handles_labels() for ax in fig.axes), key=lambda hl: len(hl[1]))
-    fig.legend(handles, labels, loc="lower center", ncol=ncol, markerscale=4, title="class", frameon=False)
-    fig.suptitle("Normalised test embeddings and class centres (arrows) on the unit sphere")
+    if legend:
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, markerscale=4, title="class", frameon=False)
+    fig.suptitle("Normalised test embeddings and class centres (arrows) on the unit sphere"
+                 + ("" if legend else f"\n{classes} classes: colours repeat every 20, no legend"))
     # the panels sit above the legend, with room for the 3-D axes' tick labels, which hang below their boxes
-    fig.tight_layout(rect=(0, (legend_inches + 0.2) / height, 1, 1 - 0.45 / height))
+    fig.tight_layout(rect=(0, (legend_inches + 0.2) / height, 1, 1 - (0.45 if legend else 0.7) / height))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return titles

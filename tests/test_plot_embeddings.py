@@ -1,6 +1,7 @@
 """plot_embeddings.py: angular statistics on known angles, PCA above 3-D, figures from tiny checkpoints."""
 import math
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -138,6 +139,30 @@ def test_few_class_figures_fit_their_classes_and_show_whole_epochs_in_percent(tm
     acc_ax = captured["fig"].axes[0]
     assert acc_ax.get_ylabel() == "test accuracy (%)" and acc_ax.lines[0].get_ydata()[0] == 50.0
     assert [t for t in acc_ax.get_xticks() if acc_ax.get_xlim()[0] <= t <= acc_ax.get_xlim()[1]] == [1.0]
+
+
+def test_sphere_figure_names_up_to_20_classes_in_a_legend_and_more_without_one(tmp_path):
+    import matplotlib.pyplot as plt
+
+    def sphere_figure(classes: int):
+        g = torch.Generator().manual_seed(0)
+        result = {"embeddings": torch.randn(4 * classes, 5, generator=g), "centres": torch.randn(classes, 5, generator=g),
+                  "labels": torch.arange(classes).repeat(4), "classes": [f"c{i}" for i in range(classes)],
+                  "model": SimpleNamespace(name="arcface"), "accuracy": 0.5,
+                  "stats": {"intra_mean_deg": 30.0, "inter_min_deg": 20.0}}
+        captured = {}
+        real_close = plt.close
+        plt.close = lambda fig: captured.setdefault("fig", fig)  # keep the figure to read its legends
+        try:
+            plot_embeddings.plot_spheres([result], str(tmp_path / f"s{classes}.png"))
+        finally:
+            plt.close = real_close
+        return captured["fig"]
+
+    named, unnamed = sphere_figure(20), sphere_figure(200)
+    assert len(named.legends) == 1 and len(named.legends[0].get_texts()) == 20
+    assert not unnamed.legends and "200 classes: colours repeat every 20" in unnamed._suptitle.get_text()
+    assert unnamed.get_size_inches()[1] < named.get_size_inches()[1]  # no 200-name legend under the panel
 
 
 def test_class_names_a_font_cannot_draw_get_their_index():
