@@ -216,8 +216,8 @@ def semihard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin
     For every anchor-positive pair (a, p): the nearest other-class sample n farther from a than p is
     (d_an > d_ap), or, when no negative is, the farthest negative; loss = mean over the pairs of
     relu(d_ap - d_an + margin), Euclidean distances on the unit sphere. Unlike batch-hard mining, shrinking
-    every distance alike raises this loss (its chosen negatives lie beyond their positives), so the
-    embedding is not pulled to one point. Safeguards as `batch_hard_triplet_loss`: the clamped square
+    every distance alike raises the loss of every pair whose negative lies beyond its positive, so the
+    embedding is not pulled to one point (batch-hard's loss falls to the margin there). Safeguards as `batch_hard_triplet_loss`: the clamped square
     root, masked pairs (anchors without a negative) instead of branches, 0 with a zero gradient when no
     pair is valid. Memory: a (B, B, B) comparison, 4 MB at B = 100.
     """
