@@ -219,15 +219,17 @@ def semihard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin
     every distance alike raises the loss of every pair whose negative lies beyond its positive, so the
     embedding is not pulled to one point (batch-hard's loss falls to the margin there). Safeguards as `batch_hard_triplet_loss`: the clamped square
     root, masked pairs (anchors without a negative) instead of branches, 0 with a zero gradient when no
-    pair is valid. Memory: a (B, B, B) comparison, 4 MB at B = 100.
+    pair is valid. Cost: a sort and a binary search per anchor, O(B^2 log B), no (B, B, B) tensor.
     """
     dist, positive, negative = unit_distances(embeddings, labels)
-    d_ap, d_an = dist.unsqueeze(2), dist.unsqueeze(1)  # (B, B, 1) [a, p] and (B, 1, B) [a, n]
-    beyond = negative.unsqueeze(1) & (d_an > d_ap)  # (B, B, B) negatives n farther from a than p is
-    nearest_beyond = torch.where(beyond, d_an, 4.0).amin(dim=2)  # (B, B); 4 > any distance (<= 2)
-    farthest = torch.where(negative, dist, torch.zeros_like(dist)).amax(dim=1, keepdim=True)  # (B, 1)
-    d_neg = torch.where(beyond.any(dim=2), nearest_beyond, farthest)  # (B, B)
-    valid = positive & negative.any(dim=1, keepdim=True)  # (B, B) pairs whose anchor has a negative
+    count = negative.sum(dim=1, keepdim=True)  # (B, 1) negatives per anchor
+    # each anchor's negative distances, ascending, padded with 4 (> any distance) to B: (B, B)
+    ranked = torch.where(negative, dist, 4.0).sort(dim=1).values
+    first_beyond = torch.searchsorted(ranked.detach(), dist.detach(), right=True)  # (B, B) [a, p]: first d_an > d_ap
+    nearest_beyond = ranked.gather(1, first_beyond.clamp(max=len(labels) - 1))  # (B, B)
+    farthest = ranked.gather(1, (count - 1).clamp(min=0))  # (B, 1) each anchor's farthest negative
+    d_neg = torch.where(first_beyond < count, nearest_beyond, farthest)  # (B, B)
+    valid = positive & (count > 0)  # (B, B) pairs whose anchor has a negative
     per_pair = F.relu(dist - d_neg + margin) * valid
     return per_pair.sum() / valid.sum().clamp_min(1)
 

@@ -73,7 +73,8 @@ def test_batch_hard_triplet_skips_anchors_without_positive_and_has_gradients():
 
 
 def semihard_by_enumeration(x, y, margin):
-    """FaceNet's semi-hard loss written as loops over (anchor, positive) pairs and their negatives."""
+    """FaceNet's semi-hard loss written as loops over (anchor, positive) pairs and their negatives, in float64,
+    differentiable in x."""
     x = F.normalize(x.double(), dim=1)
     terms = []
     for a in range(len(y)):
@@ -81,21 +82,26 @@ def semihard_by_enumeration(x, y, margin):
         for p in range(len(y)):
             if p == a or y[p] != y[a] or not negatives:
                 continue
-            d_ap = (x[a] - x[p]).norm().item()
-            beyond = [(x[a] - x[n]).norm().item() for n in negatives if (x[a] - x[n]).norm().item() > d_ap]
-            d_an = min(beyond) if beyond else max((x[a] - x[n]).norm().item() for n in negatives)
-            terms.append(max(0.0, d_ap - d_an + margin))
-    return sum(terms) / max(len(terms), 1)
+            d_ap = (x[a] - x[p]).norm()
+            d_an = [(x[a] - x[n]).norm() for n in negatives]
+            beyond = [d for d in d_an if d > d_ap]
+            chosen = min(beyond) if beyond else max(d_an)
+            terms.append(torch.relu(d_ap - chosen + margin))
+    return torch.stack(terms).mean() if terms else torch.zeros((), dtype=torch.float64)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_semihard_triplet_matches_an_enumeration_of_its_pairs(seed):
+def test_semihard_triplet_matches_an_enumeration_of_its_pairs_with_its_gradient(seed):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(12, 3, generator=g)
-    y = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2, 3, 4, 4])  # class 3 has no positive; its image is a negative
-    for margin in (0.05, 0.2, 1.0):
-        assert semihard_triplet_loss(x, y, margin).item() == pytest.approx(semihard_by_enumeration(x, y, margin),
-                                                                         abs=1e-5)
+    fixed = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2, 3, 4, 4])  # class 3 has no positive; its image is a negative
+    for y in (fixed, torch.randint(0, 6, (30,), generator=g)):
+        x = torch.randn(len(y), 3, generator=g)
+        for margin in (0.05, 0.2, 1.0):
+            ours, theirs = x.clone().requires_grad_(), x.clone().double().requires_grad_()
+            loss, want = semihard_triplet_loss(ours, y, margin), semihard_by_enumeration(theirs, y, margin)
+            assert loss.item() == pytest.approx(want.item(), abs=1e-5)
+            loss.backward(), want.backward()
+            torch.testing.assert_close(ours.grad, theirs.grad.float(), atol=1e-4, rtol=1e-3)
 
 
 def test_semihard_triplet_worked_example():
