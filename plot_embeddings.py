@@ -22,6 +22,7 @@ import torch
 
 from common import ArcNet, CentroidHead, Network, TrainConfig
 from common.cli import OneLineErrorParser
+from common.config import EMPTY_IN_ROWS
 from common.device import device_flag
 from common.geometry import angles_to_centres, angular_statistics, target_and_nearest_other, to_sphere_3d
 from common.checkpoints import load_checkpoint, read_checkpoint
@@ -56,8 +57,9 @@ def config_from_row(row: dict, **overrides) -> TrainConfig:
     values["widths"] = tuple(int(w) for w in str(values["widths"]).split("-"))
     for margin in ("s", "m1", "m2", "m3"):  # empty for softmax and triplet
         values[margin] = None if values.get(margin) in ("", None) else float(values[margin])
-    if values.get("triplet_mining") in ("", None):  # batch-hard, written empty (`TrainConfig.as_row`)
-        values.pop("triplet_mining", None)
+    for name in EMPTY_IN_ROWS:  # written empty at its value (`TrainConfig.as_row`): the field's default again
+        if values.get(name) in ("", None):
+            values[name] = EMPTY_IN_ROWS[name]
     return replace(TrainConfig(**values), **overrides)
 
 

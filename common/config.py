@@ -11,6 +11,9 @@ from .network import ACTIVATIONS, GLOBAL_POOLS
 
 
 TRIPLET_PER_CLASS = 4  # images per class in a triplet loss batch by default (`TrainConfig.per_class`)
+# Settings a results row writes empty at this value, as the rows from before the setting have no column for it
+# (`TrainConfig.as_row`; a row read back as a config takes the value again, `plot_embeddings.config_from_row`).
+EMPTY_IN_ROWS = {"triplet_mining": "hard"}
 # Every field has one role, given where it is defined, and every list of run settings derives from the roles:
 TRAINING = "training"  # changes the trained model: a --resume must match it, and it tells one result from another
 EVALUATION = "evaluation"  # changes only the scores: tells results apart, but a --resume may change it
@@ -212,7 +215,7 @@ class TrainConfig:
         row["device"] = pick_device(self.device).type  # shuffling draws from another generator on each type
         row["train_subset"] = "" if self.max_train_samples is None else "stratified"
         row["batch_per_class"] = self.per_class() or ""  # shuffled batches: empty, as in rows from before the setting
-        row["triplet_mining"] = "" if self.triplet_mining == "hard" else self.triplet_mining  # likewise batch-hard
+        row.update({name: "" for name, value in EMPTY_IN_ROWS.items() if row[name] == value})
         return row
 
 

@@ -217,9 +217,9 @@ def semihard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin
     (d_an > d_ap), or, when no negative is, the farthest negative; loss = mean over the pairs of
     relu(d_ap - d_an + margin), Euclidean distances on the unit sphere. Unlike batch-hard mining, shrinking
     every distance alike raises the loss of every pair whose negative lies beyond its positive, so the
-    embedding is not pulled to one point (batch-hard's loss falls to the margin there). Safeguards as `batch_hard_triplet_loss`: the clamped square
-    root, masked pairs (anchors without a negative) instead of branches, 0 with a zero gradient when no
-    pair is valid. Cost: a sort and a binary search per anchor, O(B^2 log B), no (B, B, B) tensor.
+    embedding is not pulled to one point (batch-hard's loss falls to the margin there). Safeguards as
+    `batch_hard_triplet_loss`: the clamped square root, masked pairs (anchors without a negative) instead
+    of branches, 0 with a zero gradient when no pair is valid. Cost: a sort and a binary search per anchor, O(B^2 log B), no (B, B, B) tensor.
     """
     dist, positive, negative = unit_distances(embeddings, labels)
     count = negative.sum(dim=1, keepdim=True)  # (B, 1) negatives per anchor

@@ -33,8 +33,8 @@ ARMS = {"softmax": ("softmax", {}, ("lr", "label_smoothing")),
         "arcface": ("arcface", {}, ("lr", "s", "m2")),
         "cosface": ("cosface", {}, ("lr", "s", "m3")),
         "triplet": ("triplet", {"triplet_mining": "semihard"}, ("lr",))}
-# Triplet mines semi-hard negatives: with batch-hard mining it collapsed to one point at every lr tried (results/
-# README.md "A fair trial", step 4). The fair trial's step 1 arms (what `python -m common.search` draws): every arm
+# Triplet mines semi-hard negatives: with batch-hard mining its first trial (lr 0.134) collapsed to one point
+# (results/README.md "A fair trial", step 4). The fair trial's step 1 arms (what `python -m common.search` draws): every arm
 # but triplet, searched on its own (`--arms triplet --trials 4`) as it trains on class-balanced batches.
 TRIAL_ARMS = tuple(arm for arm, (loss, _, _) in ARMS.items() if loss != "triplet")
 SWEEP_FLAGS = ("s", "m1", "m2", "m3")  # set by the sweep's own grid flags; the others are training flags
