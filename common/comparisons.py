@@ -8,6 +8,7 @@ import math
 
 from .grouping import COLLAPSE_BELOW, described, format_mean_std, format_p, kept_cells, kept_runs, partitions
 from .heads import LOSSES
+from .search import arm_of
 from .config import cell, identity_keys
 from .rows import (CLAIM_SCENARIOS, SETTING_KEYS, accuracy_of, group_key, is_plain, percent_values, row_key, setting,
                    setting_label, sides)
@@ -221,16 +222,18 @@ ARM_FIELDS = (("test_acc", "top-1"), ("test_top5", "top-5"), ("test_f1", "macro 
 
 
 def arm_label(row: dict, baseline: dict) -> str:
-    """An arm by its loss and margins and each other identity setting in which it differs from `baseline`."""
+    """An arm by its name in the search (`search.arm_of`, when it is one: "normsoftmax: ..."), its loss and margins
+    and each other identity setting in which it differs from `baseline`."""
     differ = [k for k in identity_keys() if k not in SETTING_KEYS and k != "seed" and cell(row.get(k)) != cell(baseline.get(k))]
-    return ", ".join([setting_label(row_key(row).setting), *(f"{k} {row.get(k)}" for k in differ)])
+    label = ", ".join([setting_label(row_key(row).setting), *(f"{k} {row.get(k)}" for k in differ)])
+    return f"{arm_of(row)}: {label}" if arm_of(row) else label
 
 
 def arms_against_softmax(rows: list[dict]) -> list[dict]:
     """Each arm (the rows of one setting, `rows.group_key`) minus the one softmax arm, whatever else differs (a
     tuned trial's arms differ in their learning rates): per field of ARM_FIELDS, the difference of means in
     points, its 95% interval, its permutation p and Holm's adjustment over the arms (one family per field).
-    ValueError when the rows hold no softmax arm or more than one."""
+    ValueError when the rows hold no softmax arm or more than one, or no other arm."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         if accuracy_of(row) is not None:
@@ -239,6 +242,8 @@ def arms_against_softmax(rows: list[dict]) -> list[dict]:
     if len(softmax) != 1:
         raise ValueError(f"the rows hold {len(softmax)} softmax arms; the arms are compared with exactly one")
     base = softmax[0]
+    if len(groups) == 1:
+        raise ValueError("the rows hold only the softmax arm; there is no arm to compare with it")
     lines = []
     for runs in groups.values():
         if runs is not base:

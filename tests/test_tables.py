@@ -160,10 +160,13 @@ def test_arms_of_a_tuned_trial_are_each_set_against_the_softmax_arm(tmp_path):
     write_csv(str(tmp_path / "trial.csv"), rows)
     lines = tables.render("csv=trial.csv kind=arms", root=str(tmp_path)).splitlines()
     assert lines[0].startswith("| arm | runs (softmax) | top-1 gain, points |")
-    assert lines[2].startswith("| arcface s = 20, m2 = 0.3, lr 0.2, label_smoothing 0.0 | 5 (5) | +2.00 [")
+    assert lines[2].startswith("| arcface: arcface s = 20, m2 = 0.3, lr 0.2, label_smoothing 0.0 | 5 (5) | +2.00 [")
     assert "(p = 0.008, Holm 0.016)" in lines[2]  # 5 runs apart from 5: the exact floor 2/252, doubled over 2 arms
-    assert "| arcface s = 16, m2 = 0, label_smoothing 0.0 | 5 (5) | +0.00 [" in lines[3]  # same lr as softmax: unnamed
+    assert "| normsoftmax: arcface s = 16, m2 = 0, label_smoothing 0.0 | 5 (5) | +0.00 [" in lines[3]  # same lr: unnamed
     assert "exact (252 labellings)" in lines[-1] and "the 2 arms" in lines[-1]
     write_csv(str(tmp_path / "two.csv"), rows + [run("softmax", 0, 0.3, lr=0.2)])
     with pytest.raises(tables.TableError, match="2 softmax arms"):
         tables.render("csv=two.csv kind=arms", root=str(tmp_path))
+    write_csv(str(tmp_path / "alone.csv"), rows[:5])
+    with pytest.raises(tables.TableError, match="only the softmax arm"):
+        tables.render("csv=alone.csv kind=arms", root=str(tmp_path))
