@@ -8,7 +8,7 @@ import math
 
 from .grouping import COLLAPSE_BELOW, described, format_mean_std, format_p, kept_cells, kept_runs, partitions
 from .heads import LOSSES
-from .search import arm_of
+from .arms import arm_of
 from .config import cell, identity_keys
 from .rows import (CLAIM_SCENARIOS, SETTING_KEYS, accuracy_of, group_key, is_plain, percent_values, row_key, setting,
                    setting_label, sides)
@@ -222,7 +222,7 @@ ARM_FIELDS = (("test_acc", "top-1"), ("test_top5", "top-5"), ("test_f1", "macro 
 
 
 def arm_label(row: dict, baseline: dict) -> str:
-    """An arm by its name in the search (`search.arm_of`, when it is one: "normsoftmax: ..."), its loss and margins
+    """An arm by its name in the search (`arms.arm_of`, when it is one: "normsoftmax: ..."), its loss and margins
     and each other identity setting in which it differs from `baseline`."""
     differ = [k for k in identity_keys() if k not in SETTING_KEYS and k != "seed" and cell(row.get(k)) != cell(baseline.get(k))]
     label = ", ".join([setting_label(row_key(row).setting), *(f"{k} {row.get(k)}" for k in differ)])
@@ -249,6 +249,10 @@ def arms_against_softmax(rows: list[dict]) -> list[dict]:
         if runs is not base:
             lines.append({"arm": arm_label(runs[0], base[0]), "runs": len(runs), "softmax_runs": len(base)})
             add_differences(lines[-1], runs, base, [(field, field) for field, _ in ARM_FIELDS])
+            for field, _ in ARM_FIELDS:  # softmax's own runs about their mean, the spread a gain is set against
+                values = percent_values(base, field)
+                if values:
+                    lines[-1][f"softmax_run_gains_{field}"] = ";".join(f"{v - sum(values) / len(values):.3f}" for v in values)
     add_holm(lines, [field for field, _ in ARM_FIELDS])
     return lines
 

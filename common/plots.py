@@ -1,11 +1,13 @@
-"""The sweep summaries' figures: ArcFace accuracy against m2, each loss side by side, and the combined-margin
-heat map; each draws summary lines (common/summary.py) with every run as a dot."""
+"""The figures: of a sweep's summary (ArcFace accuracy against m2, each loss side by side, the combined-margin
+heat map; common/summary.py), of the gains over softmax, of a tuning search's trials and of a trial's arms;
+each draws every run as a dot."""
 from __future__ import annotations
 
 import math
 
 import torch
 
+from .grouping import format_p
 from .rows import SETTING_KEYS, accuracy_of, budget_of, percent_values, row_key, setting_label
 
 
@@ -260,6 +262,45 @@ def plot_trials(trials: dict[str, list[dict]], path: str, limits: dict[str, tupl
     axes[0].legend(fontsize=8)
     fig.suptitle("tuning trials (seed 0, validation split);" + ("\n" if len(panels) == 1 else " ")  # fits one panel
                  + "the ringed trial of each arm is its chosen setting")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_arm_gains(lines: list[dict], fields: tuple[tuple[str, str], ...], path: str) -> str:
+    """A trial's arms minus its softmax arm, one panel per field (`fields`: (column, title)): each arm's
+    difference of means with its 95% interval as a bar, every run's own gain as a dot, the Holm-adjusted p
+    written above; at the left softmax's own runs about their mean, the spread each gain is set against.
+    `lines`: `comparisons.arms_against_softmax` lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(fields), figsize=(4.2 * len(fields), 5.2), squeeze=False)
+    names = ["softmax"] + [line["arm"].split(": ")[0] if ": " in line["arm"] else line["arm"] for line in lines]
+    for ax, (field, title) in zip(axes[0], fields):
+        base = [float(v) for v in lines[0].get(f"softmax_run_gains_{field}", "").split(";") if v]  # none: not measured
+        ax.plot([0] * len(base), base, "o", color="grey", markerfacecolor="none", markersize=5)
+        for i, line in enumerate(lines, start=1):
+            if f"gain_{field}" not in line:  # the field was not measured for this arm
+                continue
+            gain, low, high = line[f"gain_{field}"], line[f"low_{field}"], line[f"high_{field}"]
+            ax.errorbar(i, gain, yerr=([gain - low], [high - gain]), fmt="_", markersize=18, capsize=4, color="tab:blue")
+            dots = [float(v) for v in line[f"run_gains_{field}"].split(";")]
+            ax.plot([i + 0.15] * len(dots), dots, "o", color="black", markerfacecolor="none", markersize=5)
+            ax.annotate(f"{gain:+.2f}\nHolm p {format_p(line[f'holm_{field}'])}", (i, high), textcoords="offset points",
+                        xytext=(0, 4), ha="center", va="bottom", fontsize=8)
+        ax.axhline(0, color="grey", linestyle="--", linewidth=1)
+        ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+        ax.set_xlim(-0.6, len(names) - 0.4)
+        ax.margins(y=0.2)  # room for the p above the highest bar
+        ax.set_title(f"{title} (points)", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    runs = sorted({(line["runs"], line["softmax_runs"]) for line in lines})
+    fig.suptitle("each arm minus softmax: mean with 95% interval, every run a circle; softmax's runs about its "
+                 f"mean at left (runs a side: {', '.join(f'{a} vs {b}' for a, b in runs)})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -7,6 +7,7 @@ strata and each stratum is used exactly once, so 8 trials cover each setting's r
     python -m common.search --trials 8 --seed 0 --arms softmax arcface
     python -m common.search --pick results/tinyimagenet/tuning.csv --figure results/tinyimagenet/tuning.png
     python -m common.search --arms triplet --trials 4       # triplet loss's learning rate, searched apart
+    python -m common.search --trial results/tinyimagenet/trial.csv --figure results/tinyimagenet/trial.png
 
 Each line holds the sweep flags of one trial (`--losses arcface --s 21.3 --m2 0.284 --lr 0.0731`); trials are
 interleaved across losses (trial 0 of every loss, then trial 1, ...), so a search stopped part-way has given
@@ -18,25 +19,15 @@ import argparse
 import os
 import random
 
-from .config import cell
-from .plots import plot_trials
+from .arms import ARMS, TRIAL_ARMS, arm_of
+from .comparisons import ARM_FIELDS, arms_against_softmax
+from .plots import plot_arm_gains, plot_trials
 from .results import read_rows
 from .rows import accuracy_of, run_key
 
 # One range per setting: (low, high, scale). 'log': uniform in log(value), for settings that act by ratio.
 RANGES = {"lr": (0.025, 0.4, "log"), "label_smoothing": (0.0, 0.2, "linear"), "s": (8.0, 64.0, "log"),
           "m2": (0.1, 0.5, "linear"), "m3": (0.1, 0.5, "linear")}
-# What each arm tunes, and the loss and fixed margins it trains with. Normalised softmax is ArcFace without a
-# margin (m2 = 0): cosine logits times s, the control that tells the margin from the normalisation and scale.
-ARMS = {"softmax": ("softmax", {}, ("lr", "label_smoothing")),
-        "normsoftmax": ("arcface", {"m2": 0.0}, ("lr", "s")),
-        "arcface": ("arcface", {}, ("lr", "s", "m2")),
-        "cosface": ("cosface", {}, ("lr", "s", "m3")),
-        "triplet": ("triplet", {"triplet_mining": "semihard"}, ("lr",))}
-# Triplet mines semi-hard negatives: with batch-hard mining its first trial (lr 0.134) collapsed to one point
-# (results/README.md "A fair trial", step 4). The fair trial's step 1 arms (what `python -m common.search` draws): every arm
-# but triplet, searched on its own (`--arms triplet --trials 4`) as it trains on class-balanced batches.
-TRIAL_ARMS = tuple(arm for arm, (loss, _, _) in ARMS.items() if loss != "triplet")
 SWEEP_FLAGS = ("s", "m1", "m2", "m3")  # set by the sweep's own grid flags; the others are training flags
 
 
@@ -78,15 +69,6 @@ def plan(arms: list[str], trials: int, seed: int) -> list[str]:
     return [flags(arm, drawn[arm][i]) for i in range(trials) for arm in arms]
 
 
-def arm_of(row: dict) -> str | None:
-    """The arm a results row belongs to: the first of ARMS whose loss it trained with its fixed settings
-    (normalised softmax, ArcFace with m2 = 0, comes before ArcFace); None for others."""
-    for arm, (loss, fixed, _) in ARMS.items():
-        if row.get("loss") == loss and all(cell(row.get(k)) == cell(v) for k, v in fixed.items()):
-            return arm
-    return None
-
-
 def trials_by_arm(rows: list[dict]) -> dict[str, list[dict]]:
     """Rows of a search grouped by arm, in ARMS' order, each run once; rows without a result left out."""
     grouped: dict[str, list[dict]] = {arm: [] for arm in ARMS}
@@ -116,13 +98,31 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pick", metavar="CSV", default=None,
                    help="draw nothing: print each arm's chosen trial in this CSV of trials (the highest validation "
                         "top-1), as flags, and its trial count")
-    p.add_argument("--figure", metavar="PNG", default=None, help="with --pick: also draw the trials (plots.plot_trials)")
+    p.add_argument("--trial", metavar="CSV", default=None,
+                   help="draw nothing: draw the arms of this CSV of the trial's runs, each minus its softmax arm, "
+                        "into --figure (plots.plot_arm_gains; the numbers of its kind=arms table)")
+    p.add_argument("--figure", metavar="PNG", default=None,
+                   help="with --pick: also draw the trials (plots.plot_trials); with --trial: the figure to write")
     args = p.parse_args(argv)
     if args.trials < 1:
         p.exit(2, f"{p.prog}: error: --trials must be >= 1, got {args.trials}\n")
+    if args.pick and args.trial:
+        p.exit(2, f"{p.prog}: error: --trial: give --pick or --trial, not both\n")
+    if args.figure and not (args.pick or args.trial):
+        p.exit(2, f"{p.prog}: error: --figure: needs --pick or --trial\n")
+    for flag, path in (("--pick", args.pick), ("--trial", args.trial)):
+        if path and not os.path.isfile(path):
+            p.exit(2, f"{p.prog}: error: {flag}: no such file {path}\n")
+    if args.trial:
+        if not args.figure:
+            p.exit(2, f"{p.prog}: error: --trial: needs --figure PNG\n")
+        try:
+            lines = arms_against_softmax(read_rows(args.trial, strict=True))
+        except ValueError as exc:
+            p.exit(2, f"{p.prog}: error: --trial: {exc}\n")
+        print(f"wrote {plot_arm_gains(lines, ARM_FIELDS, args.figure)}")
+        return
     if args.pick:
-        if not os.path.isfile(args.pick):
-            p.exit(2, f"{p.prog}: error: --pick: no such file {args.pick}\n")
         rows = read_rows(args.pick, strict=True)
         grouped = trials_by_arm(rows)
         if not grouped:  # e.g. only batch-hard triplet rows: no arm trains like that

@@ -89,3 +89,25 @@ def test_pick_without_a_trial_of_any_arm_says_so_and_exits_2(tmp_path, capsys):
         search.main(["--pick", str(path), "--figure", str(tmp_path / "t.png")])
     assert exit_info.value.code == 2 and "no finished trial of an arm" in capsys.readouterr().err
     assert not (tmp_path / "t.png").exists()
+
+
+def test_the_trial_figure_draws_each_arm_against_softmax_and_refuses_what_it_cannot_draw(tmp_path, capsys):
+    runs = [row("softmax", 0.40 + 0.002 * k, val=0, lr=0.07, ls=0.1) | {"seed": k, "map_at_r": 0.05} for k in range(5)]
+    runs += [row("arcface", 0.41 + 0.002 * k, val=0, s=16, m2=0.0, m3=0.0, lr=0.07) | {"seed": k, "map_at_r": 0.04}
+             for k in range(5)]
+    path, figure = tmp_path / "trial.csv", tmp_path / "trial.png"
+    write_csv(str(path), runs)
+    search.main(["--trial", str(path), "--figure", str(figure)])
+    assert capsys.readouterr().out == f"wrote {figure}\n" and os.path.getsize(figure) > 0
+    for argv, message in ((["--trial", str(path)], "--trial: needs --figure PNG"),
+                          (["--figure", str(figure)], "--figure: needs --pick or --trial"),
+                          (["--trial", str(path), "--pick", str(path), "--figure", str(figure)], "not both"),
+                          (["--trial", str(tmp_path / "none.csv"), "--figure", str(figure)], "no such file")):
+        with pytest.raises(SystemExit) as exit_info:
+            search.main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    write_csv(str(path), runs[:5])  # softmax alone: nothing to set against it
+    with pytest.raises(SystemExit) as exit_info:
+        search.main(["--trial", str(path), "--figure", str(tmp_path / "alone.png")])
+    assert exit_info.value.code == 2 and "only the softmax arm" in capsys.readouterr().err
+    assert not (tmp_path / "alone.png").exists()

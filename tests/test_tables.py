@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from common import tables
+from common import comparisons, tables
 from common.results import REPO_ROOT, write_csv
 
 DOCS = [os.path.join(REPO_ROOT, "README.md"), os.path.join(REPO_ROOT, "results", "README.md")]
@@ -164,6 +164,8 @@ def test_arms_of_a_tuned_trial_are_each_set_against_the_softmax_arm(tmp_path):
     assert "(p = 0.008, Holm 0.016)" in lines[2]  # 5 runs apart from 5: the exact floor 2/252, doubled over 2 arms
     assert "| normsoftmax: arcface s = 16, m2 = 0, label_smoothing 0.0 | 5 (5) | +0.00 [" in lines[3]  # same lr: unnamed
     assert "exact (252 labellings)" in lines[-1] and "the 2 arms" in lines[-1]
+    line = comparisons.arms_against_softmax(rows)[0]  # the figure's softmax dots: its runs about their mean, points
+    assert [float(v) for v in line["softmax_run_gains_test_acc"].split(";")] == pytest.approx([-0.2, -0.1, 0, 0.1, 0.2])
     write_csv(str(tmp_path / "two.csv"), rows + [run("softmax", 0, 0.3, lr=0.2)])
     with pytest.raises(tables.TableError, match="2 softmax arms"):
         tables.render("csv=two.csv kind=arms", root=str(tmp_path))
