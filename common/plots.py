@@ -287,10 +287,12 @@ def plot_arm_gains(lines: list[dict], fields: tuple[tuple[str, str], ...], path:
             if f"gain_{field}" not in line:  # the field was not measured for this arm
                 continue
             gain, low, high = line[f"gain_{field}"], line[f"low_{field}"], line[f"high_{field}"]
-            ax.errorbar(i, gain, yerr=([gain - low], [high - gain]), fmt="_", markersize=18, capsize=4, color="tab:blue")
+            bar = ([0], [0]) if math.isnan(low) else ([gain - low], [high - gain])  # no interval from one run
+            ax.errorbar(i, gain, yerr=bar, fmt="_", markersize=18, capsize=4, color="tab:blue")
             dots = [float(v) for v in line[f"run_gains_{field}"].split(";")]
             ax.plot([i + 0.15] * len(dots), dots, "o", color="black", markerfacecolor="none", markersize=5)
-            ax.annotate(f"{gain:+.2f}\nHolm p {format_p(line[f'holm_{field}'])}", (i, high), textcoords="offset points",
+            top = max(dots + ([] if math.isnan(high) else [high]))
+            ax.annotate(f"{gain:+.2f}\nHolm p {format_p(line[f'holm_{field}'])}", (i, top), textcoords="offset points",
                         xytext=(0, 4), ha="center", va="bottom", fontsize=8)
         ax.axhline(0, color="grey", linestyle="--", linewidth=1)
         ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)

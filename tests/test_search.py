@@ -95,8 +95,9 @@ def test_the_trial_figure_draws_each_arm_against_softmax_and_refuses_what_it_can
     runs = [row("softmax", 0.40 + 0.002 * k, val=0, lr=0.07, ls=0.1) | {"seed": k, "map_at_r": 0.05} for k in range(5)]
     runs += [row("arcface", 0.41 + 0.002 * k, val=0, s=16, m2=0.0, m3=0.0, lr=0.07) | {"seed": k, "map_at_r": 0.04}
              for k in range(5)]
+    one = row("cosface", 0.43, val=0, s=15, m2=0.0, m3=0.2, lr=0.09) | {"map_at_r": 0.06}  # one run: no interval
     path, figure = tmp_path / "trial.csv", tmp_path / "trial.png"
-    write_csv(str(path), runs)
+    write_csv(str(path), runs + [one])
     search.main(["--trial", str(path), "--figure", str(figure)])
     assert capsys.readouterr().out == f"wrote {figure}\n" and os.path.getsize(figure) > 0
     for argv, message in ((["--trial", str(path)], "--trial: needs --figure PNG"),
