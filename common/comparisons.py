@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import math
 
+from .arms import arm_of
 from .grouping import COLLAPSE_BELOW, described, format_mean_std, format_p, kept_cells, kept_runs, partitions
 from .heads import LOSSES
-from .arms import arm_of
 from .config import cell, identity_keys
 from .rows import (CLAIM_SCENARIOS, SETTING_KEYS, accuracy_of, group_key, is_plain, percent_values, row_key, setting,
                    setting_label, sides)
@@ -226,7 +226,8 @@ def arm_label(row: dict, baseline: dict) -> str:
     and each other identity setting in which it differs from `baseline`."""
     differ = [k for k in identity_keys() if k not in SETTING_KEYS and k != "seed" and cell(row.get(k)) != cell(baseline.get(k))]
     label = ", ".join([setting_label(row_key(row).setting), *(f"{k} {row.get(k)}" for k in differ)])
-    return f"{arm_of(row)}: {label}" if arm_of(row) else label
+    name = arm_of(row)
+    return f"{name}: {label}" if name else label
 
 
 def arms_against_softmax(rows: list[dict]) -> list[dict]:
