@@ -155,6 +155,11 @@ def data_shape(row: dict) -> tuple[int, int]:
     return len(counts), round(sum(counts) / len(counts))
 
 
+def run_gains(values: list[float], base: list[float]) -> str:
+    """Each value minus the mean of `base`, in the values' units, ';'-joined (a figure's dots, kept in a line)."""
+    return ";".join(f"{v - sum(base) / len(base):.3f}" for v in values)
+
+
 def add_differences(line: dict, runs: list[dict], base: list[dict], fields: list[tuple[str, str]]) -> None:
     """Into `line`, for each (name, field) both sides measured: the difference of means in points (gain_), its 95%
     interval (low_, high_: `difference_interval`), its permutation p (p_) and how it was computed (method_), and
@@ -165,7 +170,7 @@ def add_differences(line: dict, runs: list[dict], base: list[dict], fields: list
             gain, low, high = difference_interval(a, b)
             line.update({f"gain_{name}": gain, f"low_{name}": low, f"high_{name}": high, f"p_{name}": difference(a, b)[1],
                          f"method_{name}": permutation_method([len(a), len(b)]),
-                         f"run_gains_{name}": ";".join(f"{v - sum(b) / len(b):.3f}" for v in a)})
+                         f"run_gains_{name}": run_gains(a, b)})
 
 
 def add_holm(lines: list[dict], names) -> None:
@@ -253,7 +258,7 @@ def arms_against_softmax(rows: list[dict]) -> list[dict]:
             for field, _ in ARM_FIELDS:  # softmax's own runs about their mean, the spread a gain is set against
                 values = percent_values(base, field)
                 if values:
-                    lines[-1][f"softmax_run_gains_{field}"] = ";".join(f"{v - sum(values) / len(values):.3f}" for v in values)
+                    lines[-1][f"softmax_run_gains_{field}"] = run_gains(values, values)
     add_holm(lines, [field for field, _ in ARM_FIELDS])
     return lines
 
