@@ -273,4 +273,4 @@ def arms_markdown(lines: list[dict]) -> str:
     methods = sorted({line[k] for line in lines for k in line if k.startswith("method_")})
     return "\n".join(out) + ("\n\nEach arm minus the softmax arm: difference of means, its 95% interval (t with df = "
                               f"min(runs) - 1), two-sided permutation p ({'; '.join(methods)}); Holm: adjusted over the "
-                              f"{len(lines)} arms of each field (one family per field).\n")
+                              f"{len(lines)} arm{'s' * (len(lines) != 1)} of each field (one family per field).\n")

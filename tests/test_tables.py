@@ -166,6 +166,8 @@ def test_arms_of_a_tuned_trial_are_each_set_against_the_softmax_arm(tmp_path):
     assert "exact (252 labellings)" in lines[-1] and "the 2 arms" in lines[-1]
     line = comparisons.arms_against_softmax(rows)[0]  # the figure's softmax dots: its runs about their mean, points
     assert [float(v) for v in line["softmax_run_gains_test_acc"].split(";")] == pytest.approx([-0.2, -0.1, 0, 0.1, 0.2])
+    write_csv(str(tmp_path / "one.csv"), rows[:10])  # one arm: its family is named in the singular
+    assert "the 1 arm of each field" in tables.render("csv=one.csv kind=arms", root=str(tmp_path)).splitlines()[-1]
     write_csv(str(tmp_path / "two.csv"), rows + [run("softmax", 0, 0.3, lr=0.2)])
     with pytest.raises(tables.TableError, match="2 softmax arms"):
         tables.render("csv=two.csv kind=arms", root=str(tmp_path))
