@@ -6,13 +6,15 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from .image_folder import folder_name, is_image_folder
 from .device import has_native_bf16, pick_device
-from .heads import LOSSES, MARGIN_DEFAULTS, MARGIN_GRADS, TAILS, TRIPLET_MININGS, check_margins, margins_of
+from .heads import (LOSSES, MARGIN_DEFAULTS, MARGIN_GRADS, TAILS, TRIPLET_MINING, TRIPLET_MININGS, check_margins,
+                    margins_of)
 from .network import ACTIVATIONS, GLOBAL_POOLS
 
 
 TRIPLET_PER_CLASS = 4  # images per class in a triplet loss batch by default (`TrainConfig.per_class`)
 # Settings a results row writes empty at this value, as the rows from before the setting have no column for it
 # (`TrainConfig.as_row`; a row read back as a config takes the value again, `plot_embeddings.config_from_row`).
+# Not the default: every triplet row before --triplet-mining mined batch-hard negatives, now an option.
 EMPTY_IN_ROWS = {"triplet_mining": "hard"}
 # Every field has one role, given where it is defined, and every list of run settings derives from the roles:
 TRAINING = "training"  # changes the trained model: a --resume must match it, and it tells one result from another
@@ -60,10 +62,11 @@ class TrainConfig:
                                 flag=False)
     m3: float | None = training(None, "CosFace additive cosine margin, >= 0 (default: the loss's)", flag=False)
     triplet_margin: float = training(0.2, "margin of the triplet loss", above=0)
-    triplet_mining: str = training("hard", "the triplets of triplet loss in a batch: hard: each anchor's farthest "
-                                           "positive and nearest negative (Hermans et al.); semihard: every "
-                                           "anchor-positive pair with its nearest negative beyond the positive "
-                                           "(FaceNet)", choices=tuple(TRIPLET_MININGS))
+    triplet_mining: str = training(TRIPLET_MINING, "the triplets of triplet loss in a batch: semihard: every "
+                                                   "anchor-positive pair with its nearest negative beyond the "
+                                                   "positive (FaceNet); hard: each anchor's farthest positive and "
+                                                   "nearest negative (Hermans et al.; it collapsed on CIFAR-10 and "
+                                                   "Tiny-ImageNet)", choices=tuple(TRIPLET_MININGS))
     latent_dim: int = training(128, "embedding dimension", low=2)
     widths: tuple[int, ...] = training((64, 256, 64), "conv widths per stage: one argument, integers joined by '-' or "
                                                       "',', e.g. 64-256-64", flag=False)

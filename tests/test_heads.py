@@ -154,8 +154,8 @@ def test_semihard_triplet_edges_have_finite_or_zero_gradients():
 
 def test_centroid_head_trains_with_the_mining_it_is_given():
     x, y = torch.randn(8, 4), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    assert CentroidHead(4, 4, 0.2).loss(x, y) == batch_hard_triplet_loss(x, y, 0.2)
-    assert CentroidHead(4, 4, 0.2, "semihard").loss(x, y) == semihard_triplet_loss(x, y, 0.2)
+    assert CentroidHead(4, 4, 0.2, "hard").loss(x, y) == batch_hard_triplet_loss(x, y, 0.2)
+    assert CentroidHead(4, 4, 0.2).loss(x, y) == semihard_triplet_loss(x, y, 0.2)  # the default, as --triplet-mining's
 
 
 def test_centroid_head_classifies_by_nearest_normalised_class_mean():
@@ -365,7 +365,8 @@ def test_triplet_mining_is_recorded_empty_for_batch_hard_as_before_the_setting_a
     from plot_embeddings import config_from_row
     from common.config import identity
 
-    hard, semi = TrainConfig(loss="triplet"), TrainConfig(loss="triplet", triplet_mining="semihard")
+    semi, hard = TrainConfig(loss="triplet"), TrainConfig(loss="triplet", triplet_mining="hard")
+    assert semi.triplet_mining == "semihard"  # the default, since batch-hard collapsed
     assert hard.as_row()["triplet_mining"] == "" and semi.as_row()["triplet_mining"] == "semihard"
     before = {k: v for k, v in hard.as_row().items() if k != "triplet_mining"}  # a row from before the setting
     assert identity(before) == identity(hard.as_row()) != identity(semi.as_row())
