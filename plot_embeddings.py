@@ -247,7 +247,8 @@ def plot_confusion(confusion_csv: str, path: str, title: str) -> None:
     plt.close(fig)
 
 
-def plot_curves(runs: list[tuple[str, list[dict]]], path: str, title: str) -> None:
+def plot_curves(runs: list[tuple[str, list[dict]]], path: str, title: str, scored: str = "test") -> None:
+    """Accuracy (on `scored`: the test set, or a validation split) and training loss per epoch, a line per run."""
     plt = _pyplot()
     legend_rows = math.ceil(len(runs) / 2)
     height = 3.8 + 0.22 * legend_rows  # the legend goes below the panels, two labels a line
@@ -266,7 +267,7 @@ def plot_curves(runs: list[tuple[str, list[dict]]], path: str, title: str) -> No
         ax.set_xlabel("epoch")
         ax.set_xlim(min(every) - 0.5, max(every) + 0.5)  # whole epochs, even for a run of one
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-    acc_ax.set_ylabel("test accuracy (%)"), acc_ax.set_title(f"{title}: test accuracy")
+    acc_ax.set_ylabel(f"{scored} accuracy (%)"), acc_ax.set_title(f"{title}: {scored} accuracy")
     loss_ax.set_ylabel("training loss (log scale; losses differ in kind)"), loss_ax.set_yscale("log")
     loss_ax.set_title(f"{title}: training loss")
     handles, labels = acc_ax.get_legend_handles_labels()
@@ -277,7 +278,8 @@ def plot_curves(runs: list[tuple[str, list[dict]]], path: str, title: str) -> No
 
 
 CONFUSION_LABELLED = 30  # classes up to which a confusion figure names every class and prints every count
-LABEL_KEYS = ("s", "m1", "m2", "m3", "epochs", "lr", "widths", "max_train_samples", "imbalance", "holdout_classes")
+LABEL_KEYS = ("s", "m1", "m2", "m3", "triplet_mining", "epochs", "lr", "widths", "max_train_samples", "imbalance",
+              "holdout_classes")
 
 
 def run_labels(rows: list[dict]) -> list[str]:
@@ -286,10 +288,16 @@ def run_labels(rows: list[dict]) -> list[str]:
     labels = []
     for row in rows:
         same_loss = [r for r in rows if r["loss"] == row["loss"]]
-        varying = [k for k in LABEL_KEYS if len({r.get(k, "") for r in same_loss}) > 1]
-        settings = "".join(f" {k}={row.get(k, '')}" for k in varying)
+        value = lambda r, k: r.get(k) or EMPTY_IN_ROWS.get(k, "")  # noqa: E731 - an empty cell as the row means it
+        varying = [k for k in LABEL_KEYS if len({value(r, k) for r in same_loss}) > 1]
+        settings = "".join(f" {k}={value(row, k)}" for k in varying)
         labels.append(f"{row['loss']}{settings} seed {row['seed']}")
     return [f"{label} ({row['run_id']})" if labels.count(label) > 1 else label for label, row in zip(labels, rows)]
+
+
+def scored_on(row: dict) -> str:
+    """What a row's accuracy was measured on: 'validation' (a split held out of training) or 'test'."""
+    return "validation" if int(row.get("val_per_class") or 0) else "test"
 
 
 def plot_results_csv(results_csv: str, out_dir: str) -> list[str]:
@@ -308,13 +316,13 @@ def plot_results_csv(results_csv: str, out_dir: str) -> list[str]:
         run_dir = os.path.join(stem, row["run_id"])
         path = os.path.join(out_dir, f"{row['run_id']}_confusion.png")
         plot_confusion(os.path.join(run_dir, "confusion.csv"), path,
-                       f"{row['dataset']} {label}: {'validation' if int(row.get('val_per_class') or 0) else 'test'} "
+                       f"{row['dataset']} {label}: {scored_on(row)} "
                        f"acc {100 * float(row['test_acc']):.2f}%")
         written.append(path)
         runs.append((label, read_rows(os.path.join(run_dir, "history.csv"))))
     if runs:
         path = os.path.join(out_dir, f"{os.path.basename(stem)}_curves.png")
-        plot_curves(runs, path, os.path.basename(stem))
+        plot_curves(runs, path, os.path.basename(stem), " or ".join(sorted({scored_on(row) for row in rows})))
         written.append(path)
     return written
 

@@ -112,6 +112,10 @@ def test_run_labels_tell_apart_runs_of_one_loss_and_seed():
             {"loss": "softmax", "seed": "0", "m2": "", "s": "", "run_id": "d"}]
     assert plot_embeddings.run_labels(rows) == ["arcface m2=0.3 seed 0", "arcface m2=0.5 seed 0",
                                                 "softmax seed 0 (c)", "softmax seed 0 (d)"]
+    triplets = [{"loss": "triplet", "seed": "0", "triplet_mining": "", "run_id": "e"},  # batch-hard rows write ""
+                {"loss": "triplet", "seed": "0", "triplet_mining": "semihard", "run_id": "f"}]
+    assert plot_embeddings.run_labels(triplets) == ["triplet triplet_mining=hard seed 0",
+                                                    "triplet triplet_mining=semihard seed 0"]
 
 
 def test_few_class_figures_fit_their_classes_and_show_whole_epochs_in_percent(tmp_path):
@@ -138,6 +142,12 @@ def test_few_class_figures_fit_their_classes_and_show_whole_epochs_in_percent(tm
         plt.close = real_close
     acc_ax = captured["fig"].axes[0]
     assert acc_ax.get_ylabel() == "test accuracy (%)" and acc_ax.lines[0].get_ydata()[0] == 50.0
+    plt.close = lambda fig: captured.update(fig=fig)
+    try:
+        plot_embeddings.plot_curves([("run", history)], str(tmp_path / "curves.png"), "t", "validation")
+    finally:
+        plt.close = real_close
+    assert captured["fig"].axes[0].get_ylabel() == "validation accuracy (%)"
     assert [t for t in acc_ax.get_xticks() if acc_ax.get_xlim()[0] <= t <= acc_ax.get_xlim()[1]] == [1.0]
 
 
