@@ -22,7 +22,7 @@ import torch
 
 from common import ArcNet, CentroidHead, Network, TrainConfig
 from common.cli import OneLineErrorParser
-from common.config import EMPTY_IN_ROWS
+from common.config import EMPTY_IN_ROWS, row_setting
 from common.device import device_flag
 from common.geometry import angles_to_centres, angular_statistics, target_and_nearest_other, to_sphere_3d
 from common.checkpoints import load_checkpoint, read_checkpoint
@@ -57,9 +57,8 @@ def config_from_row(row: dict, **overrides) -> TrainConfig:
     values["widths"] = tuple(int(w) for w in str(values["widths"]).split("-"))
     for margin in ("s", "m1", "m2", "m3"):  # empty for softmax and triplet
         values[margin] = None if values.get(margin) in ("", None) else float(values[margin])
-    for name in EMPTY_IN_ROWS:  # written empty at its value (`TrainConfig.as_row`): the field's default again
-        if values.get(name) in ("", None):
-            values[name] = EMPTY_IN_ROWS[name]
+    for name in EMPTY_IN_ROWS:  # written empty at its value (`TrainConfig.as_row`): that value again
+        values[name] = row_setting(values, name)
     return replace(TrainConfig(**values), **overrides)
 
 
@@ -288,9 +287,8 @@ def run_labels(rows: list[dict]) -> list[str]:
     labels = []
     for row in rows:
         same_loss = [r for r in rows if r["loss"] == row["loss"]]
-        value = lambda r, k: r.get(k) or EMPTY_IN_ROWS.get(k, "")  # noqa: E731 - an empty cell as the row means it
-        varying = [k for k in LABEL_KEYS if len({value(r, k) for r in same_loss}) > 1]
-        settings = "".join(f" {k}={value(row, k)}" for k in varying)
+        varying = [k for k in LABEL_KEYS if len({row_setting(r, k) for r in same_loss}) > 1]
+        settings = "".join(f" {k}={row_setting(row, k)}" for k in varying)
         labels.append(f"{row['loss']}{settings} seed {row['seed']}")
     return [f"{label} ({row['run_id']})" if labels.count(label) > 1 else label for label, row in zip(labels, rows)]
 

@@ -16,6 +16,15 @@ TRIPLET_PER_CLASS = 4  # images per class in a triplet loss batch by default (`T
 # (`TrainConfig.as_row`; a row read back as a config takes the value again, `plot_embeddings.config_from_row`).
 # Not the default: every triplet row before --triplet-mining mined batch-hard negatives, now an option.
 EMPTY_IN_ROWS = {"triplet_mining": "hard"}
+
+
+def row_setting(row: dict, name: str):
+    """A results row's value of a setting: an EMPTY_IN_ROWS setting's empty (or absent) cell is the value written
+    so; another setting's absent cell is ''."""
+    value = row.get(name, "")
+    return EMPTY_IN_ROWS[name] if name in EMPTY_IN_ROWS and value in ("", None) else value
+
+
 # Every field has one role, given where it is defined, and every list of run settings derives from the roles:
 TRAINING = "training"  # changes the trained model: a --resume must match it, and it tells one result from another
 EVALUATION = "evaluation"  # changes only the scores: tells results apart, but a --resume may change it
