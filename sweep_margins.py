@@ -7,7 +7,7 @@ live in common/summary.py and common/plots.py).
     python sweep_margins.py --dataset folder --data-root path/to/images --losses softmax arcface --workers 2
     python sweep_margins.py --grid table1 --shard 3/8 --out results/sweep/shard3.csv   # one job of 8
     python sweep_margins.py --summarize results/sweep/shard*.csv --out results/sweep/merged.csv
-    python sweep_margins.py --summarize results/sweep/table1_20epochs.csv --baseline results/sweep/table1.csv \
+    python sweep_margins.py --summarize results/sweep/table1_20epochs.csv --baseline results/sweep/table1.csv \\
         --out results/sweep/table1_20epochs.csv     # also: does the budget change the ranking?
     python sweep_margins.py --grid claims --seeds 0 1 2 --data-root ../shared/data   # the report's other claims
     python sweep_margins.py --grid claims --preset report --seeds 0 1   # ... on the report's network (float32)

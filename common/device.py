@@ -72,9 +72,26 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of hardware bfloat16; --amp speed differs by them
+
+
+def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """The BF16_CPU_FLAGS this CPU lists in `cpuinfo` (Linux); [] where the file is missing or unreadable."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [flag for flag in BF16_CPU_FLAGS if flag in flags]
+
+
 def device_name(device: torch.device) -> str:
+    """What a result row records of the hardware: the GPU's name, or for a CPU its vector capability, its
+    hardware bfloat16 (the speed of --amp runs differs by CPU kind: 'cpu (AVX512 amx_bf16, 1 threads)') and the
+    threads used."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
-        return f"cpu ({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads)"
+        features = " ".join([torch.backends.cpu.get_cpu_capability(), *cpu_bf16_flags()])
+        return f"cpu ({features}, {torch.get_num_threads()} threads)"
     return device.type

@@ -34,3 +34,18 @@ def test_amp_auto_is_on_exactly_where_bfloat16_is_native(monkeypatch, native):
     assert parse_config(["--device", "cpu"], defaults, "x.py", "").resolved().amp is native  # the run resolves it
     assert parse_config(["--device", "cpu", "--no-amp"], defaults, "x.py", "").resolved().amp is False
     assert parse_config(["--device", "cpu", "--amp"], defaults, "x.py", "").resolved().amp is True
+
+
+def test_a_cpu_row_names_its_hardware_bfloat16(tmp_path, monkeypatch):
+    import torch
+    from common import device as device_module
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 avx512_bf16 amx_tile\n\n"
+                       "processor\t: 1\nflags\t\t: fpu avx2\n")
+    assert device_module.cpu_bf16_flags(str(cpuinfo)) == ["avx512_bf16", "amx_bf16"]  # the first CPU's, in order
+    cpuinfo.write_text("flags\t\t: fpu avx2 avx512f\n")
+    assert device_module.cpu_bf16_flags(str(cpuinfo)) == []
+    assert device_module.cpu_bf16_flags(str(tmp_path / "missing")) == []  # not Linux: nothing claimed
+    monkeypatch.setattr(device_module, "cpu_bf16_flags", lambda: ["avx512_bf16"])
+    name = device_module.device_name(torch.device("cpu"))
+    assert name.startswith("cpu (") and " avx512_bf16, " in name and name.endswith(f"{torch.get_num_threads()} threads)")
