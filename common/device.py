@@ -87,8 +87,8 @@ def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
 
 def device_name(device: torch.device) -> str:
     """What a result row records of the hardware: the GPU's name, or for a CPU its vector capability, its
-    hardware bfloat16 (the speed of --amp runs differs by CPU kind: 'cpu (AVX512 amx_bf16, 1 threads)') and the
-    threads used."""
+    hardware bfloat16 (the speed of --amp runs differs by CPU kind: 'cpu (AVX512 avx512_bf16 amx_bf16, 1 threads)')
+    and the threads used."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
